@@ -1,0 +1,3 @@
+from edge2core.cli import app
+
+app()

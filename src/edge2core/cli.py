@@ -1,0 +1,153 @@
+"""The `edge2core` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge2core import __version__
+from edge2core.common.logging import configure_logging
+from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
+
+app = typer.Typer(
+    help="edge2core: acquire photos at the edge, learn from them at the core, answer at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+core_app = typer.Typer(help="The core: receiver, datasets, training, registry, catalogue.")
+edge_app = typer.Typer(help="An edge site: MQTT/HTTP doors, spool, forwarder, recognition.")
+app.add_typer(core_app, name="core")
+app.add_typer(edge_app, name="edge")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", envvar=CONFIG_ENV, help="TOML file with sections core, edge and demo."),
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """Only the options the user actually set, so env and TOML fill in the rest."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _use_config(config: Path | None) -> None:
+    import os
+
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@core_app.command("up")
+def core_up(
+    data_dir: Annotated[Path | None, typer.Option(help="Where objects, database and JetStream live.")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP API port.")] = None,
+    nats_port: Annotated[int | None, typer.Option(help="NATS client port.")] = None,
+    leafnode_port: Annotated[int | None, typer.Option(help="Port edge sites' leaf nodes join.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default SQLite).")] = None,
+    config: ConfigOpt = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the core until interrupted."""
+    from edge2core.core.service import serve_core
+
+    configure_logging(log_level)
+    _use_config(config)
+    settings = CoreSettings(**_given(data_dir=data_dir, http_port=http_port, nats_port=nats_port,
+                                     leafnode_port=leafnode_port, database_url=database_url))
+    asyncio.run(serve_core(settings))
+
+
+@edge_app.command("up")
+def edge_up(
+    site: Annotated[str | None, typer.Option(help="This site's id.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Spool, models and JetStream live here.")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP door and API port.")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="MQTT (TCP) port for devices.")] = None,
+    mqtt_ws_port: Annotated[int | None, typer.Option(help="MQTT over WebSockets port.")] = None,
+    nats_port: Annotated[int | None, typer.Option(help="NATS client port.")] = None,
+    core_url: Annotated[str | None, typer.Option(help="The core's HTTP URL.")] = None,
+    core_leaf_url: Annotated[str | None, typer.Option(help="The core's leaf node URL.")] = None,
+    config: ConfigOpt = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run one edge site until interrupted."""
+    from edge2core.edge.service import serve_edge
+
+    configure_logging(log_level)
+    _use_config(config)
+    settings = EdgeSettings(**_given(
+        site=site, data_dir=data_dir, http_port=http_port, mqtt_port=mqtt_port,
+        mqtt_ws_port=mqtt_ws_port, nats_port=nats_port, core_url=core_url,
+        core_leaf_url=core_leaf_url,
+    ))
+    asyncio.run(serve_edge(settings))
+
+
+@edge_app.command("status")
+def edge_status(
+    url: Annotated[str | None, typer.Option(help="The edge's HTTP URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a running edge site's model, spool backlog and catalogue."""
+    _use_config(config)
+    base = url or EdgeSettings().http_url
+    try:
+        report = httpx.get(f"{base}/v1/status", timeout=5).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the edge at {base}: {exc}. Is `edge2core edge up` running?", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"edge site {report['site']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("model version", str(report["model_version"]))
+    table.add_row("catalogue products", str(report["catalogue_products"]))
+    for key, value in report["spool"].items():
+        table.add_row(f"spool {key}", "-" if value is None else f"{value:,.0f}")
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[Path | None, typer.Option(envvar="E2C_DATASET", help="A grocery-layout photo folder; synthetic photos if absent.")] = None,
+    classes: Annotated[int | None, typer.Option(help="How many products.")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Kiosk captures per product.")] = None,
+    held_out_per_class: Annotated[int | None, typer.Option(help="Shopper photos per product, never trained on.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep the run's data here (default: a temp dir).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the summary as JSON.")] = False,
+    config: ConfigOpt = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Run a core, an edge site and simulated devices through the whole loop."""
+    from edge2core.demo import run_demo
+
+    configure_logging(log_level)
+    _use_config(config)
+    settings = DemoSettings(**_given(dataset=dataset, classes=classes, per_class=per_class,
+                                     held_out_per_class=held_out_per_class, work_dir=work_dir))
+    summary = run_demo(settings)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    if not summary.get("ok"):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

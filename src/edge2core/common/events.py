@@ -1,0 +1,86 @@
+"""Schemas that cross process boundaries: photo metadata, upload headers, events.
+
+Events carry references (sha256, size, key, site, device, label), never image bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# No dots or slashes: ids become MQTT topic levels and NATS subject tokens.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+META_HEADER = "X-E2C-Meta"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Source(StrEnum):
+    KIOSK = "kiosk"  # labelled capture: the cashier scanned the product
+    SHOPPER = "shopper"  # unlabelled recognition request
+
+
+class Guess(BaseModel):
+    sku: str
+    confidence: float
+
+
+class CaptureMeta(BaseModel):
+    """What a device tells us about a photo."""
+
+    site: str = Field(pattern=ID_PATTERN)
+    device: str = Field(pattern=ID_PATTERN)
+    source: Source
+    sku: str | None = Field(default=None, max_length=64)
+    captured_at: datetime | None = None
+    request_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
+class PhotoRecord(CaptureMeta):
+    """A prepared photo as the edge spools and forwards it, and as the core records it."""
+
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size: int = Field(ge=1)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    received_at: datetime = Field(default_factory=utcnow)
+    edge_model_version: int | None = None
+    confidence: float | None = None
+    top_guesses: list[Guess] = Field(default_factory=list)
+
+
+class PhotoForwarded(BaseModel):
+    """Event: the core confirmed it holds these bytes."""
+
+    sha256: str
+    size: int
+    site: str
+    device: str
+    source: Source
+    sku: str | None
+    key: str
+    forwarded_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelPublished(BaseModel):
+    """Event and KV value: a model version the edge sites should run."""
+
+    version: int
+    sha256: str
+    size: int
+    classes: list[str]
+    url_path: str
+    published_at: datetime = Field(default_factory=utcnow)
+
+
+def events_subject(site: str, kind: str) -> str:
+    return f"e2c.events.{site}.{kind}"
+
+
+# Core -> every edge (over the leaf node): the production model changed.
+MODELS_SUBJECT = "e2c.models.production"

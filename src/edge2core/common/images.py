@@ -1,0 +1,143 @@
+"""Image bytes: sniffing, safe decoding with limits, clean re-encoding, content ids.
+
+Everything here works on bytes in memory and raises `ImageRejected` with a stable reason code,
+so every door (MQTT, HTTP, the core's receiver) answers bad input the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard only warns below 2x this; we check pixel counts ourselves first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class RejectReason(StrEnum):
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    CORRUPT = "corrupt"
+    METADATA_PRESENT = "metadata_present"
+
+
+class ImageRejected(ValueError):
+    """A photo that cannot be accepted; `reason` is a stable code for metrics and clients."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"WEBP", 8, "WEBP"),
+)
+SUPPORTED_FORMATS = frozenset(fmt for _, _, fmt in _MAGIC)
+_OTHER_IMAGE_MAGIC = (b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def sniff_format(data: bytes) -> str:
+    """The format by the bytes, never by a file name; raises for anything unsupported."""
+    if not data:
+        raise ImageRejected(RejectReason.EMPTY, "the payload is empty")
+    for magic, offset, fmt in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            if fmt == "WEBP" and data[:4] != b"RIFF":
+                break
+            return fmt
+    if data.startswith(_OTHER_IMAGE_MAGIC):
+        raise ImageRejected(
+            RejectReason.UNSUPPORTED_FORMAT,
+            f"supported formats are {', '.join(sorted(SUPPORTED_FORMATS))}",
+        )
+    raise ImageRejected(RejectReason.NOT_AN_IMAGE, "the bytes are not a JPEG, PNG or WebP image")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 64_000_000
+
+
+def open_checked(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
+    """Open without decoding pixels, after the byte, format and pixel-count checks."""
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            RejectReason.TOO_LARGE, f"{len(data)} bytes is over the limit of {limits.max_bytes}"
+        )
+    fmt = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(RejectReason.CORRUPT, f"cannot read the {fmt} header: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+        raise ImageRejected(
+            RejectReason.TOO_MANY_PIXELS,
+            f"{width}x{height} is over the limit of {limits.max_pixels} pixels",
+        )
+    return image, fmt
+
+
+def decode_rgb(image: Image.Image, *, reduce_to: int | None = None) -> Image.Image:
+    """Decode fully (truncated data fails here), apply EXIF orientation, return RGB.
+
+    `reduce_to` lets JPEG decode at 1/2, 1/4 or 1/8 scale when the target is that small:
+    the cheapest resize is the one the decoder never has to do.
+    """
+    try:
+        if reduce_to and image.format == "JPEG":
+            image.draft("RGB", (reduce_to, reduce_to))
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return oriented.convert("RGB") if oriented.mode != "RGB" else oriented
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageRejected(RejectReason.CORRUPT, f"the image data is damaged: {exc}") from exc
+
+
+def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
+    width, height = image.size
+    scale = long_side / max(width, height)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """Re-encode from pixels only: no EXIF, XMP, ICC profile, comments or maker notes survive."""
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality, optimize=False, exif=b"", icc_profile=None)
+    return out.getvalue()
+
+
+_METADATA_KEYS = ("exif", "icc_profile", "xmp", "comment", "photoshop", "XML:com.adobe.xmp")
+
+
+def metadata_found(data: bytes) -> list[str]:
+    """Names of metadata blocks still present in an encoded image (the core's re-check)."""
+    with Image.open(io.BytesIO(data)) as image:
+        found = [key for key in _METADATA_KEYS if image.info.get(key)]
+        if image.getexif():
+            found.append("exif-tags")
+        applist = getattr(image, "applist", [])
+        found.extend(
+            marker for marker, payload in applist if marker == "APP1" or payload.startswith(b"Exif")
+        )
+    return sorted(set(found))

@@ -1,0 +1,36 @@
+"""Prometheus metrics shared by both roles, exposed on each service's `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+PHOTOS_RECEIVED = Counter(
+    "e2c_photos_received_total", "Photos accepted at a door", ["door", "source"]
+)
+PHOTOS_REJECTED = Counter(
+    "e2c_photos_rejected_total", "Photos refused at a door", ["door", "reason"]
+)
+PHOTOS_DUPLICATE = Counter("e2c_photos_duplicate_total", "Exact duplicates already spooled")
+SPOOL_BYTES = Gauge("e2c_spool_bytes", "Bytes waiting in the spool")
+SPOOL_ITEMS = Gauge("e2c_spool_items", "Photos waiting in the spool")
+FORWARDED = Counter("e2c_forwarded_total", "Photos confirmed by the core")
+FORWARDED_BYTES = Counter("e2c_forwarded_bytes_total", "Bytes confirmed by the core")
+FORWARD_RETRIES = Counter("e2c_forward_retries_total", "Upload attempts that failed")
+RECOGNITIONS = Counter(
+    "e2c_recognitions_total", "Recognition answers", ["door", "outcome"]
+)
+RECOGNITION_SECONDS = Histogram(
+    "e2c_recognition_seconds",
+    "Time to answer a recognition request",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+MODEL_VERSION = Gauge("e2c_model_version", "Model version serving at this edge")
+MODEL_SWAPS = Counter("e2c_model_swaps_total", "Model loads", ["outcome"])
+CORE_IMAGES = Counter("e2c_core_images_total", "Photos stored at the core", ["outcome"])
+
+
+def mount_metrics(app: FastAPI) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

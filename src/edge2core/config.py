@@ -1,0 +1,154 @@
+"""Settings for every edge2core process.
+
+Precedence, highest first: explicit keyword arguments (the CLI's options), `E2C_*` environment
+variables, the TOML file named by `E2C_CONFIG` (section `[core]`, `[edge]` or `[demo]`), defaults.
+Default ports sit away from the standard ports of services that are often already running
+(1883 Mosquitto, 4222 NATS, 5432 PostgreSQL, 6379 Redis).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV = "E2C_CONFIG"
+
+
+class TomlSectionSource(PydanticBaseSettingsSource):
+    """Reads one `[section]` of the TOML file named by `E2C_CONFIG`, if any."""
+
+    def __init__(self, settings_cls: type[BaseSettings], section: str) -> None:
+        super().__init__(settings_cls)
+        self._values = _read_toml_section(os.environ.get(CONFIG_ENV), section)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+
+
+def _read_toml_section(path: str | None, section: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} (from ${CONFIG_ENV}) does not exist")
+    with file.open("rb") as fh:
+        data = tomllib.load(fh)
+    value = data.get(section, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{section}] in {file} must be a table")
+    return value
+
+
+class _Settings(BaseSettings):
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlSectionSource(settings_cls, cls.section))
+
+
+class CoreSettings(_Settings):
+    """The core: receiver, datasets, training, registry, catalogue."""
+
+    section: ClassVar[str] = "core"
+    model_config = SettingsConfigDict(env_prefix="E2C_CORE_", extra="ignore")
+
+    data_dir: Path = Path(".e2c/core")
+    host: str = "127.0.0.1"
+    http_port: int = 8470
+    nats_port: int = 4470
+    nats_http_port: int = 8472
+    leafnode_port: int = 7470
+    jetstream_domain: str = "core"
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite in data_dir"
+    )
+    site_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="site id -> bearer token for uploads; empty accepts any site (development)",
+    )
+    max_upload_bytes: int = 32 * 1024 * 1024
+    val_percent: int = Field(default=20, ge=0, le=90)
+    training_threads: int = Field(default=0, description="torch threads; 0 = all cores")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'core.db').resolve()}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+class EdgeSettings(_Settings):
+    """One edge site: gateway, spool, forwarder, inference, model agent."""
+
+    section: ClassVar[str] = "edge"
+    model_config = SettingsConfigDict(env_prefix="E2C_EDGE_", extra="ignore")
+
+    site: str = "site1"
+    data_dir: Path = Path(".e2c/edge")
+    host: str = "127.0.0.1"
+    http_port: int = 8480
+    nats_port: int = 4480
+    nats_http_port: int = 8482
+    mqtt_port: int = 1890
+    mqtt_ws_port: int = 8490
+    external_mqtt: str | None = Field(
+        default=None, description="host:port of an external MQTT broker instead of embedded NATS"
+    )
+    core_url: str = "http://127.0.0.1:8470"
+    core_leaf_url: str | None = "nats-leaf://127.0.0.1:7470"
+    core_jetstream_domain: str = "core"
+    token: str = ""
+    # Preparation
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    long_side: int = 1024
+    jpeg_quality: int = Field(default=90, ge=30, le=100)
+    # Spool and forwarding
+    spool_budget_bytes: int = 2 * 1024 * 1024 * 1024
+    forward_concurrency: int = 4
+    # Recognition
+    unrecognised_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    top_k: int = 3
+    inference_threads: int = 1
+    model_poll_s: float = 60.0
+
+    @property
+    def jetstream_domain(self) -> str:
+        return self.site
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+class DemoSettings(_Settings):
+    """`edge2core demo`: how much of the story to run."""
+
+    section: ClassVar[str] = "demo"
+    model_config = SettingsConfigDict(env_prefix="E2C_", extra="ignore")
+
+    dataset: Path | None = None
+    classes: int = Field(default=8, ge=2)
+    per_class: int = Field(default=24, ge=4)
+    held_out_per_class: int = Field(default=5, ge=1)
+    seed: int = 0
+    work_dir: Path | None = None

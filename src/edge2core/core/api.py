@@ -1,0 +1,166 @@
+"""The core's HTTP API: uploads from edge sites, datasets, training, models, catalogue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.background import BackgroundTask
+
+from edge2core.common.events import META_HEADER, PhotoRecord
+from edge2core.common.metrics import CORE_IMAGES, mount_metrics
+from edge2core.common.objectstore import ObjectStore
+from edge2core.common.products import Product
+from edge2core.core.catalogue import Catalogue
+from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
+from edge2core.core.receiver import ImageReceiver, UploadError
+from edge2core.core.registry import ModelInfo, ModelRegistry
+from edge2core.core.schema import ImageRow
+from edge2core.core.trainer import Trainer
+
+
+@dataclass
+class CoreServices:
+    store: ObjectStore
+    sessions: sessionmaker[Session]
+    receiver: ImageReceiver
+    datasets: DatasetStore
+    registry: ModelRegistry
+    catalogue: Catalogue
+    trainer: Trainer
+    site_tokens: dict[str, str]
+
+
+class TrainRequest(BaseModel):
+    dataset_version: int
+    seed: int = 0
+
+
+class TrainResponse(BaseModel):
+    model: ModelInfo
+    timings_s: dict[str, float]
+
+
+def create_core_app(services: CoreServices) -> FastAPI:
+    app = FastAPI(title="edge2core core", version="0.1.0")
+    mount_metrics(app)
+
+    @app.exception_handler(UploadError)
+    async def upload_error(_req: Request, exc: UploadError) -> JSONResponse:
+        CORE_IMAGES.labels(outcome=exc.code).inc()
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(LookupError)
+    async def not_found(_req: Request, exc: LookupError) -> JSONResponse:
+        return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def photo_record(
+        sha256: str, meta: str = Header(alias=META_HEADER), authorization: str = Header("")
+    ) -> PhotoRecord:
+        try:
+            record = PhotoRecord.model_validate_json(meta)
+        except ValidationError as exc:
+            raise UploadError(400, "bad_metadata", f"{META_HEADER} is invalid: {exc}") from exc
+        if record.sha256 != sha256:
+            raise UploadError(400, "bad_metadata", "the URL and the metadata name different ids")
+        expected = services.site_tokens.get(record.site)
+        if services.site_tokens and authorization != f"Bearer {expected}":
+            raise UploadError(401, "unauthorized", f"no valid token for site {record.site!r}")
+        return record
+
+    @app.head("/v1/images/{sha256}")
+    def image_head(sha256: str) -> Response:
+        found = services.receiver.existing(sha256)
+        return Response(status_code=200 if found else 404)
+
+    @app.put("/v1/images/{sha256}")
+    async def upload_image(
+        request: Request, record: PhotoRecord = Depends(photo_record)
+    ) -> JSONResponse:
+        receipt = await services.receiver.receive(record, request.stream())
+        CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
+        return JSONResponse(
+            {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
+             "created": receipt.created},
+            status_code=201 if receipt.created else 200,
+        )
+
+    @app.get("/v1/stats")
+    def stats() -> dict:
+        with services.sessions() as session:
+            rows = session.execute(
+                select(ImageRow.source, ImageRow.site, func.count()).group_by(
+                    ImageRow.source, ImageRow.site
+                )
+            ).all()
+        by_source: dict[str, int] = {}
+        for source, _site, count in rows:
+            by_source[source] = by_source.get(source, 0) + count
+        return {"images": sum(by_source.values()), "by_source": by_source}
+
+    @app.post("/v1/datasets", status_code=201)
+    def build_dataset(query: DatasetQuery) -> DatasetInfo:
+        return services.datasets.build(query)
+
+    @app.get("/v1/datasets/{version}")
+    def get_dataset(version: int) -> DatasetInfo:
+        return services.datasets.get(version)
+
+    @app.post("/v1/training-runs", status_code=201)
+    async def train(req: TrainRequest) -> TrainResponse:
+        result = await run_in_threadpool(
+            services.trainer.train, req.dataset_version, seed=req.seed
+        )
+        return TrainResponse(model=result.model, timings_s=result.timings_s)
+
+    @app.get("/v1/models")
+    def list_models() -> list[ModelInfo]:
+        return services.registry.list()
+
+    @app.get("/v1/models/production")
+    def production_model() -> ModelInfo:
+        model = services.registry.production()
+        if model is None:
+            raise LookupError("no model is in production yet")
+        return model
+
+    @app.get("/v1/models/{version}")
+    def get_model(version: int) -> ModelInfo:
+        return services.registry.get(version)
+
+    @app.get("/v1/models/{version}/artifact")
+    def model_artifact(version: int) -> StreamingResponse:
+        model = services.registry.get(version)
+        handle = services.store.open(model.artifact_key)
+        return StreamingResponse(
+            iter(lambda: handle.read(1 << 20), b""),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(model.size), "X-E2C-Sha256": model.sha256},
+            background=BackgroundTask(handle.close),
+        )
+
+    @app.get("/v1/catalogue/products")
+    def list_products() -> list[Product]:
+        return services.catalogue.list()
+
+    @app.put("/v1/catalogue/products")
+    def upsert_products(products: list[Product]) -> dict[str, int]:
+        return {"upserted": services.catalogue.upsert(products)}
+
+    @app.get("/v1/catalogue/products/{sku}")
+    def get_product(sku: str) -> Product:
+        product = services.catalogue.get(sku)
+        if product is None:
+            raise HTTPException(404, f"no product {sku!r}")
+        return product
+
+    return app

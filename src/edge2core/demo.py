@@ -1,0 +1,207 @@
+"""`edge2core demo`: a core, an edge site and simulated devices through the whole loop."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edge2core.common.products import Product
+from edge2core.config import DemoSettings
+from edge2core.edge.mqtt_door import MqttEndpoint
+from edge2core.roles import start_core, start_edge
+from edge2core.sim import photos as sim_photos
+from edge2core.sim.devices import Kiosk, Shopper
+
+SITE = "store-001"
+KIOSKS = ("kiosk-1", "kiosk-2")
+T = TypeVar("T")
+
+
+def catalogue_entry(product: sim_photos.Product) -> Product:
+    return Product(
+        sku=product.sku, name=product.name, coarse=product.coarse_name, price=product.price,
+        currency=product.currency, description=product.description,
+    )
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := probe()) is not None:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Stages:
+    """Times each stage of the story and prints it as it happens."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.console.print(f"[bold cyan]▶[/] {name}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        self.console.print(f"  [green]✓[/] {name} ({self.seconds[name]:.1f} s)")
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    )
+
+
+def run_demo(settings: DemoSettings, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    if settings.work_dir:
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        return _run(settings, settings.work_dir, console)
+    with tempfile.TemporaryDirectory(prefix="e2c-demo-") as tmp:
+        return _run(settings, Path(tmp), console)
+
+
+def _run(settings: DemoSettings, work: Path, console: Console) -> dict[str, Any]:
+    source = sim_photos.resolve_source(settings.dataset, classes=settings.classes, seed=settings.seed)
+    products = sim_photos.choose_products(source, settings.classes, settings.seed)
+    console.print(f"[bold]edge2core demo[/]: {len(products)} products from {source!r}")
+    stages = Stages(console)
+    core, core_ports = start_core(work / "core")
+    edge = None
+    try:
+        with stages.stage("start core and edge site"):
+            core.wait_healthy()
+            edge, edge_ports = start_edge(SITE, work / "edge", core_ports)
+            edge.wait_healthy()
+        http = httpx.Client(base_url=core_ports.url, timeout=120)
+        http.put("/v1/catalogue/products",
+                 json=[catalogue_entry(p).model_dump(mode="json") for p in products]).raise_for_status()
+        summary = _story(settings, source, products, stages, http, core_ports.url, edge_ports, console)
+    finally:
+        if edge is not None:
+            edge.stop()
+        core.stop()
+    summary["stage_seconds"] = stages.seconds
+    _print_summary(console, summary)
+    return summary
+
+
+def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, http: httpx.Client,
+           core_url: str, edge_ports: Any, console: Console) -> dict[str, Any]:
+    train = [p for product in products for p in source.photos("train", product, settings.per_class)]
+    held_out = [p for product in products
+                for p in source.photos("val", product, settings.held_out_per_class)]
+
+    with stages.stage(f"kiosks publish {len(train)} labelled photos over MQTT (QoS 1)"):
+        acked = _publish_captures(train, MqttEndpoint("127.0.0.1", edge_ports.mqtt), console)
+
+    with stages.stage("edge prepares, spools and forwards them to the core"):
+        def all_arrived() -> int | None:
+            count = http.get("/v1/stats").json()["by_source"].get("kiosk", 0)
+            return count if count >= acked else None
+        stored = wait_for("every photo at the core", all_arrived, timeout=300)
+
+    with stages.stage("core builds dataset version 1"):
+        dataset = http.post("/v1/datasets", json={"skus": [p.sku for p in products]})
+        dataset = dataset.raise_for_status().json()
+
+    with stages.stage("core trains a head on EfficientNet-Lite0 embeddings, exports ONNX"):
+        run = http.post("/v1/training-runs", json={"dataset_version": dataset["version"]},
+                        timeout=900).raise_for_status().json()
+    model = run["model"]
+
+    with stages.stage(f"edge model agent loads model version {model['version']}"):
+        edge_http = httpx.Client(base_url=edge_ports.url, timeout=10)
+        wait_for("the model at the edge",
+                 lambda: edge_http.get("/v1/status").json()["model_version"] == model["version"] or None,
+                 timeout=120)
+
+    with stages.stage(f"shoppers ask about {len(held_out)} held-out photos over MQTT/WebSockets"):
+        replies = _ask(held_out, MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets"), console)
+
+    answers = [(photo, reply) for photo, reply in replies if not reply.error]
+    correct = sum(1 for photo, r in answers if r.body.get("sku") == photo.product.sku)
+    unsure = sum(1 for _p, r in answers if not r.body.get("recognised"))
+    with stages.stage(f"{unsure} unrecognised photos flow back to the core"):
+        wait_for("unrecognised photos at the core",
+                 lambda: http.get("/v1/stats").json()["by_source"].get("shopper", 0) >= unsure or None,
+                 timeout=120)
+    latencies = [r.seconds * 1000 for _p, r in answers]
+    val = model["metrics"].get("val", {})
+    return {
+        "ok": bool(answers) and stored >= acked == len(train),
+        "products": len(products),
+        "images_sent": len(train),
+        "images_acked": acked,
+        "images_stored_at_core": stored,
+        "dataset_version": dataset["version"],
+        "dataset_images": dataset["stats"]["images"],
+        "model_version": model["version"],
+        "model_val_top1": val.get("top1"),
+        "model_val_n": val.get("n"),
+        "held_out_photos": len(held_out),
+        "held_out_top1": round(correct / len(held_out), 3) if held_out else None,
+        "unrecognised": unsure,
+        "errors": sum(1 for _p, r in replies if r.error),
+        "recognition_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
+        "recognition_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
+        "training_timings_s": run["timings_s"],
+    }
+
+
+def _publish_captures(train: list, endpoint: MqttEndpoint, console: Console) -> int:
+    kiosks = [Kiosk(endpoint, SITE, name) for name in KIOSKS]
+    try:
+        with progress_bar(console) as bar:
+            task = bar.add_task("acknowledged", total=len(train))
+            return sum(
+                kiosk.send(train[i :: len(kiosks)], lambda: bar.advance(task))
+                for i, kiosk in enumerate(kiosks)
+            )
+    finally:
+        for kiosk in kiosks:
+            kiosk.close()
+
+
+def _ask(held_out: list, endpoint: MqttEndpoint, console: Console) -> list:
+    shopper = Shopper(endpoint, SITE, "phone-1")
+    try:
+        with progress_bar(console) as bar:
+            task = bar.add_task("answered", total=len(held_out))
+            replies = []
+            for photo in held_out:
+                replies.append((photo, shopper.ask(photo.data)))
+                bar.advance(task)
+            return replies
+    finally:
+        shopper.close()
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="edge2core demo summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)

@@ -1,0 +1,38 @@
+"""The edge's copy of the catalogue: answers need no round trip to the core, even offline."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from edge2core.common.fsutil import write_atomic
+from edge2core.common.products import Product, ProductStatus
+
+
+class CatalogueReplica:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._products: dict[str, Product] = {}
+        if path.is_file():
+            self._products = {
+                p["sku"]: Product.model_validate(p) for p in json.loads(path.read_text())
+            }
+
+    def replace(self, products: list[Product]) -> None:
+        """Swap in the core's full catalogue and persist it for offline restarts."""
+        payload = json.dumps([p.model_dump(mode="json") for p in products]).encode()
+        write_atomic(self._path, [payload])
+        with self._lock:
+            self._products = {p.sku: p for p in products}
+
+    def get(self, sku: str) -> Product | None:
+        return self._products.get(sku)
+
+    def is_sellable(self, sku: str) -> bool:
+        product = self._products.get(sku)
+        return product is None or product.status != ProductStatus.RETIRED
+
+    def __len__(self) -> int:
+        return len(self._products)

@@ -1,0 +1,137 @@
+"""Store and forward: drain the spool to the core, deleting only what the core confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from edge2core.common.events import PhotoForwarded
+from edge2core.common.logging import get_logger
+from edge2core.common.metrics import FORWARD_RETRIES, FORWARDED, FORWARDED_BYTES
+from edge2core.edge.core_client import CoreClient, RejectedUpload, TransientUploadError
+from edge2core.edge.spool import Spool, SpoolItem
+
+log = get_logger(__name__)
+
+EventSink = Callable[[PhotoForwarded], Awaitable[None]]
+
+
+async def _no_events(_event: PhotoForwarded) -> None:
+    return None
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset by a success."""
+
+    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return random.uniform(0, min(self.max_s, self.initial_s * 2 ** (self.failures - 1)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        spool: Spool,
+        core: CoreClient,
+        *,
+        quarantine_dir: Path,
+        concurrency: int = 4,
+        on_forwarded: EventSink = _no_events,
+    ) -> None:
+        self._spool = spool
+        self._core = core
+        self._quarantine = quarantine_dir
+        self._concurrency = concurrency
+        self._on_forwarded = on_forwarded
+        self._wake = asyncio.Event()
+        self._backoff = Backoff()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Thread-safe nudge from a door: something new is in the spool."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        while True:
+            batch = self._spool.pending(self._concurrency * 4)
+            if not batch:
+                await self._sleep_until_woken(2.0)
+                continue
+            results = await self._forward_batch(batch)
+            if all(results):
+                self._backoff.reset()
+            elif not any(results):
+                delay = self._backoff.next_delay()
+                log.warning("core unreachable; backing off", delay_s=round(delay, 2),
+                            pending=self._spool.stats().items)
+                await self._sleep_until_woken(delay, wakeable=False)
+
+    async def _sleep_until_woken(self, timeout: float, wakeable: bool = True) -> None:
+        self._wake.clear()
+        if not wakeable:
+            await asyncio.sleep(timeout)
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _forward_batch(self, batch: list[SpoolItem]) -> list[bool]:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(item: SpoolItem) -> bool:
+            async with gate:
+                return await self.forward(item)
+
+        return list(await asyncio.gather(*(one(item) for item in batch)))
+
+    async def forward(self, item: SpoolItem) -> bool:
+        """Upload one photo; True once the core confirmed it and it left the spool."""
+        try:
+            data = await asyncio.to_thread(self._spool.read, item.sha256)
+            receipt = await self._core.upload(item.record, data)
+        except TransientUploadError as exc:
+            FORWARD_RETRIES.inc()
+            log.debug("upload failed; will retry", sha256=item.sha256, error=str(exc))
+            return False
+        except RejectedUpload as exc:
+            await asyncio.to_thread(self._quarantine_item, item, str(exc))
+            return True
+        await asyncio.to_thread(self._spool.remove, item.sha256)
+        FORWARDED.inc()
+        FORWARDED_BYTES.inc(item.size)
+        await self._on_forwarded(
+            PhotoForwarded(
+                sha256=item.sha256,
+                size=item.size,
+                site=item.record.site,
+                device=item.record.device,
+                source=item.record.source,
+                sku=item.record.sku,
+                key=receipt.get("key", ""),
+            )
+        )
+        return True
+
+    def _quarantine_item(self, item: SpoolItem, reason: str) -> None:
+        """Keep what the core refused for an operator to look at; never delete it silently."""
+        dest = self._quarantine / f"{item.sha256}.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self._spool.read(item.sha256))
+        (self._quarantine / f"{item.sha256}.json").write_text(
+            f'{{"reason": {reason!r}, "record": {item.record.model_dump_json()}}}'
+        )
+        self._spool.remove(item.sha256)
+        log.error("core refused a photo; quarantined", sha256=item.sha256, reason=reason)

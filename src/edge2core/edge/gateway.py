@@ -1,0 +1,176 @@
+"""What the doors do with a device's message: capture photos, answer recognition requests.
+
+Door-independent: the MQTT and HTTP doors both call `Gateway`, so a photo is judged the same
+way whichever way it came in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edge2core.common import envelope, topics
+from edge2core.common.events import CaptureMeta, Source
+from edge2core.common.images import ImageRejected
+from edge2core.common.logging import get_logger
+from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
+from edge2core.edge.mqtt_door import Publish
+from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
+from edge2core.edge.intake import Intake, IntakeReceipt, WrongSite
+from edge2core.edge.prepare import prepare
+from edge2core.edge.spool import SpoolFull
+
+log = get_logger(__name__)
+
+
+class MissingField(ValueError):
+    pass
+
+
+# Errors a device can fix by sending something else: answered, counted, then acknowledged.
+DEVICE_ERRORS = (
+    ImageRejected,
+    WrongSite,
+    ValidationError,
+    MissingField,
+    envelope.MalformedMessage,
+    topics.BadTopic,
+)
+
+
+def error_reason(exc: Exception) -> str:
+    if isinstance(exc, ImageRejected):
+        return exc.reason.value
+    if isinstance(exc, WrongSite):
+        return "wrong_site"
+    if isinstance(exc, SpoolFull):
+        return "spool_full"
+    if isinstance(exc, NoModel):
+        return "no_model"
+    return "malformed"
+
+
+def capture_meta(info: topics.TopicInfo, header: dict[str, Any], source: Source) -> CaptureMeta:
+    return CaptureMeta(
+        site=info.site,
+        device=info.device,
+        source=source,
+        sku=header.get("sku"),
+        captured_at=header.get("captured_at"),
+        request_id=header.get("request_id"),
+    )
+
+
+class Gateway:
+    def __init__(self, intake: Intake, recognizer: Recognizer) -> None:
+        self.intake = intake
+        self.recognizer = recognizer
+        # Spooling an unsure shopper photo must not delay the shopper's answer.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2c-keep")
+
+    def capture(self, data: bytes, meta: CaptureMeta, door: str) -> IntakeReceipt:
+        if meta.source == Source.KIOSK and not meta.sku:
+            raise MissingField("a kiosk capture needs the scanned product's 'sku'")
+        return self.intake.accept(data, meta, door=door)
+
+    def recognize(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
+        answer = self.recognizer.recognize(data, request_id=meta.request_id)
+        RECOGNITION_SECONDS.observe(answer.latency_ms / 1000)
+        RECOGNITIONS.labels(door=door, outcome="recognised" if answer.recognised else "unsure").inc()
+        if not answer.recognised:
+            self._background.submit(self._keep, data, meta, answer)
+        return answer
+
+    def _keep(self, data: bytes, meta: CaptureMeta, answer: Answer) -> None:
+        try:
+            self.intake.keep_unrecognised(
+                prepare(data, self.intake.policy),
+                meta,
+                model_version=answer.model_version,
+                confidence=answer.confidence,
+                guesses=guesses(answer),
+            )
+        except Exception as exc:
+            log.warning("could not keep an unrecognised photo", error=repr(exc))
+
+    def close(self) -> None:
+        self._background.shutdown(wait=True)
+
+
+class MqttHandlers:
+    """Turns MQTT messages into gateway calls; replies and errors go back over MQTT."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def on_capture(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
+        return self._handle(msg, publish, Source.KIOSK, self._capture)
+
+    def on_recognize(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
+        return self._handle(msg, publish, Source.SHOPPER, self._recognize)
+
+    def _capture(self, _info: topics.TopicInfo, meta: CaptureMeta, image: bytes, _p: Publish) -> None:
+        self._gateway.capture(image, meta, door="mqtt")
+
+    def _recognize(
+        self, info: topics.TopicInfo, meta: CaptureMeta, image: bytes, publish: Publish
+    ) -> None:
+        if not meta.request_id:
+            raise MissingField("a recognition request needs a 'request_id'")
+        answer = self._gateway.recognize(image, meta, door="mqtt")
+        publish(
+            topics.answer_topic(info.site, info.device, meta.request_id),
+            answer.model_dump_json().encode(),
+        )
+
+    def _handle(
+        self,
+        msg: mqtt.MQTTMessage,
+        publish: Publish,
+        source: Source,
+        action: Callable[[topics.TopicInfo, CaptureMeta, bytes, Publish], None],
+    ) -> bool:
+        """True when the message is finished with (handled or refused for good)."""
+        info: topics.TopicInfo | None = None
+        header: dict[str, Any] = {}
+        try:
+            info = topics.parse_topic(msg.topic)
+            env = envelope.decode(msg.payload)
+            header = env.header
+            action(info, capture_meta(info, header, source), env.image, publish)
+            return True
+        except DEVICE_ERRORS + (NoModel,) as exc:
+            _refuse(msg, info, header, exc, publish)
+            return True
+        except SpoolFull as exc:
+            # Not acknowledged: the broker keeps it and redelivers once there is room.
+            _refuse(msg, info, header, exc, publish)
+            return False
+
+
+def _refuse(
+    msg: mqtt.MQTTMessage,
+    info: topics.TopicInfo | None,
+    header: dict[str, Any],
+    exc: Exception,
+    publish: Publish,
+) -> None:
+    reason = error_reason(exc)
+    PHOTOS_REJECTED.labels(door="mqtt", reason=reason).inc()
+    log.info("MQTT message refused", topic=msg.topic, reason=reason, detail=str(exc)[:300])
+    if info is None:
+        return
+    body = {
+        "reason": reason,
+        "detail": str(exc)[:1000],
+        "topic": msg.topic,
+        "request_id": header.get("request_id"),
+        "at": time.time(),
+    }
+    publish(topics.error_topic(info.site, info.role, info.device), json.dumps(body).encode())

@@ -1,0 +1,168 @@
+"""Recognition at the edge: ONNX Runtime, hot-swappable, joined with the local catalogue.
+
+A swap replaces one reference: a request holds the model it started with until it finishes,
+so requests in flight complete on the old model while new ones get the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import BaseModel
+
+from edge2core.common.events import Guess
+from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
+from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
+from edge2core.common.preprocess import IMAGE_SIZE, preprocess
+from edge2core.edge.catalogue_replica import CatalogueReplica
+
+
+class NoModel(RuntimeError):
+    """No model is loaded yet: the site is waiting for its first version from the core."""
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    sha256: str
+    classes: tuple[str, ...]
+    session: ort.InferenceSession
+    input_name: str
+
+
+class Candidate(BaseModel):
+    sku: str
+    name: str | None
+    confidence: float
+
+
+class Answer(BaseModel):
+    recognised: bool
+    sku: str | None
+    name: str | None
+    price: float | None
+    currency: str | None
+    confidence: float
+    top_k: list[Candidate]
+    model_version: int
+    latency_ms: float
+    request_id: str | None = None
+
+
+def load_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def model_classes(session: ort.InferenceSession) -> tuple[str, ...]:
+    meta = session.get_modelmeta().custom_metadata_map
+    if "classes" not in meta:
+        raise ModelLoadError("the ONNX model carries no 'classes' metadata")
+    return tuple(json.loads(meta["classes"]))
+
+
+class Recognizer:
+    def __init__(
+        self,
+        catalogue: CatalogueReplica,
+        *,
+        threads: int = 1,
+        unrecognised_below: float = 0.5,
+        top_k: int = 3,
+        limits: DecodeLimits = DecodeLimits(),
+    ) -> None:
+        self._catalogue = catalogue
+        self._threads = threads
+        self._threshold = unrecognised_below
+        self._top_k = top_k
+        self._limits = limits
+        self._model: LoadedModel | None = None
+        self._swap_lock = threading.Lock()
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    def load(self, path: Path, *, version: int, sha256: str) -> LoadedModel:
+        """Load, warm up, then swap in atomically; the old model keeps serving on failure."""
+        try:
+            session = load_session(path, self._threads)
+            classes = model_classes(session)
+            input_name = session.get_inputs()[0].name
+            warm = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+            probs = session.run(None, {input_name: warm})[0]
+            if probs.shape != (1, len(classes)):
+                raise ModelLoadError(f"output shape {probs.shape} does not match {len(classes)} classes")
+        except Exception as exc:
+            MODEL_SWAPS.labels(outcome="failed").inc()
+            raise ModelLoadError(f"model {version} failed to load: {exc}") from exc
+        loaded = LoadedModel(version, sha256, classes, session, input_name)
+        with self._swap_lock:
+            self._model = loaded
+        MODEL_SWAPS.labels(outcome="ok").inc()
+        MODEL_VERSION.set(version)
+        return loaded
+
+    def tensor(self, data: bytes) -> np.ndarray:
+        """Decode at reduced size where the format allows, then the training preprocessing."""
+        image, _fmt = open_checked(data, self._limits)
+        with image:
+            rgb = decode_rgb(image, reduce_to=IMAGE_SIZE)
+            return preprocess(rgb)[None]
+
+    def recognize(self, data: bytes, request_id: str | None = None) -> Answer:
+        start = time.perf_counter()
+        model = self._model
+        if model is None:
+            raise NoModel("no model loaded yet; the edge is waiting for one from the core")
+        probs = model.session.run(None, {model.input_name: self.tensor(data)})[0][0]
+        return self._answer(model, probs, start, request_id)
+
+    def _answer(
+        self, model: LoadedModel, probs: np.ndarray, start: float, request_id: str | None
+    ) -> Answer:
+        sellable = np.array([self._catalogue.is_sellable(c) for c in model.classes])
+        # Retired products are masked here at once, before any retraining removes them.
+        masked = np.where(sellable, probs, 0.0)
+        order = np.argsort(-masked)[: self._top_k]
+        top = [
+            Candidate(sku=model.classes[i], name=self._name(model.classes[i]),
+                      confidence=float(masked[i]))
+            for i in order
+        ]
+        best = top[0]
+        recognised = best.confidence >= self._threshold
+        product = self._catalogue.get(best.sku) if recognised else None
+        return Answer(
+            recognised=recognised,
+            sku=best.sku if recognised else None,
+            name=best.name if recognised else None,
+            price=product.price if product else None,
+            currency=product.currency if product else None,
+            confidence=best.confidence,
+            top_k=top,
+            model_version=model.version,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            request_id=request_id,
+        )
+
+    def _name(self, sku: str) -> str | None:
+        product = self._catalogue.get(sku)
+        return product.name if product else None
+
+
+def guesses(answer: Answer) -> list[Guess]:
+    return [Guess(sku=c.sku, confidence=c.confidence) for c in answer.top_k]

@@ -1,0 +1,88 @@
+"""Intake: one path from any door (MQTT, HTTP, the recogniser) into the spool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge2core.common.events import CaptureMeta, Guess, PhotoRecord, Source
+from edge2core.common.metrics import PHOTOS_DUPLICATE, PHOTOS_RECEIVED
+from edge2core.edge.prepare import PreparedPhoto, PreparePolicy, prepare
+from edge2core.edge.spool import Spool
+
+# Unrecognised shopper photos teach the next model the most; a kiosk's 500th banana the least.
+PRIORITY = {Source.SHOPPER: 10, Source.KIOSK: 5}
+
+
+class WrongSite(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class IntakeReceipt:
+    sha256: str
+    size: int
+    duplicate: bool
+
+
+class Intake:
+    def __init__(
+        self,
+        site: str,
+        policy: PreparePolicy,
+        spool: Spool,
+        on_spooled: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.site = site
+        self.policy = policy
+        self._spool = spool
+        self._on_spooled = on_spooled
+
+    def accept(self, data: bytes, meta: CaptureMeta, *, door: str) -> IntakeReceipt:
+        """Prepare and spool a device's photo; returns once it is durable.
+
+        Raises `ImageRejected`, `WrongSite` or `SpoolFull`; the door counts and answers them.
+        """
+        self._check_site(meta)
+        prepared = prepare(data, self.policy)
+        receipt = self._spool_prepared(prepared, meta)
+        PHOTOS_RECEIVED.labels(door=door, source=meta.source.value).inc()
+        return receipt
+
+    def keep_unrecognised(
+        self,
+        prepared: PreparedPhoto,
+        meta: CaptureMeta,
+        *,
+        model_version: int | None,
+        confidence: float,
+        guesses: list[Guess],
+    ) -> IntakeReceipt:
+        """Spool a shopper photo the model was unsure of, with its guesses, for labelling."""
+        return self._spool_prepared(
+            prepared,
+            meta,
+            edge_model_version=model_version,
+            confidence=confidence,
+            top_guesses=guesses,
+        )
+
+    def _check_site(self, meta: CaptureMeta) -> None:
+        if meta.site != self.site:
+            raise WrongSite(f"this edge serves site {self.site!r}, not {meta.site!r}")
+
+    def _spool_prepared(self, prepared: PreparedPhoto, meta: CaptureMeta, **extra: object) -> IntakeReceipt:
+        record = PhotoRecord(
+            **meta.model_dump(),
+            sha256=prepared.sha256,
+            size=len(prepared.data),
+            width=prepared.width,
+            height=prepared.height,
+            **extra,
+        )
+        created = self._spool.put(record, prepared.data, PRIORITY[meta.source])
+        if created:
+            self._on_spooled()
+        else:
+            PHOTOS_DUPLICATE.inc()
+        return IntakeReceipt(sha256=prepared.sha256, size=len(prepared.data), duplicate=not created)

@@ -1,0 +1,103 @@
+"""An MQTT client the edge uses as a door: subscribe, handle, acknowledge when safe.
+
+QoS 1 messages are acknowledged to the broker only after the handler says the photo is
+durable (paho's manual ack); with a persistent session the broker keeps and redelivers
+anything unacknowledged, so a crash of the edge loses nothing the broker accepted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+from edge2core.common.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    transport: str = "tcp"  # or "websockets"
+    username: str | None = None
+    password: str | None = None
+
+
+def make_client(
+    endpoint: MqttEndpoint, client_id: str, *, persistent: bool = False, manual_ack: bool = False
+) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        transport=endpoint.transport,
+        clean_session=not persistent,
+        manual_ack=manual_ack,
+    )
+    if endpoint.transport == "websockets":
+        client.ws_set_options(path="/mqtt")
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    return client
+
+
+Publish = Callable[[str, bytes], None]
+# Gets the message and a way to reply on the same connection; True means "acknowledge it".
+Handler = Callable[[mqtt.MQTTMessage, Publish], bool]
+
+
+class MqttDoor:
+    """Runs `handler` for each message on its own network thread; acks when it returns True."""
+
+    def __init__(
+        self, endpoint: MqttEndpoint, client_id: str, topics: list[str], handler: Handler
+    ) -> None:
+        self._endpoint = endpoint
+        self._topics = topics
+        self._handler = handler
+        self._subscribed = threading.Event()
+        self.client = make_client(endpoint, client_id, persistent=True, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.client.connect(self._endpoint.host, self._endpoint.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise TimeoutError(
+                f"MQTT broker {self._endpoint.host}:{self._endpoint.port} did not confirm "
+                f"subscriptions within {timeout}s"
+            )
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.client.publish(topic, payload, qos=qos)
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connect refused", reason=str(reason))
+            return
+        # Resubscribe on every (re)connect; the broker may have lost our session.
+        client.subscribe([(topic, 1) for topic in self._topics])
+
+    def _on_subscribe(self, *_args: object) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            done = self._handler(msg, self.publish)
+        except Exception:
+            log.exception("MQTT handler failed; message left for redelivery", topic=msg.topic)
+            return
+        if done:
+            client.ack(msg.mid, msg.qos)

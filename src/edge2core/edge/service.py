@@ -1,0 +1,178 @@
+"""`edge2core edge up`: one site's broker, doors, spool, forwarder, model agent and API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import nats
+import uvicorn
+from nats.aio.client import Client as NatsClient
+
+from edge2core.common import topics
+from edge2core.common.events import PhotoForwarded, events_subject
+from edge2core.common.images import DecodeLimits
+from edge2core.common.logging import get_logger
+from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.config import EdgeSettings
+from edge2core.edge.api import create_edge_app
+from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.core_client import CoreClient
+from edge2core.edge.forwarder import EventSink, Forwarder
+from edge2core.edge.gateway import Gateway, MqttHandlers
+from edge2core.edge.inference import Recognizer
+from edge2core.edge.intake import Intake
+from edge2core.edge.model_agent import ModelAgent
+from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
+from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.spool import Spool
+
+log = get_logger(__name__)
+
+EVENTS_STREAM = "E2C_EVENTS"
+
+
+def edge_nats_config(settings: EdgeSettings) -> NatsServerConfig:
+    return NatsServerConfig(
+        name=f"e2c-edge-{settings.site}",
+        store_dir=settings.data_dir / "nats" / "jetstream",
+        host=settings.host,
+        client_port=settings.nats_port,
+        http_port=settings.nats_http_port,
+        mqtt_port=settings.mqtt_port,
+        websocket_port=settings.mqtt_ws_port,
+        jetstream_domain=settings.jetstream_domain,
+        leafnode_remotes=(settings.core_leaf_url,) if settings.core_leaf_url else (),
+    )
+
+
+def mqtt_endpoint(settings: EdgeSettings) -> MqttEndpoint:
+    if settings.external_mqtt:
+        host, _, port = settings.external_mqtt.rpartition(":")
+        return MqttEndpoint(host=host, port=int(port))
+    return MqttEndpoint(host=settings.host, port=settings.mqtt_port)
+
+
+@dataclass
+class EdgeParts:
+    spool: Spool
+    catalogue: CatalogueReplica
+    recognizer: Recognizer
+    gateway: Gateway
+    core: CoreClient
+    forwarder: Forwarder
+    agent: ModelAgent
+
+
+def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = None) -> EdgeParts:
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    policy = PreparePolicy(
+        max_bytes=settings.max_bytes,
+        max_pixels=settings.max_pixels,
+        long_side=settings.long_side,
+        jpeg_quality=settings.jpeg_quality,
+    )
+    spool = Spool(data / "spool", settings.spool_budget_bytes)
+    catalogue = CatalogueReplica(data / "catalogue.json")
+    recognizer = Recognizer(
+        catalogue,
+        threads=settings.inference_threads,
+        unrecognised_below=settings.unrecognised_below,
+        top_k=settings.top_k,
+        limits=DecodeLimits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels),
+    )
+    core = CoreClient(settings.core_url, settings.token)
+    forwarder = Forwarder(
+        spool,
+        core,
+        quarantine_dir=data / "quarantine",
+        concurrency=settings.forward_concurrency,
+        **({"on_forwarded": on_forwarded} if on_forwarded else {}),
+    )
+    intake = Intake(settings.site, policy, spool, on_spooled=forwarder.wake)
+    agent = ModelAgent(core, recognizer, catalogue, data / "models", poll_s=settings.model_poll_s)
+    return EdgeParts(spool, catalogue, recognizer, Gateway(intake, recognizer), core, forwarder, agent)
+
+
+def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
+    spool = parts.spool.stats()
+    model = parts.recognizer.model
+    return {
+        "site": settings.site,
+        "model_version": model.version if model else None,
+        "model_classes": len(model.classes) if model else 0,
+        "catalogue_products": len(parts.catalogue),
+        "spool": {
+            "items": spool.items,
+            "bytes": spool.bytes,
+            "budget_bytes": spool.budget_bytes,
+            "oldest_age_s": spool.oldest_age_s,
+        },
+    }
+
+
+def start_doors(settings: EdgeSettings, gateway: Gateway) -> list[MqttDoor]:
+    endpoint = mqtt_endpoint(settings)
+    subs = topics.subscriptions(settings.site)
+    handlers = MqttHandlers(gateway)
+    # Two connections, two network threads: a burst of captures never delays an answer.
+    doors = [
+        MqttDoor(endpoint, f"e2c-{settings.site}-capture", [subs["kiosk"]], handlers.on_capture),
+        MqttDoor(
+            endpoint, f"e2c-{settings.site}-recognize", [subs["shopper"]], handlers.on_recognize
+        ),
+    ]
+    for door in doors:
+        door.start()
+    return doors
+
+
+async def event_sink(client: NatsClient, site: str) -> EventSink:
+    js = client.jetstream()
+    with contextlib.suppress(Exception):
+        await js.add_stream(name=EVENTS_STREAM, subjects=["e2c.events.>"])
+
+    async def publish(event: PhotoForwarded) -> None:
+        try:
+            await js.publish(events_subject(site, "photo.forwarded"), event.model_dump_json().encode())
+        except Exception as exc:  # events are informative; the HTTP upload is the truth
+            log.warning("event publish failed", error=repr(exc))
+
+    return publish
+
+
+async def serve_edge(settings: EdgeSettings) -> None:
+    # The embedded server always runs (JetStream, leaf link); an external broker only
+    # replaces it as the devices' MQTT door.
+    server = EmbeddedNats(edge_nats_config(settings), work_dir=settings.data_dir / "nats")
+    server.start()  # in this thread: the server is tied to the thread that starts it
+    client = await nats.connect(server.client_url, max_reconnect_attempts=-1)
+    parts = build_edge_parts(settings, await event_sink(client, settings.site))
+    await parts.agent.load_last_good()
+    doors = await asyncio.to_thread(start_doors, settings, parts.gateway)
+    tasks = [
+        asyncio.create_task(parts.forwarder.run(), name="forwarder"),
+        asyncio.create_task(parts.agent.run(client), name="model-agent"),
+    ]
+    app = create_edge_app(
+        parts.gateway, settings.site, lambda: status_report(settings, parts), settings.max_bytes
+    )
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, log_config=None, access_log=False
+    )
+    log.info("edge up", site=settings.site, http=settings.http_url, mqtt=settings.mqtt_port,
+             mqtt_ws=settings.mqtt_ws_port)
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for door in doors:
+            door.stop()
+        parts.gateway.close()
+        await client.drain()
+        await parts.core.aclose()
+        parts.spool.close()
+        server.stop()

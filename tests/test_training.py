@@ -1,0 +1,235 @@
+"""Thin loop model code on real grocery photos: preprocess, frozen backbone, linear head,
+ONNX export.  Needs the grocery dataset (env ``E2C_DATASET``, else
+``<repo>/../shared/datasets/grocery``); skipped with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
+
+# four visually distinct products: a fruit, a carton, two vegetables
+CLASSES = ["Banana", "Oatly-Oat-Milk", "Carrots", "Red-Bell-Pepper"]
+N_TRAIN_PER_CLASS = 15
+
+pytestmark = pytest.mark.skipif(
+    not (DATASET / "train.txt").is_file() or not (DATASET / "val.txt").is_file(),
+    reason=f"grocery dataset not found at {DATASET} (set E2C_DATASET to its folder)",
+)
+
+
+def _split(split: str, per_class: int | None) -> tuple[list[Image.Image], np.ndarray]:
+    """Photos of CLASSES from a split (train.txt / val.txt), labels = index in CLASSES."""
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    counts = dict.fromkeys(CLASSES, 0)
+    for line in (DATASET / f"{split}.txt").read_text().splitlines():
+        if not line.strip():
+            continue
+        rel = line.split(",")[0].strip()
+        name = Path(rel).parent.name
+        if name not in counts or (per_class is not None and counts[name] >= per_class):
+            continue
+        counts[name] += 1
+        with Image.open(DATASET / rel) as im:
+            im.load()
+            images.append(im.copy())
+        labels.append(CLASSES.index(name))
+    assert all(counts.values()), f"missing classes in {split}: {counts}"
+    return images, np.array(labels, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from edge2core.core.backbone import load_backbone
+
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_x, train_y = _split("train", N_TRAIN_PER_CLASS)
+    val_x, val_y = _split("val", None)
+    return train_x, train_y, val_x, val_y
+
+
+@pytest.fixture(scope="module")
+def embedded(backbone, data):
+    from edge2core.core.training import embed
+
+    train_x, train_y, val_x, val_y = data
+    return embed(backbone, train_x), train_y, embed(backbone, val_x), val_y
+
+
+@pytest.fixture(scope="module")
+def head(embedded):
+    from edge2core.core.training import train_head
+
+    train_e, train_y, _, _ = embedded
+    return train_head(train_e, train_y, CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(backbone, head, tmp_path_factory):
+    from edge2core.core.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(backbone, head, path)
+    return path
+
+
+# --------------------------------------------------------------------------- preprocess
+
+
+def test_preprocess_shape_dtype_deterministic(data):
+    from edge2core.common.preprocess import IMAGE_SIZE, preprocess, preprocess_batch
+
+    image = data[0][0]
+    a, b = preprocess(image), preprocess(image.copy())
+    assert IMAGE_SIZE == 224
+    assert a.shape == (3, 224, 224) and a.dtype == np.float32 and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
+    assert -1.0 <= float(a.min()) and float(a.max()) <= 1.0  # (x - 127) / 128
+    assert float(a.std()) > 0.05
+
+    # other modes and aspect ratios give the same shape
+    odd = [
+        image.convert("L"),
+        image.convert("RGBA"),
+        image.resize((500, 300)),
+        image.resize((120, 400)),
+    ]
+    batch = preprocess_batch([image, *odd])
+    assert batch.shape == (5, 3, 224, 224) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[0], a)
+    np.testing.assert_array_equal(batch[2], a)  # RGBA of an opaque RGB image
+    assert preprocess_batch([]).shape == (0, 3, 224, 224)
+
+
+def test_preprocess_does_not_import_torch():
+    code = "import sys, edge2core.common.preprocess; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- backbone + head
+
+
+def test_backbone_output_shape(backbone, embedded):
+    import torch
+
+    from edge2core.core.backbone import EMBEDDING_DIM
+
+    assert not backbone.training
+    with torch.inference_mode():
+        out = backbone(torch.zeros(2, 3, 224, 224))
+    assert out.shape == (2, EMBEDDING_DIM) == (2, 1280)
+    train_e, train_y, val_e, val_y = embedded
+    assert train_e.shape == (len(train_y), 1280) and train_e.dtype == np.float32
+    assert val_e.shape == (len(val_y), 1280)
+    assert np.isfinite(train_e).all() and float(train_e.std()) > 0
+
+
+def test_embed_batches_and_progress(backbone, data, embedded):
+    from edge2core.core.training import embed
+
+    images = data[0][:5]
+    seen: list[int] = []
+    e = embed(backbone, images, batch_size=2, progress=seen.append)
+    assert seen == [2, 4, 5]
+    # same result whatever the batching (up to float noise)
+    np.testing.assert_allclose(e, embedded[0][:5], atol=1e-4, rtol=1e-4)
+    assert embed(backbone, []).shape == (0, 1280)
+
+
+def test_head_beats_chance_on_val(head, embedded):
+    from edge2core.core.training import evaluate, predict_proba
+
+    train_e, train_y, val_e, val_y = embedded
+    assert head.weight.shape == (4, 1280) and head.bias.shape == (4,)
+    assert head.classes == CLASSES
+    metrics = evaluate(head, val_e, val_y)
+    assert metrics["n"] == len(val_y) >= 16
+    assert "top5" not in metrics  # only 4 classes
+    assert metrics["top1"] >= 0.7, metrics  # chance is 0.25
+    assert evaluate(head, train_e, train_y)["top1"] >= 0.95
+    p = predict_proba(head, val_e)
+    assert p.shape == (len(val_y), 4) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_train_head_deterministic_and_standardisation_folded(embedded, head):
+    from edge2core.core.training import predict_proba, train_head
+
+    train_e, train_y, val_e, _ = embedded
+    again = train_head(train_e, train_y, CLASSES, seed=0)
+    np.testing.assert_array_equal(again.weight, head.weight)
+    np.testing.assert_array_equal(again.bias, head.bias)
+    assert head.info["standardize"] is True
+    # the standardisation is folded into weight/bias: the head applies to raw embeddings
+    p = predict_proba(head, val_e)
+    assert p.max(axis=1).mean() > 0.5
+
+
+def test_evaluate_top5_and_head_save_load(tmp_path):
+    from edge2core.core.training import HeadModel, evaluate, train_head
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(6, 1280)).astype(np.float32) * 3
+    y = np.repeat(np.arange(6), 10)
+    x = centers[y] + rng.normal(size=(60, 1280)).astype(np.float32)
+    classes = [f"c{i}" for i in range(6)]
+    h = train_head(x, y, classes, epochs=50)
+    m = evaluate(h, x, y)
+    assert m["n"] == 60 and m["top1"] == 1.0 and m["top5"] == 1.0
+    h.save(tmp_path / "head.npz")
+    back = HeadModel.load(tmp_path / "head.npz")
+    np.testing.assert_array_equal(back.weight, h.weight)
+    assert back.classes == classes and back.info["method"] == h.info["method"]
+    with pytest.raises(ValueError):
+        train_head(x, y + 1, classes)  # label 6 out of range
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_single_file_matches_torch(onnx_file, backbone, head, data):
+    import onnxruntime as ort
+    import torch
+
+    from edge2core.common.preprocess import preprocess_batch
+    from edge2core.core.training import predict_proba
+
+    # one self-contained file, no external-data sidecar
+    assert sorted(p.name for p in onnx_file.parent.iterdir()) == ["model.onnx"]
+    session = ort.InferenceSession(onnx_file.read_bytes(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+
+    val_x = data[2]
+    x = preprocess_batch([val_x[0], val_x[5], val_x[-1]])
+    with torch.inference_mode():
+        expected = predict_proba(head, backbone(torch.from_numpy(x)).numpy())
+    for batch in (x, x[:1]):  # dynamic batch
+        (got,) = session.run(["probabilities"], {"image": batch})
+        assert got.shape == (batch.shape[0], 4) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected[: batch.shape[0]], atol=1e-4, rtol=0)
+        assert (got.argmax(axis=1) == expected[: batch.shape[0]].argmax(axis=1)).all()
+
+
+def test_onnx_metadata_round_trip(onnx_file):
+    from edge2core.core.backbone import BACKBONE_ID
+    from edge2core.core.export import read_onnx_metadata
+
+    for source in (onnx_file, str(onnx_file), onnx_file.read_bytes()):
+        meta = read_onnx_metadata(source)
+        assert meta["classes"] == CLASSES
+        assert meta["backbone"] == BACKBONE_ID == "efficientnet-lite0-imagenet"
+        assert meta["image_size"] == "224"
