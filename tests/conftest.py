@@ -1,0 +1,80 @@
+"""Shared fixtures: real photos, databases, servers. Every server listens on a free port."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from edge2core.common.db import create_schema, make_engine, make_sessionmaker
+
+REPO = Path(__file__).resolve().parents[1]
+GROCERY = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
+FACES = REPO.parent / "shared" / "datasets" / "faces"
+PG_URL = os.environ.get("E2C_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def grocery_dir() -> Path:
+    if not (GROCERY / "train.txt").is_file():
+        pytest.skip(f"grocery dataset not found at {GROCERY} (set E2C_DATASET)")
+    return GROCERY
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
+               **save: object) -> bytes:
+    """A small real JPEG; `save` passes Pillow options such as exif=..."""
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG", **save)
+    return out.getvalue()
+
+
+@pytest.fixture
+def jpeg() -> bytes:
+    return jpeg_bytes()
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = make_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same tests against the embedded default and the scale-out database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'core.db'}"
+        return
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_URL}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    engine = make_engine(PG_URL)
+    import edge2core.core.schema  # noqa: F401  (registers the tables)
+    from edge2core.common.db import Base
+
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    yield PG_URL
+    engine = make_engine(PG_URL)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(db_url: str):
+    engine = make_engine(db_url)
+    create_schema(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
