@@ -37,6 +37,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     root.setLevel(level.upper())
     # Access logs of every health probe drown the events that matter.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
