@@ -164,7 +164,7 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
         "errors": sum(1 for _p, r in replies if r.error),
         "recognition_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
         "recognition_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
-        "training_timings_s": run["timings_s"],
+        "training_timings_s": {f"training: {k}": v for k, v in run["timings_s"].items()},
     }
 
 
@@ -197,11 +197,17 @@ def _ask(held_out: list, endpoint: MqttEndpoint, console: Console) -> list:
 
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title="edge2core demo summary", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    results = Table(title="edge2core demo: what happened", show_header=False)
+    results.add_column("what")
+    results.add_column("value", justify="right")
+    timings = Table(title="time per stage")
+    timings.add_column("stage")
+    timings.add_column("seconds", justify="right")
     for key, value in summary.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        table.add_row(key.replace("_", " "), str(value))
-    console.print(table)
+            for stage, seconds in value.items():
+                timings.add_row(stage.replace("_", " "), f"{seconds:.2f}")
+        else:
+            results.add_row(key.replace("_", " "), str(value))
+    console.print(results)
+    console.print(timings)

@@ -1,0 +1,94 @@
+"""A small real ONNX product classifier, built once per test session with the project's code.
+
+Frozen EfficientNet-Lite0 backbone + a linear head trained on synthetic product photos
+(`edge2core.sim.synthetic.render_photo`), exported as one ONNX file. Test modules import
+`trained_model` (a session-scoped fixture); the build itself is cached in this module, so
+several test modules importing the fixture still build the model only once per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edge2core.common.products import Product
+from edge2core.sim.synthetic import product_style, render_photo
+
+PRODUCTS = 3
+TRAIN_PHOTOS = range(8)  # photo indices used for training
+HELD_OUT_PHOTOS = range(500, 504)  # never seen in training
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    path: Path
+    data: bytes
+    sha256: str
+    classes: tuple[str, ...]
+    products: tuple[Product, ...]  # catalogue entries for the classes, in class order
+
+    def held_out(self, product_index: int) -> list[bytes]:
+        """Photos of a product the model never saw in training."""
+        return [render_photo(product_index, i) for i in HELD_OUT_PHOTOS]
+
+
+def sku(product_index: int) -> str:
+    return f"SKU-{product_index:04d}"
+
+
+def catalogue_products() -> list[Product]:
+    out = []
+    for i in range(PRODUCTS):
+        style = product_style(i)
+        out.append(Product(sku=sku(i), name=style.name, coarse=style.category,
+                           price=round(1.49 + i, 2), currency="EUR"))
+    return out
+
+
+_lock = threading.Lock()
+_built: TrainedModel | None = None
+
+
+def build_model(out_dir: Path) -> TrainedModel:
+    global _built
+    with _lock:
+        if _built is not None:
+            return _built
+        import numpy as np
+
+        from edge2core.core.backbone import load_backbone
+        from edge2core.core.export import export_onnx
+        from edge2core.core.training import embed, train_head
+
+        images: list[Image.Image] = []
+        labels: list[int] = []
+        for p in range(PRODUCTS):
+            for i in TRAIN_PHOTOS:
+                with Image.open(io.BytesIO(render_photo(p, i))) as im:
+                    images.append(im.convert("RGB"))
+                labels.append(p)
+        backbone = load_backbone()
+        classes = [sku(p) for p in range(PRODUCTS)]
+        head = train_head(embed(backbone, images), np.array(labels, dtype=np.int64), classes, seed=0)
+        path = out_dir / "model.onnx"
+        export_onnx(backbone, head, path)
+        data = path.read_bytes()
+        _built = TrainedModel(
+            path=path,
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+            classes=tuple(classes),
+            products=tuple(catalogue_products()),
+        )
+        return _built
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    return build_model(tmp_path_factory.mktemp("model"))
