@@ -22,7 +22,7 @@ from edge2core.sim.synthetic import product_style, render_photo
 
 PRODUCTS = 3
 TRAIN_PHOTOS = range(8)  # photo indices used for training
-HELD_OUT_PHOTOS = range(500, 504)  # never seen in training
+HELD_OUT_PHOTOS = range(100, 104)  # never seen in training
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,4 @@ def decode(payload: bytes) -> Envelope:
         header = json.loads(payload[:end])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage(f"the JSON header is invalid: {exc}") from exc
-    if not isinstance(header, dict):
-        raise MalformedMessage("the JSON header must be an object")
     return Envelope(header=header, image=payload[end + 1 :])

@@ -123,7 +123,11 @@ def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     """Re-encode from pixels only: no EXIF, XMP, ICC profile, comments or maker notes survive."""
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=quality, optimize=False, exif=b"", icc_profile=None)
+    # Pillow copies `info["comment"]` into the output unless told otherwise.
+    image.save(
+        out, format="JPEG", quality=quality, optimize=False, exif=b"", icc_profile=None,
+        comment=b"",
+    )
     return out.getvalue()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from edge2core.common.fsutil import fsync_dir, move_durable, write_atomic
@@ -34,7 +34,8 @@ class ObjectStore(Protocol):
 
 
 def validate_key(key: str) -> str:
-    parts = PurePosixPath(key).parts
+    # Split by hand: PurePosixPath drops "." and empty parts, hiding aliases like "a//b".
+    parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
         raise ValueError(f"invalid object key {key!r}: use a relative path without '..'")
     return key
