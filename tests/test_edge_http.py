@@ -31,7 +31,7 @@ from edge2core.edge.gateway import Gateway
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.model_agent import ModelAgent
-from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.edge.service import EdgeParts, status_report
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
@@ -270,7 +270,7 @@ def test_full_spool_refuses_with_507_and_keeps_what_it_has(
 ) -> None:
     first_photo = photo(color=(0, 200, 0))
     # Room for the first prepared photo only.
-    budget = len(first_photo) + 200
+    budget = len(prepare(first_photo, PreparePolicy(max_bytes=MAX_BYTES)).data) + 100
     small = make_edge(trained_model, budget=budget)
     first = post_photo(small.client, first_photo)
     assert first.status_code == 201, first.text
@@ -343,7 +343,11 @@ def test_recognize_bad_photo(edge: Edge) -> None:
     assert edge.spool.stats().items == 0
 
 
-def test_retired_product_is_never_the_answer(edge: Edge, trained_model: TrainedModel) -> None:  # noqa: F811
+@pytest.mark.parametrize("threshold", [0.5, 0.0], ids=["default", "always-answer"])
+def test_retired_product_is_never_the_answer(
+    make_edge: Callable[..., Edge], trained_model: TrainedModel, threshold: float  # noqa: F811
+) -> None:
+    edge = make_edge(trained_model, unrecognised_below=threshold)
     retired = sku(1)
     edge.catalogue.replace([
         p.model_copy(update={"status": ProductStatus.RETIRED}) if p.sku == retired else p
@@ -355,6 +359,10 @@ def test_retired_product_is_never_the_answer(edge: Edge, trained_model: TrainedM
         for candidate in answer["top_k"]:
             if candidate["sku"] == retired:
                 assert candidate["confidence"] == 0.0
+        if threshold == 0.0:  # an answer is always given: it must be another product
+            assert answer["recognised"] is True and answer["sku"] in {sku(0), sku(2)}
+        else:  # the model is sure of a product that is no longer sold: unsure, not wrong
+            assert answer["recognised"] is False and answer["sku"] is None
     # The other products are still recognised.
     assert recognize(edge.client, trained_model.held_out(0)[0]).json()["sku"] == sku(0)
 

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
+DATASET = Path(
+    os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery"
+)
 
 # four visually distinct products: a fruit, a carton, two vegetables
 CLASSES = ["Banana", "Oatly-Oat-Milk", "Carrots", "Red-Bell-Pepper"]
@@ -209,7 +211,9 @@ def test_onnx_single_file_matches_torch(onnx_file, backbone, head, data):
 
     # one self-contained file, no external-data sidecar
     assert sorted(p.name for p in onnx_file.parent.iterdir()) == ["model.onnx"]
-    session = ort.InferenceSession(onnx_file.read_bytes(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_file.read_bytes(), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +53,12 @@ class PhotoRecord(CaptureMeta):
     edge_model_version: int | None = None
     confidence: float | None = None
     top_guesses: list[Guess] = Field(default_factory=list)
+    # What the edge's privacy step removed: detector, version, face count and boxes.
+    redaction: dict[str, Any] | None = None
+    # Quality measures and any flags raised by the edge's quality gates.
+    quality: dict[str, Any] | None = None
+    # 64-bit perceptual hash (dHash) of the prepared photo, as 16 hex digits.
+    phash: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
 
 
 class PhotoForwarded(BaseModel):

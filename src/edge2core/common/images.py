@@ -26,6 +26,7 @@ class RejectReason(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     CORRUPT = "corrupt"
     METADATA_PRESENT = "metadata_present"
+    LOW_QUALITY = "low_quality"
 
 
 class ImageRejected(ValueError):
@@ -145,3 +146,19 @@ def metadata_found(data: bytes) -> list[str]:
             marker for marker, payload in applist if marker == "APP1" or payload.startswith(b"Exif")
         )
     return sorted(set(found))
+
+
+def dhash(image: Image.Image, bits: int = 8) -> int:
+    """64-bit difference hash: near-identical photos differ in a few bits only."""
+    gray = image.convert("L").resize((bits + 1, bits), Image.Resampling.BILINEAR)
+    pixels = gray.tobytes()
+    value = 0
+    for row in range(bits):
+        line = pixels[row * (bits + 1) : (row + 1) * (bits + 1)]
+        for col in range(bits):
+            value = (value << 1) | (line[col] > line[col + 1])
+    return value
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()

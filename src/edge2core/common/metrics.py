@@ -11,7 +11,15 @@ PHOTOS_RECEIVED = Counter(
 PHOTOS_REJECTED = Counter(
     "e2c_photos_rejected_total", "Photos refused at a door", ["door", "reason"]
 )
-PHOTOS_DUPLICATE = Counter("e2c_photos_duplicate_total", "Exact duplicates already spooled")
+PHOTOS_DUPLICATE = Counter(
+    "e2c_photos_duplicate_total", "Duplicates not spooled again", ["kind"]
+)
+PHOTOS_FLAGGED = Counter("e2c_photos_flagged_total", "Photos kept with a quality flag", ["flag"])
+FACES_REDACTED = Counter("e2c_faces_redacted_total", "Faces blurred before leaving the site")
+SPOOL_EVICTED = Counter(
+    "e2c_spool_evicted_total", "Photos evicted from a full spool to make room", ["source"]
+)
+SPOOL_OLDEST_AGE = Gauge("e2c_spool_oldest_age_seconds", "Age of the oldest photo waiting")
 SPOOL_BYTES = Gauge("e2c_spool_bytes", "Bytes waiting in the spool")
 SPOOL_ITEMS = Gauge("e2c_spool_items", "Photos waiting in the spool")
 FORWARDED = Counter("e2c_forwarded_total", "Photos confirmed by the core")

@@ -43,10 +43,10 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "IMAGE_SIZE",
-    "RESIZE_SHORTER",
     "NORMALIZATION",
     "PIXEL_MEAN",
     "PIXEL_STD",
+    "RESIZE_SHORTER",
     "preprocess",
     "preprocess_batch",
 ]
@@ -73,9 +73,15 @@ def _resize_and_crop(image: Image.Image) -> Image.Image:
         raise ValueError(f"empty image: {w}x{h}")
     short = min(w, h)
     if w <= h:
-        new_w, new_h = RESIZE_SHORTER, max(RESIZE_SHORTER, round(h * RESIZE_SHORTER / short))
+        new_w, new_h = (
+            RESIZE_SHORTER,
+            max(RESIZE_SHORTER, round(h * RESIZE_SHORTER / short)),
+        )
     else:
-        new_w, new_h = max(RESIZE_SHORTER, round(w * RESIZE_SHORTER / short)), RESIZE_SHORTER
+        new_w, new_h = (
+            max(RESIZE_SHORTER, round(w * RESIZE_SHORTER / short)),
+            RESIZE_SHORTER,
+        )
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), resample=_RESAMPLE)
     left = (new_w - IMAGE_SIZE) // 2

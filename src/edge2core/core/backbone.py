@@ -65,7 +65,9 @@ def load_backbone(path: Path | str | None = None) -> PooledFeatures:
 
     net = EfficientNet.from_name(MODEL_NAME)
     state = torch.load(
-        Path(path) if path is not None else weights_path(), map_location="cpu", weights_only=True
+        Path(path) if path is not None else weights_path(),
+        map_location="cpu",
+        weights_only=True,
     )
     net.load_state_dict(state, strict=True)
     model = PooledFeatures(net)

@@ -126,9 +126,13 @@ def export_onnx(
 
     # sanity: names, no external data
     if [i.name for i in proto.graph.input] != [INPUT_NAME]:
-        raise RuntimeError(f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}")
+        raise RuntimeError(
+            f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}"
+        )
     if [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
-        raise RuntimeError(f"unexpected ONNX outputs {[o.name for o in proto.graph.output]}")
+        raise RuntimeError(
+            f"unexpected ONNX outputs {[o.name for o in proto.graph.output]}"
+        )
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise RuntimeError(f"initializer {init.name} uses external data")
@@ -169,7 +173,9 @@ def read_onnx_metadata(path_or_bytes: Path | str | bytes) -> dict[str, Any]:
     import onnxruntime as ort
 
     source: str | bytes = (
-        bytes(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
+        bytes(path_or_bytes)
+        if isinstance(path_or_bytes, (bytes, bytearray))
+        else str(path_or_bytes)
     )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -184,3 +190,234 @@ def decode_metadata(custom_metadata_map: dict[str, str]) -> dict[str, Any]:
     if "classes" in meta:
         meta["classes"] = [str(c) for c in json.loads(meta["classes"])]
     return meta
+
+
+# --------------------------------------------------------------------------- split artefacts
+#
+# The fast path never re-exports through torch: the backbone is exported ONCE per backbone
+# version (input ``image`` -> output ``embedding``), the head is written directly as a tiny
+# ONNX graph (input ``embedding`` -> output ``probabilities``: Gemm + Softmax), and the model
+# the edge runs is the two composed with ``onnx.compose.merge_models``.  Composition copies
+# protobufs (well under a second); a torch export takes tens of seconds on 2 cores.
+
+EMBEDDING_NAME = "embedding"
+
+
+class _Embedder(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image)
+
+
+def _metadata(classes: list[str] | None, backbone_version: str, extra: dict[str, str] | None) -> dict[str, str]:
+    meta = {
+        "backbone": backbone_version,
+        "image_size": str(IMAGE_SIZE),
+        "normalization": NORMALIZATION,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "format_version": FORMAT_VERSION,
+    }
+    if classes is not None:
+        meta["classes"] = json.dumps(list(classes))
+    meta.update(extra or {})
+    return meta
+
+
+def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    proto.producer_name = "edge2core"
+
+
+def export_backbone_onnx(
+    backbone: nn.Module, backbone_version: str = BACKBONE_ID, opset: int = MIN_OPSET
+) -> bytes:
+    """The backbone alone as ONNX bytes: ``image`` [N,3,224,224] -> ``embedding`` [N,1280].
+
+    Done once per backbone version (tens of seconds on 2 cores); the result is cached in the
+    object store by the trainer and reused for embeddings and for every composed model.
+    """
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} < {MIN_OPSET}")
+    backbone.eval()
+    model = _Embedder(backbone).eval()
+    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    onnx_logger = logging.getLogger("torch.onnx")
+    old_level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), None, input_names=[INPUT_NAME],
+                output_names=[EMBEDDING_NAME], opset_version=opset, dynamo=True,
+                dynamic_shapes={"image": {0: batch}}, optimize=True, verbose=False,
+            )
+    finally:
+        onnx_logger.setLevel(old_level)
+    proto = program.model_proto
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise RuntimeError(f"initializer {init.name} uses external data")
+    _set_metadata(proto, _metadata(None, backbone_version, {"role": "backbone"}))
+    return proto.SerializeToString()
+
+
+def head_onnx(
+    head: HeadModel,
+    backbone_version: str = BACKBONE_ID,
+    *,
+    ir_version: int | None = None,
+    opset: int = MIN_OPSET,
+    extra_meta: dict[str, str] | None = None,
+) -> bytes:
+    """The head alone: ``embedding`` [N,D] float32 -> ``probabilities`` [N,C] (a few kB per
+    class).  Built directly with ``onnx.helper``: no torch, milliseconds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(head.weight, name="head.weight")
+    bias = numpy_helper.from_array(head.bias, name="head.bias")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", [EMBEDDING_NAME, "head.weight", "head.bias"], ["head.logits"],
+                             transB=1, name="head_gemm"),
+            helper.make_node("Softmax", ["head.logits"], [OUTPUT_NAME], axis=-1, name="head_softmax"),
+        ],
+        "edge2core_head",
+        [helper.make_tensor_value_info(EMBEDDING_NAME, TensorProto.FLOAT, ["batch", head.embedding_dim])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", head.num_classes])],
+        initializer=[weight, bias],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = ir_version if ir_version is not None else min(proto.ir_version, 10)
+    meta = _metadata(head.classes, backbone_version, {"role": "head", **(extra_meta or {})})
+    meta["input_name"] = EMBEDDING_NAME
+    _set_metadata(proto, meta)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def compose_onnx(
+    backbone_onnx: bytes | Any,
+    head_bytes: bytes,
+    *,
+    extra_meta: dict[str, str] | None = None,
+) -> bytes:
+    """backbone (``image`` -> ``embedding``) + head (``embedding`` -> ``probabilities``) as
+    ONE self-contained ONNX file in the edge's format (input ``image``, output
+    ``probabilities``, ``classes`` metadata).  ``backbone_onnx`` may be bytes or a parsed
+    ``ModelProto`` (parse once, compose many)."""
+    import onnx
+    from onnx import compose
+
+    backbone = backbone_onnx if not isinstance(backbone_onnx, (bytes, bytearray)) else onnx.load_from_string(bytes(backbone_onnx))
+    head = onnx.load_from_string(head_bytes)
+    head.ir_version = backbone.ir_version
+    head_meta = {p.key: p.value for p in head.metadata_props}
+    backbone_meta = {p.key: p.value for p in backbone.metadata_props}
+    if head_meta.get("backbone") != backbone_meta.get("backbone"):
+        raise ValueError(
+            f"head was trained on backbone {head_meta.get('backbone')!r}, "
+            f"not {backbone_meta.get('backbone')!r}"
+        )
+    # merge_models wants both sides on the same opset imports
+    opsets = {o.domain: o.version for o in backbone.opset_import}
+    for o in head.opset_import:
+        if opsets.get(o.domain, o.version) != o.version:
+            raise ValueError(f"opset mismatch for domain {o.domain!r}")
+    # merge_models refuses differing metadata values: merge bare graphs, then set ours
+    saved = list(backbone.metadata_props)
+    del backbone.metadata_props[:]
+    del head.metadata_props[:]
+    try:
+        merged = compose.merge_models(backbone, head, io_map=[(EMBEDDING_NAME, EMBEDDING_NAME)])
+    finally:
+        backbone.metadata_props.extend(saved)
+    meta = {k: v for k, v in head_meta.items() if k not in ("role", "input_name")}
+    meta.update(role="full", input_name=INPUT_NAME, **(extra_meta or {}))
+    _set_metadata(merged, meta)
+    if [i.name for i in merged.graph.input] != [INPUT_NAME] or [o.name for o in merged.graph.output] != [OUTPUT_NAME]:
+        raise RuntimeError("composed model does not have the image -> probabilities interface")
+    return merged.SerializeToString()
+
+
+def quantize_backbone_int8(
+    backbone_onnx: bytes,
+    calibration: Any,
+    *,
+    method: str = "static",
+) -> bytes:
+    """INT8 backbone with ONNX Runtime's quantiser.
+
+    ``static`` (default): QDQ, per-channel weights, activations calibrated (MinMax) on
+    ``calibration`` (float32 [N,3,224,224] preprocessed train photos);  ``dynamic``:
+    ``quantize_dynamic`` (weights only, no calibration).  The output ``embedding`` stays
+    float32, so an INT8 backbone composes with the same float head.
+    """
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "fp32.onnx"
+        pre = Path(tmp) / "pre.onnx"
+        dst = Path(tmp) / "int8.onnx"
+        src.write_bytes(backbone_onnx)
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception:  # pragma: no cover - pre-processing is an optimisation only
+            pre = src
+        if method == "dynamic":
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        elif method == "static":
+            data = np.asarray(calibration, dtype=np.float32)
+            if data.ndim != 4 or data.shape[0] == 0:
+                raise ValueError("static quantisation needs a calibration batch [N,3,224,224]")
+
+            class _Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self._it = iter(range(0, data.shape[0], 8))
+
+                def get_next(self) -> dict[str, Any] | None:
+                    start = next(self._it, None)
+                    return None if start is None else {INPUT_NAME: data[start : start + 8]}
+
+            quantize_static(
+                str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+                per_channel=True, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        else:
+            raise ValueError(f"unknown quantisation method {method!r}")
+        proto = onnx.load(str(dst))
+    original = onnx.load_from_string(backbone_onnx)
+    meta = {p.key: p.value for p in original.metadata_props}
+    meta["quantization"] = f"int8-{method}"
+    _set_metadata(proto, meta)
+    return proto.SerializeToString()
+
+
+def ort_session(model: bytes | str | Path, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session (``threads`` 0 = ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

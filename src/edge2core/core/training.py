@@ -79,16 +79,22 @@ class HeadModel:
     weight: np.ndarray  # (C, D) float32
     bias: np.ndarray  # (C,) float32
     classes: list[str]
-    info: dict[str, Any] = field(default_factory=dict)  # training hyper-parameters, losses
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # training hyper-parameters, losses
 
     def __post_init__(self) -> None:
         self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
         self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
         self.classes = [str(c) for c in self.classes]
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"bad head shapes: weight {self.weight.shape}, bias {self.bias.shape}")
+            raise ValueError(
+                f"bad head shapes: weight {self.weight.shape}, bias {self.bias.shape}"
+            )
         if len(self.classes) != self.weight.shape[0]:
-            raise ValueError(f"{len(self.classes)} class names for {self.weight.shape[0]} outputs")
+            raise ValueError(
+                f"{len(self.classes)} class names for {self.weight.shape[0]} outputs"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -147,7 +153,9 @@ def train_head(
     if x_np.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got {x_np.shape}")
     if y_np.shape != (x_np.shape[0],):
-        raise ValueError(f"labels must be (N,), got {y_np.shape} for {x_np.shape[0]} embeddings")
+        raise ValueError(
+            f"labels must be (N,), got {y_np.shape} for {x_np.shape[0]} embeddings"
+        )
     if x_np.shape[0] == 0:
         raise ValueError("no training examples")
     if not np.issubdtype(y_np.dtype, np.integer):
@@ -156,7 +164,9 @@ def train_head(
     if n_classes < 2:
         raise ValueError("need at least 2 classes")
     if y_np.min() < 0 or y_np.max() >= n_classes:
-        raise ValueError(f"labels must be in [0, {n_classes}), got [{y_np.min()}, {y_np.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {n_classes}), got [{y_np.min()}, {y_np.max()}]"
+        )
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
 
@@ -197,7 +207,7 @@ def train_head(
             # fold the standardisation: (x - mu) / sigma @ w.T + b == x @ (w / sigma).T + b'
             w_raw = w / sigma
             b_raw = b - w_raw @ mu
-        n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+        n_iter = int(opt.state[w].get("n_iter", 0))
 
     info = {
         "method": "lbfgs-logreg",
@@ -211,7 +221,10 @@ def train_head(
         "train_loss": final_loss,
     }
     return HeadModel(
-        weight=w_raw.float().numpy(), bias=b_raw.float().numpy(), classes=list(classes), info=info
+        weight=w_raw.float().numpy(),
+        bias=b_raw.float().numpy(),
+        classes=list(classes),
+        info=info,
     )
 
 
@@ -234,7 +247,9 @@ def predict_proba(head: HeadModel, embeddings: np.ndarray) -> np.ndarray:
     return z.astype(np.float32)
 
 
-def evaluate(head: HeadModel, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def evaluate(
+    head: HeadModel, embeddings: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
     """Metrics on labelled embeddings: ``n``, ``top1``, ``top5`` (when C >= 5), ``nll``
     (mean negative log-likelihood) and ``mean_class_top1`` (top-1 averaged over the
     classes present in ``labels``)."""
@@ -256,5 +271,7 @@ def evaluate(head: HeadModel, embeddings: np.ndarray, labels: np.ndarray) -> dic
         top5 = np.argpartition(-p, 4, axis=1)[:, :5]
         out["top5"] = float((top5 == y[:, None]).any(axis=1).mean())
     out["nll"] = float(-np.log(np.clip(p[np.arange(n), y], 1e-12, None)).mean())
-    out["mean_class_top1"] = float(np.mean([correct[y == c].mean() for c in np.unique(y)]))
+    out["mean_class_top1"] = float(
+        np.mean([correct[y == c].mean() for c in np.unique(y)])
+    )
     return out

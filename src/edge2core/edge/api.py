@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from fastapi import FastAPI, Query, Request, UploadFile
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.images import ImageRejected, RejectReason
@@ -132,7 +134,8 @@ def create_edge_app(
             return refusal(exc)
 
     @app.exception_handler(ValidationError)
-    async def invalid(_req: Request, exc: ValidationError) -> JSONResponse:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_req: Request, exc: Exception) -> JSONResponse:
         return refusal(exc)
 
     return app

@@ -23,7 +23,6 @@ from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOG
 from edge2core.edge.mqtt_door import Publish
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
 from edge2core.edge.intake import Intake, IntakeReceipt, WrongSite
-from edge2core.edge.prepare import prepare
 from edge2core.edge.spool import SpoolFull
 
 log = get_logger(__name__)
@@ -90,7 +89,7 @@ class Gateway:
     def _keep(self, data: bytes, meta: CaptureMeta, answer: Answer) -> None:
         try:
             self.intake.keep_unrecognised(
-                prepare(data, self.intake.policy),
+                self.intake.prepare(data),
                 meta,
                 model_version=answer.model_version,
                 confidence=answer.confidence,

@@ -6,8 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge2core.common.events import CaptureMeta, Guess, PhotoRecord, Source
-from edge2core.common.metrics import PHOTOS_DUPLICATE, PHOTOS_RECEIVED
-from edge2core.edge.prepare import PreparedPhoto, PreparePolicy, prepare
+from edge2core.common.metrics import (
+    FACES_REDACTED,
+    PHOTOS_DUPLICATE,
+    PHOTOS_FLAGGED,
+    PHOTOS_RECEIVED,
+)
+from edge2core.edge.dedup import NearDuplicateWindow
+from edge2core.edge.prepare import PreparedPhoto, PreparePolicy, Redactor, prepare
 from edge2core.edge.spool import Spool
 
 # Unrecognised shopper photos teach the next model the most; a kiosk's 500th banana the least.
@@ -32,11 +38,19 @@ class Intake:
         policy: PreparePolicy,
         spool: Spool,
         on_spooled: Callable[[], None] = lambda: None,
+        *,
+        redactor: Redactor | None = None,
+        near_duplicates: NearDuplicateWindow | None = None,
     ) -> None:
         self.site = site
         self.policy = policy
         self._spool = spool
         self._on_spooled = on_spooled
+        self._redactor = redactor
+        self._near = near_duplicates or NearDuplicateWindow(window_s=0)
+
+    def prepare(self, data: bytes) -> PreparedPhoto:
+        return prepare(data, self.policy, self._redactor)
 
     def accept(self, data: bytes, meta: CaptureMeta, *, door: str) -> IntakeReceipt:
         """Prepare and spool a device's photo; returns once it is durable.
@@ -44,8 +58,12 @@ class Intake:
         Raises `ImageRejected`, `WrongSite` or `SpoolFull`; the door counts and answers them.
         """
         self._check_site(meta)
-        prepared = prepare(data, self.policy)
+        prepared = self.prepare(data)
+        if (earlier := self._near.match(meta.device, prepared.phash, meta.sku)) is not None:
+            PHOTOS_DUPLICATE.labels(kind="near").inc()
+            return IntakeReceipt(sha256=earlier, size=len(prepared.data), duplicate=True)
         receipt = self._spool_prepared(prepared, meta)
+        self._near.remember(meta.device, prepared.phash, receipt.sha256, meta.sku)
         PHOTOS_RECEIVED.labels(door=door, source=meta.source.value).inc()
         return receipt
 
@@ -71,18 +89,32 @@ class Intake:
         if meta.site != self.site:
             raise WrongSite(f"this edge serves site {self.site!r}, not {meta.site!r}")
 
-    def _spool_prepared(self, prepared: PreparedPhoto, meta: CaptureMeta, **extra: object) -> IntakeReceipt:
+    def _spool_prepared(
+        self, prepared: PreparedPhoto, meta: CaptureMeta, **extra: object
+    ) -> IntakeReceipt:
         record = PhotoRecord(
             **meta.model_dump(),
             sha256=prepared.sha256,
             size=len(prepared.data),
             width=prepared.width,
             height=prepared.height,
+            phash=f"{prepared.phash:016x}",
+            quality=prepared.quality.to_dict() if prepared.quality else None,
+            redaction=prepared.redaction,
             **extra,
         )
         created = self._spool.put(record, prepared.data, PRIORITY[meta.source])
         if created:
+            self._count(prepared)
             self._on_spooled()
         else:
-            PHOTOS_DUPLICATE.inc()
+            PHOTOS_DUPLICATE.labels(kind="exact").inc()
         return IntakeReceipt(sha256=prepared.sha256, size=len(prepared.data), duplicate=not created)
+
+    @staticmethod
+    def _count(prepared: PreparedPhoto) -> None:
+        if prepared.quality and prepared.quality.flags:
+            for flag in prepared.quality.flags:
+                PHOTOS_FLAGGED.labels(flag=flag).inc()
+        if prepared.redaction:
+            FACES_REDACTED.inc(prepared.redaction.get("faces", 0))

@@ -1,0 +1,337 @@
+"""The edge's MQTT doors on a real embedded NATS server (MQTT over TCP and WebSockets).
+
+Devices are real paho clients: the simulator's `Kiosk` and `Shopper`, and raw paho clients for
+bad input. The doors are started exactly as `edge up` starts them (`start_doors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+
+from edge2core.common import envelope, topics
+from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.config import EdgeSettings
+from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.gateway import Gateway
+from edge2core.edge.inference import Recognizer
+from edge2core.edge.intake import Intake
+from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
+from edge2core.edge.prepare import PreparePolicy, prepare
+from edge2core.edge.service import start_doors
+from edge2core.edge.spool import Spool
+from edge2core.sim.devices import Kiosk, Shopper
+from edge2core.sim.photos import SyntheticCatalogue
+from edge2core.sim.synthetic import render_photo
+
+pytestmark = pytest.mark.integration
+
+WAIT = 15.0
+ACK_WAIT = "1s"  # MQTT QoS 1 redelivery wait of the test broker (nats-server default: 30s)
+_sites = itertools.count(1)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class QuickRedeliveryNats(EmbeddedNats):
+    """The project's embedded server, with MQTT's QoS 1 redelivery wait shortened.
+
+    Everything else is the configuration `render_config` writes; only the mqtt block gets an
+    `ack_wait`, so a test of "not acknowledged, hence redelivered" takes a second, not 30.
+    """
+
+    def _spawn(self) -> None:
+        text = self.config_path.read_text()
+        patched = text.replace("mqtt {", f'mqtt {{\n  ack_wait: "{ACK_WAIT}"', 1)
+        assert patched != text, "the rendered config has no mqtt block"
+        self.config_path.write_text(patched)
+        super()._spawn()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    root = tmp_path_factory.mktemp("nats")
+    cfg = NatsServerConfig.with_free_ports("edge-mqtt-test", root / "js", jetstream_domain="edgemq")
+    with QuickRedeliveryNats(cfg, root / "run") as srv:
+        yield srv
+
+
+class Watcher:
+    """A raw paho client that records every message on some topic filters."""
+
+    def __init__(self, endpoint: MqttEndpoint, *filters: str) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self._lock = threading.Lock()
+        connected, subscribed = threading.Event(), threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"watch-{uuid.uuid4().hex[:10]}",
+                                  protocol=mqtt.MQTTv311)
+        self.client.on_connect = lambda *_a: connected.set()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(endpoint.host, endpoint.port, keepalive=30)
+        self.client.loop_start()
+        assert connected.wait(WAIT), "watcher could not connect"
+        self.client.subscribe([(f, 1) for f in filters])
+        assert subscribed.wait(WAIT), "watcher SUBACK timed out"
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def on(self, topic: str) -> list[mqtt.MQTTMessage]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=WAIT)
+        assert info.is_published(), "PUBACK not received"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Site:
+    name: str
+    settings: EdgeSettings
+    tcp: MqttEndpoint
+    ws: MqttEndpoint
+    recognizer: Recognizer
+    root: Path
+    spool: Spool | None = None
+    gateway: Gateway | None = None
+    doors: list[MqttDoor] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def open(self, budget: int) -> None:
+        """(Re)open the spool with a budget and start the doors, as `edge up` does."""
+        self.spool = Spool(self.root / "spool", budget)
+        intake = Intake(self.name, PreparePolicy(), self.spool)
+        self.gateway = Gateway(intake, self.recognizer)
+        self.doors = start_doors(self.settings, self.gateway)
+
+    def shut(self) -> None:
+        for door in self.doors:
+            door.stop()
+        self.doors = []
+        if self.gateway is not None:
+            self.gateway.close()
+        if self.spool is not None:
+            self.spool.close()
+
+    def watcher(self, *filters: str) -> Watcher:
+        w = Watcher(self.tcp, *filters)
+        self.closers.append(w.close)
+        return w
+
+    def kiosk(self, device: str) -> Kiosk:
+        k = Kiosk(self.tcp, self.name, device)
+        self.closers.append(k.close)
+        return k
+
+    def shopper(self, device: str) -> Shopper:
+        s = Shopper(self.ws, self.name, device)
+        self.closers.append(s.close)
+        return s
+
+
+@pytest.fixture
+def make_site(server: EmbeddedNats, tmp_path: Path,
+              trained_model: TrainedModel) -> Iterator[Callable[..., Site]]:  # noqa: F811
+    made: list[Site] = []
+
+    def make(budget: int = 50_000_000) -> Site:
+        name = f"mq{next(_sites)}-{uuid.uuid4().hex[:6]}"  # fresh broker sessions per test
+        host, port = server.mqtt_address
+        ws_host, ws_port = server.websocket_address
+        settings = EdgeSettings(site=name, data_dir=tmp_path / name, host=host, mqtt_port=port,
+                                mqtt_ws_port=ws_port)
+        catalogue = CatalogueReplica(tmp_path / name / "catalogue.json")
+        catalogue.replace(list(trained_model.products))
+        recognizer = Recognizer(catalogue)
+        recognizer.load(trained_model.path, version=1, sha256=trained_model.sha256)
+        site = Site(name, settings, MqttEndpoint(host, port), MqttEndpoint(ws_host, ws_port,
+                    "websockets"), recognizer, tmp_path / name)
+        made.append(site)
+        site.open(budget)
+        return site
+
+    yield make
+    for site in made:
+        for close in site.closers:
+            close()
+        site.shut()
+
+
+def capture(image: bytes, sku_: str | None = "SKU-0000", **header: object) -> bytes:
+    if sku_ is not None:
+        header["sku"] = sku_
+    return envelope.encode(image, header)
+
+
+def error_body(watcher: Watcher, topic: str) -> dict:
+    wait_until(lambda: watcher.on(topic), what=f"an error on {topic}")
+    return json.loads(watcher.on(topic)[0].payload)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_kiosk_captures_over_tcp_end_up_in_the_spool(make_site: Callable[..., Site]) -> None:
+    site = make_site()
+    source = SyntheticCatalogue(3)
+    products = source.products()
+    photos = [p for product in products for p in source.photos("train", product, 2)]
+    kiosk = site.kiosk("kiosk-1")
+    assert kiosk.send(photos) == len(photos)  # every PUBACK arrived
+
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == len(photos), what="all captures spooled")
+    items = {item.sha256: item for item in site.spool.pending(100)}
+    for sent in photos:
+        expected = prepare(sent.data, PreparePolicy())
+        item = items[expected.sha256]
+        assert (item.record.site, item.record.device, item.record.source.value) == (
+            site.name, "kiosk-1", "kiosk")
+        assert item.record.sku == sent.product.sku
+        assert item.record.captured_at is not None
+        stored = site.spool.read(expected.sha256)
+        assert stored == expected.data
+        assert hashlib.sha256(stored).hexdigest() == expected.sha256
+
+
+def test_shopper_over_websockets_gets_an_answer(
+    make_site: Callable[..., Site], trained_model: TrainedModel  # noqa: F811
+) -> None:
+    site = make_site()
+    shopper = site.shopper("phone-1")
+    names = {p.sku: p for p in trained_model.products}
+    for product in (0, 2):
+        reply = shopper.ask(trained_model.held_out(product)[0], timeout=WAIT)
+        assert reply.error is False, reply.body
+        assert reply.body["recognised"] is True
+        assert reply.body["sku"] == sku(product)
+        assert reply.body["name"] == names[sku(product)].name
+        assert reply.body["price"] == names[sku(product)].price
+        assert reply.body["model_version"] == 1
+        assert reply.body["request_id"]
+
+    bad = shopper.ask(b"this is no photo", timeout=WAIT)
+    assert bad.error is True
+    assert bad.body["reason"] == "not_an_image"
+    assert bad.body["request_id"]
+    # The door keeps answering after a refusal.
+    assert shopper.ask(trained_model.held_out(1)[0], timeout=WAIT).body["sku"] == sku(1)
+
+
+JPEG = render_photo(0, 3)
+
+BAD_CAPTURES = [
+    # (device, payload, reason)
+    ("k-text", capture(b"plain text, no photo"), "not_an_image"),
+    ("k-trunc", capture(JPEG[: len(JPEG) // 3]), "corrupt"),
+    ("k-empty-image", capture(b""), "empty"),
+    ("k-empty-payload", b"", "malformed"),  # no header, hence no sku either
+    ("k-bad-json", b'{"sku": "SKU-0000",\n' + JPEG, "malformed"),
+    ("k-no-newline", b'{"sku": "SKU-0000"}' + JPEG.replace(b"\n", b""), "malformed"),
+    ("k-json-list", b'["SKU-0000"]\n' + JPEG, "malformed"),
+    ("k-no-sku", capture(JPEG, None, captured_at="2026-01-01T00:00:00Z"), "malformed"),
+    ("k-bare-jpeg", JPEG, "malformed"),  # a kiosk capture must name its product
+    ("k-bad-date", capture(JPEG, captured_at="yesterday-ish"), "malformed"),
+    ("k-gif", capture(b"GIF89a" + b"\0" * 32), "unsupported_format"),
+]
+
+
+def test_bad_input_gets_an_error_and_the_door_keeps_working(make_site: Callable[..., Site]) -> None:
+    site = make_site()
+    watcher = site.watcher(f"e2c/{site.name}/+/+/error")
+    for device, payload, _reason in BAD_CAPTURES:
+        watcher.publish(topics.capture_topic(site.name, device), payload)
+    # A recognition request without a request id cannot be answered: refused too.
+    watcher.publish(topics.recognize_topic(site.name, "phone-x"), JPEG)
+
+    for device, _payload, reason in BAD_CAPTURES:
+        topic = topics.error_topic(site.name, "kiosk", device)
+        body = error_body(watcher, topic)
+        assert body["reason"] == reason, (device, body)
+        assert body["detail"]
+        assert body["topic"] == topics.capture_topic(site.name, device)
+    shopper_error = error_body(watcher, topics.error_topic(site.name, "shopper", "phone-x"))
+    assert shopper_error["reason"] == "malformed"
+
+    assert site.spool is not None
+    assert site.spool.stats().items == 0
+    watcher.publish(topics.capture_topic(site.name, "k-good"), capture(JPEG))
+    wait_until(lambda: site.spool.stats().items == 1, what="the good capture to be spooled")
+    (item,) = site.spool.pending(5)
+    assert item.record.device == "k-good"
+    assert item.sha256 == prepare(JPEG, PreparePolicy()).sha256
+
+
+def test_other_sites_messages_are_not_taken(make_site: Callable[..., Site]) -> None:
+    site = make_site()
+    other = f"{site.name}-other"
+    watcher = site.watcher(f"e2c/{other}/kiosk/+/capture", "e2c/+/+/+/error")
+    foreign, own = render_photo(1, 4), render_photo(2, 4)
+
+    watcher.publish(topics.capture_topic(other, "kiosk-1"), capture(foreign))
+    wait_until(lambda: watcher.on(topics.capture_topic(other, "kiosk-1")),
+               what="the broker to route the other site's capture")
+    # Same publisher, later message: once this one is spooled, the earlier one would have
+    # reached the door first had it been subscribed to it.
+    watcher.publish(topics.capture_topic(site.name, "kiosk-1"), capture(own))
+
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items >= 1, what="the own-site capture to be spooled")
+    (item,) = site.spool.pending(5)
+    assert item.sha256 == prepare(own, PreparePolicy()).sha256
+    assert item.record.site == site.name
+    assert not [m for m in watcher.messages if m.topic.endswith("/error")]
+
+
+def test_full_spool_leaves_capture_unacknowledged_until_there_is_room(
+    make_site: Callable[..., Site],
+) -> None:
+    site = make_site(budget=1_000)  # smaller than any prepared photo
+    watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    kiosk = site.kiosk("kiosk-1")
+    source = SyntheticCatalogue(3)
+    (photo,) = source.photos("train", source.products()[1], 1)
+    assert kiosk.send([photo]) == 1  # the broker has it
+
+    body = error_body(watcher, topics.error_topic(site.name, "kiosk", "kiosk-1"))
+    assert body["reason"] == "spool_full"
+    assert body["detail"]
+    assert site.spool is not None and site.spool.stats().items == 0
+
+    # The operator raises the budget and restarts the edge: same client ids, same sessions.
+    site.shut()
+    site.open(budget=50_000_000)
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 1,
+               what="the broker to redeliver the unacknowledged capture")
+    (item,) = site.spool.pending(5)
+    expected = prepare(photo.data, PreparePolicy())
+    assert item.sha256 == expected.sha256
+    assert item.record.sku == photo.product.sku
+    assert site.spool.read(item.sha256) == expected.data
