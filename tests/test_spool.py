@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge2core.common.events import PhotoRecord, Source
-from edge2core.edge.spool import Spool, SpoolFull
+from edge2core.edge.spool import Spool, SpoolFull, WhenFull
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,3 +242,57 @@ def test_item_is_durable_once_put_returns_even_if_the_process_is_killed(tmp_path
         assert spool.stats().bytes == len(data)
     finally:
         spool.close()
+
+
+# --- eviction policy ---------------------------------------------------------------------
+
+
+
+
+def _record(sha: str, size: int, source: str = "kiosk", sku: str | None = "SKU-1"):
+    from edge2core.common.events import PhotoRecord
+
+    return PhotoRecord(site="s1", device="d1", source=source, sku=sku, sha256=sha, size=size,
+                       width=1, height=1)
+
+
+def _sha(i: int) -> str:
+    return f"{i:064x}"
+
+
+def test_evict_policy_drops_lowest_priority_oldest_first_and_records_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", budget_bytes=300, when_full=WhenFull.EVICT)
+    spool.put(_record(_sha(1), 100), b"a" * 100, priority=5)
+    spool.put(_record(_sha(2), 100), b"b" * 100, priority=8)
+    spool.put(_record(_sha(3), 100), b"c" * 100, priority=5)
+    assert spool.put(_record(_sha(4), 100, source="shopper", sku=None), b"d" * 100, priority=10)
+    remaining = {item.sha256 for item in spool.pending(10)}
+    assert remaining == {_sha(2), _sha(3), _sha(4)}  # the oldest priority-5 photo went
+    stats = spool.stats()
+    assert stats.evicted == 1 and stats.bytes == 300
+
+
+def test_evict_policy_never_evicts_equal_or_higher_priority(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", budget_bytes=200, when_full=WhenFull.EVICT)
+    spool.put(_record(_sha(1), 100), b"a" * 100, priority=10)
+    spool.put(_record(_sha(2), 100), b"b" * 100, priority=5)
+    with pytest.raises(SpoolFull, match="nothing of lower priority"):
+        spool.put(_record(_sha(3), 100), b"c" * 100, priority=5)
+    assert {i.sha256 for i in spool.pending(10)} == {_sha(1), _sha(2)}
+    assert spool.stats().evicted == 0
+
+
+def test_refuse_policy_names_the_way_out(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", budget_bytes=100)
+    spool.put(_record(_sha(1), 100), b"a" * 100, priority=1)
+    with pytest.raises(SpoolFull, match="when_full=evict"):
+        spool.put(_record(_sha(2), 10), b"b" * 10, priority=10)
+
+
+def test_label_counts_survive_removal_and_reopen(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", budget_bytes=10_000)
+    spool.put(_record(_sha(1), 10, sku="SKU-9"), b"a" * 10, priority=5)
+    spool.put(_record(_sha(2), 10, sku="SKU-9"), b"b" * 10, priority=5)
+    spool.remove(_sha(1))
+    spool.close()
+    assert Spool(tmp_path / "spool", budget_bytes=10_000).label_count("SKU-9") == 2

@@ -16,8 +16,11 @@ from edge2core.edge.dedup import NearDuplicateWindow
 from edge2core.edge.prepare import PreparedPhoto, PreparePolicy, Redactor, prepare
 from edge2core.edge.spool import Spool
 
-# Unrecognised shopper photos teach the next model the most; a kiosk's 500th banana the least.
+# Unrecognised shopper photos teach the next model the most, then the first captures of a
+# product the site has few photos of; a kiosk's 500th banana the least.
 PRIORITY = {Source.SHOPPER: 10, Source.KIOSK: 5}
+NEW_PRODUCT_PRIORITY = 8
+NEW_PRODUCT_PHOTOS = 30
 
 
 class WrongSite(ValueError):
@@ -103,13 +106,19 @@ class Intake:
             redaction=prepared.redaction,
             **extra,
         )
-        created = self._spool.put(record, prepared.data, PRIORITY[meta.source])
+        created = self._spool.put(record, prepared.data, self._priority(meta))
         if created:
             self._count(prepared)
             self._on_spooled()
         else:
             PHOTOS_DUPLICATE.labels(kind="exact").inc()
         return IntakeReceipt(sha256=prepared.sha256, size=len(prepared.data), duplicate=not created)
+
+    def _priority(self, meta: CaptureMeta) -> int:
+        if meta.source == Source.KIOSK and meta.sku:
+            if self._spool.label_count(meta.sku) < NEW_PRODUCT_PHOTOS:
+                return NEW_PRODUCT_PRIORITY
+        return PRIORITY[meta.source]
 
     @staticmethod
     def _count(prepared: PreparedPhoto) -> None:

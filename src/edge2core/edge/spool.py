@@ -2,8 +2,10 @@
 
 A photo is acknowledged to its device only after `put` returns: its bytes are fsync'd and its
 index row committed (SQLite WAL, synchronous=FULL). It leaves only through `remove`, which the
-forwarder calls once the core has confirmed the bytes. A full spool refuses new photos with
-`SpoolFull` rather than dropping old ones.
+forwarder calls once the core has confirmed the bytes. When full, the spool either refuses new
+photos with `SpoolFull` (the default) or, by explicit policy, evicts photos of lower priority,
+oldest first, to make room; every eviction is counted, logged and kept in the index's
+`evictions` table. It never drops anything silently.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from edge2core.common.events import PhotoRecord
 from edge2core.common.fsutil import fsync_dir, write_atomic
-from edge2core.common.metrics import SPOOL_BYTES, SPOOL_ITEMS
+from edge2core.common.logging import get_logger
+from edge2core.common.metrics import SPOOL_BYTES, SPOOL_EVICTED, SPOOL_ITEMS, SPOOL_OLDEST_AGE
+
+log = get_logger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -27,7 +35,23 @@ CREATE TABLE IF NOT EXISTS items (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_order ON items (priority DESC, created ASC);
+CREATE TABLE IF NOT EXISTS evictions (
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    evicted REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_counts (
+    label TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
 """
+
+
+class WhenFull(StrEnum):
+    REFUSE = "refuse"
+    EVICT = "evict"
 
 
 class SpoolFull(RuntimeError):
@@ -49,12 +73,16 @@ class SpoolStats:
     bytes: int
     budget_bytes: int
     oldest_age_s: float | None
+    evicted: int = 0
 
 
 class Spool:
-    def __init__(self, root: Path, budget_bytes: int) -> None:
+    def __init__(
+        self, root: Path, budget_bytes: int, when_full: WhenFull = WhenFull.REFUSE
+    ) -> None:
         self.root = root
         self.budget_bytes = budget_bytes
+        self.when_full = when_full
         self._objects = root / "objects"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -73,19 +101,88 @@ class Spool:
         with self._lock:
             if self._contains(record.sha256):
                 return False
-            used = self._used_bytes()
-            if used + len(data) > self.budget_bytes:
-                raise SpoolFull(
-                    f"spool holds {used} of {self.budget_bytes} bytes; this photo needs "
-                    f"{len(data)}. Raise the budget or restore the link to the core."
-                )
+            self._make_room(len(data), priority)
             write_atomic(self._path(record.sha256), [data])
-            self._db.execute(
-                "INSERT INTO items (sha256, size, priority, created, record) VALUES (?,?,?,?,?)",
-                (record.sha256, len(data), priority, time.time(), record.model_dump_json()),
-            )
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO items (sha256, size, priority, created, record) VALUES (?,?,?,?,?)",
+                    (record.sha256, len(data), priority, time.time(), record.model_dump_json()),
+                )
+                if record.sku:
+                    self._db.execute(
+                        "INSERT INTO label_counts (label, count) VALUES (?, 1) "
+                        "ON CONFLICT(label) DO UPDATE SET count = count + 1",
+                        (record.sku,),
+                    )
         self._update_gauges()
         return True
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # The connection is in autocommit mode; group statements explicitly.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def label_count(self, label: str) -> int:
+        """How many photos with this label this site has ever spooled."""
+        row = self._db.execute("SELECT count FROM label_counts WHERE label = ?", (label,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _make_room(self, size: int, priority: int) -> None:
+        used = self._used_bytes()
+        if used + size <= self.budget_bytes:
+            return
+        victims = self._eviction_candidates(used + size - self.budget_bytes, priority)
+        if victims is None:
+            hint = (
+                "nothing of lower priority is left to evict"
+                if self.when_full == WhenFull.EVICT
+                else "the policy is to refuse"
+            )
+            raise SpoolFull(
+                f"spool holds {used} of {self.budget_bytes} bytes and this photo needs {size} "
+                f"({hint}). Raise the budget, restore the link to the core, or set "
+                f"when_full=evict."
+            )
+        for sha256, victim_size, victim_priority, record in victims:
+            self._evict(sha256, victim_size, victim_priority, record)
+
+    def _eviction_candidates(
+        self, needed: int, priority: int
+    ) -> list[tuple[str, int, int, str]] | None:
+        if self.when_full != WhenFull.EVICT:
+            return None
+        rows = self._db.execute(
+            "SELECT sha256, size, priority, record FROM items WHERE priority < ? "
+            "ORDER BY priority ASC, created ASC",
+            (priority,),
+        )
+        chosen, freed = [], 0
+        for row in rows:
+            chosen.append(row)
+            freed += row[1]
+            if freed >= needed:
+                return chosen
+        return None
+
+    def _evict(self, sha256: str, size: int, priority: int, record: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM items WHERE sha256 = ?", (sha256,))
+            self._db.execute(
+                "INSERT INTO evictions (sha256, size, priority, evicted, record) "
+                "VALUES (?,?,?,?,?)",
+                (sha256, size, priority, time.time(), record),
+            )
+        self._path(sha256).unlink(missing_ok=True)
+        source = PhotoRecord.model_validate_json(record).source.value
+        SPOOL_EVICTED.labels(source=source).inc()
+        log.warning("spool full: evicted a lower-priority photo", sha256=sha256,
+                    priority=priority, size=size, source=source)
 
     def pending(self, limit: int, exclude: frozenset[str] = frozenset()) -> list[SpoolItem]:
         """The next photos to forward: highest priority first, then oldest first."""
@@ -118,8 +215,12 @@ class Spool:
             count, size, oldest = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM items"
             ).fetchone()
+            evicted = self._db.execute("SELECT COUNT(*) FROM evictions").fetchone()[0]
         age = time.time() - oldest if oldest is not None else None
-        return SpoolStats(items=count, bytes=size, budget_bytes=self.budget_bytes, oldest_age_s=age)
+        return SpoolStats(
+            items=count, bytes=size, budget_bytes=self.budget_bytes, oldest_age_s=age,
+            evicted=evicted,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -142,3 +243,4 @@ class Spool:
         stats = self.stats()
         SPOOL_ITEMS.set(stats.items)
         SPOOL_BYTES.set(stats.bytes)
+        SPOOL_OLDEST_AGE.set(stats.oldest_age_s or 0.0)
