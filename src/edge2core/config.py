@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 CONFIG_ENV = "E2C_CONFIG"
 
@@ -122,9 +126,18 @@ class EdgeSettings(_Settings):
     max_pixels: int = 64_000_000
     long_side: int = 1024
     jpeg_quality: int = Field(default=90, ge=30, le=100)
+    quality_action: Literal["flag", "reject", "off"] = "flag"
+    blur_faces: bool = Field(default=True, description="detect and blur faces before spooling")
+    near_duplicate_window_s: float = Field(default=10.0, ge=0)
+    near_duplicate_max_distance: int = Field(default=4, ge=0, le=64)
     # Spool and forwarding
     spool_budget_bytes: int = 2 * 1024 * 1024 * 1024
-    forward_concurrency: int = 4
+    when_full: Literal["refuse", "evict"] = "refuse"
+    forward_concurrency: int = Field(default=4, ge=1)
+    bandwidth_limit_bytes_s: int = Field(default=0, ge=0, description="0 = no cap")
+    upload_windows: list[str] = Field(
+        default_factory=list, description="local-time windows like '22:00-06:00'; empty = always"
+    )
     # Recognition
     unrecognised_below: float = Field(default=0.5, ge=0.0, le=1.0)
     top_k: int = 3

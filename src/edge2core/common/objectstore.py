@@ -1,7 +1,9 @@
 """Object storage behind one small interface: a local directory by default, S3 for scale.
 
 Keys are relative, slash-separated paths ("images/ab/abcdef...jpg"). Writes are atomic: a
-reader sees the whole object or none of it.
+reader sees the whole object or none of it. Both backends keep in-progress uploads in a local
+`staging_dir()`; `put_file` moves (local) or uploads (S3, multipart above a threshold) a finished
+file and removes it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
+from urllib.parse import urlparse
 
 from edge2core.common.fsutil import fsync_dir, move_durable, write_atomic
 
@@ -109,6 +112,181 @@ class LocalObjectStore:
 
     def staging_dir(self) -> Path:
         return self._staging
+
+
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MULTIPART_CHUNK = 8 * 1024 * 1024
+
+
+class S3ObjectStore:
+    """Objects in an S3 bucket (AWS, MinIO, Ceph, ...) under an optional key prefix.
+
+    S3 itself makes a PUT atomic (readers see the old object or the new one). Objects over
+    `multipart_threshold` bytes go up as multipart uploads; in-progress uploads are staged in a
+    local folder, since S3 cannot append.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        staging_dir: Path,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunk: int = MULTIPART_CHUNK,
+        create_bucket: bool = False,
+        client: Any = None,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._staging = staging_dir.resolve()
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._client: Any = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or "us-east-1",
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"},
+                          max_pool_connections=32),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=max(multipart_chunk, 5 * 1024 * 1024),
+            use_threads=True,
+            max_concurrency=4,
+        )
+        if create_bucket:
+            self._ensure_bucket()
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._client.create_bucket(Bucket=self.bucket)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        return code in ("404", "NoSuchKey", "NotFound")
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self._transfer.multipart_threshold:
+            import io
+
+            self._client.upload_fileobj(
+                io.BytesIO(data), self.bucket, self._key(key), Config=self._transfer
+            )
+            return
+        self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        # upload_file switches to a multipart upload above the threshold; the object appears
+        # only when the upload completes, so readers never see part of it.
+        self._client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
+        path.unlink()
+
+    def open(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._missing(exc):
+                raise ObjectNotFound(key) from exc
+            raise
+        return cast(BinaryIO, response["Body"])
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._missing(exc):
+                return False
+            raise
+        return True
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if self._missing(exc):
+                raise ObjectNotFound(key) from exc
+            raise
+        return int(head["ContentLength"])
+
+    def etag(self, key: str) -> str:
+        """The S3 ETag; multipart objects end in "-<parts>"."""
+        head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return str(head["ETag"]).strip('"')
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix):]
+
+    def staging_dir(self) -> Path:
+        return self._staging
+
+
+def open_object_store(
+    url: str,
+    *,
+    staging_dir: Path | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    create_bucket: bool = False,
+) -> ObjectStore:
+    """`s3://bucket/prefix` for S3 (staging in `staging_dir`), else a local directory
+    (`file:///path` or a plain path)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"object store URL {url!r} names no bucket (s3://bucket/prefix)")
+        if staging_dir is None:
+            raise ValueError("an S3 object store needs a local staging_dir")
+        return S3ObjectStore(
+            parsed.netloc,
+            prefix=parsed.path.lstrip("/"),
+            staging_dir=staging_dir,
+            endpoint_url=endpoint_url,
+            region=region,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            create_bucket=create_bucket,
+        )
+    if parsed.scheme == "file":
+        return LocalObjectStore(Path(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # "C:" style paths are not schemes
+        raise ValueError(f"unsupported object store URL {url!r}: use s3://bucket/prefix or a path")
+    return LocalObjectStore(Path(url))
 
 
 def image_key(sha256: str) -> str:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from edge2core.common.events import PhotoForwarded
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import FORWARD_RETRIES, FORWARDED, FORWARDED_BYTES
 from edge2core.edge.core_client import CoreClient, RejectedUpload, TransientUploadError
+from edge2core.edge.shaping import TokenBucket, Window, seconds_until_open
 from edge2core.edge.spool import Spool, SpoolItem
 
 log = get_logger(__name__)
@@ -47,12 +57,20 @@ class Forwarder:
         quarantine_dir: Path,
         concurrency: int = 4,
         on_forwarded: EventSink = _no_events,
+        bucket: TokenBucket | None = None,
+        windows: list[Window] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        attempts: int = 3,
     ) -> None:
         self._spool = spool
         self._core = core
         self._quarantine = quarantine_dir
         self._concurrency = concurrency
         self._on_forwarded = on_forwarded
+        self._bucket = bucket or TokenBucket(0)
+        self._windows = windows or []
+        self._clock = clock
+        self._attempts = attempts
         self._wake = asyncio.Event()
         self._backoff = Backoff()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -65,6 +83,10 @@ class Forwarder:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         while True:
+            if closed_for := seconds_until_open(self._windows, self._clock()):
+                log.info("outside the upload windows; waiting", seconds=round(closed_for))
+                await asyncio.sleep(min(closed_for, 60.0))
+                continue
             batch = self._spool.pending(self._concurrency * 4)
             if not batch:
                 await self._sleep_until_woken(2.0)
@@ -101,7 +123,7 @@ class Forwarder:
         """Upload one photo; True once the core confirmed it and it left the spool."""
         try:
             data = await asyncio.to_thread(self._spool.read, item.sha256)
-            receipt = await self._core.upload(item.record, data)
+            receipt = await self._upload(item, data)
         except TransientUploadError as exc:
             FORWARD_RETRIES.inc()
             log.debug("upload failed; will retry", sha256=item.sha256, error=str(exc))
@@ -125,13 +147,25 @@ class Forwarder:
         )
         return True
 
+    async def _upload(self, item: SpoolItem, data: bytes) -> dict:
+        """A few quick attempts ride out a blip; a longer outage is the run loop's backoff."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientUploadError),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=0.2, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                await self._bucket.acquire(item.size)
+                return await self._core.upload(item.record, data)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
     def _quarantine_item(self, item: SpoolItem, reason: str) -> None:
         """Keep what the core refused for an operator to look at; never delete it silently."""
         dest = self._quarantine / f"{item.sha256}.jpg"
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(self._spool.read(item.sha256))
-        (self._quarantine / f"{item.sha256}.json").write_text(
-            f'{{"reason": {reason!r}, "record": {item.record.model_dump_json()}}}'
-        )
+        note = {"reason": reason, "record": item.record.model_dump(mode="json")}
+        (self._quarantine / f"{item.sha256}.json").write_text(json.dumps(note, indent=2))
         self._spool.remove(item.sha256)
         log.error("core refused a photo; quarantined", sha256=item.sha256, reason=reason)

@@ -19,6 +19,7 @@ from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
+from edge2core.edge.dedup import NearDuplicateWindow
 from edge2core.edge.forwarder import EventSink, Forwarder
 from edge2core.edge.gateway import Gateway, MqttHandlers
 from edge2core.edge.inference import Recognizer
@@ -26,7 +27,9 @@ from edge2core.edge.intake import Intake
 from edge2core.edge.model_agent import ModelAgent
 from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
 from edge2core.edge.prepare import PreparePolicy
-from edge2core.edge.spool import Spool
+from edge2core.edge.quality import QualityAction, QualityPolicy
+from edge2core.edge.shaping import TokenBucket, parse_windows
+from edge2core.edge.spool import Spool, WhenFull
 
 log = get_logger(__name__)
 
@@ -73,8 +76,9 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         max_pixels=settings.max_pixels,
         long_side=settings.long_side,
         jpeg_quality=settings.jpeg_quality,
+        quality=QualityPolicy(action=QualityAction(settings.quality_action)),
     )
-    spool = Spool(data / "spool", settings.spool_budget_bytes)
+    spool = Spool(data / "spool", settings.spool_budget_bytes, WhenFull(settings.when_full))
     catalogue = CatalogueReplica(data / "catalogue.json")
     recognizer = Recognizer(
         catalogue,
@@ -89,9 +93,19 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         core,
         quarantine_dir=data / "quarantine",
         concurrency=settings.forward_concurrency,
+        bucket=TokenBucket(settings.bandwidth_limit_bytes_s),
+        windows=parse_windows(settings.upload_windows),
         **({"on_forwarded": on_forwarded} if on_forwarded else {}),
     )
-    intake = Intake(settings.site, policy, spool, on_spooled=forwarder.wake)
+    intake = Intake(
+        settings.site,
+        policy,
+        spool,
+        on_spooled=forwarder.wake,
+        near_duplicates=NearDuplicateWindow(
+            settings.near_duplicate_window_s, settings.near_duplicate_max_distance
+        ),
+    )
     agent = ModelAgent(core, recognizer, catalogue, data / "models", poll_s=settings.model_poll_s)
     return EdgeParts(spool, catalogue, recognizer, Gateway(intake, recognizer), core, forwarder, agent)
 
@@ -109,6 +123,7 @@ def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
             "bytes": spool.bytes,
             "budget_bytes": spool.budget_bytes,
             "oldest_age_s": spool.oldest_age_s,
+            "evicted": spool.evicted,
         },
     }
 

@@ -1,0 +1,206 @@
+"""Evaluation of a classifier from its output probabilities (numpy only, plus matplotlib for
+the confusion-matrix picture).
+
+* ``classification_report``: top-1 / top-5 on fine classes and on coarse classes (a coarse
+  prediction is the coarse class of the predicted fine class; coarse top-5 counts a hit when
+  any of the 5 best fine classes has the right coarse class), mean per-class top-1, NLL,
+  per-class precision / recall / support, the confusion matrix, calibration (ECE);
+* ``fit_temperature``: one scalar T on val minimising the NLL of ``softmax(log p / T)``; for a
+  linear head it is folded into the weights (``HeadModel.scaled``), so the probabilities the
+  edge sees are calibrated and its "unrecognised" threshold means what it says;
+* ``threshold_for_precision``: the lowest confidence threshold whose recognised answers
+  (confidence >= threshold) reach a target precision on val;
+* ``confusion_png``: the confusion matrix as a PNG (Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "classification_report",
+    "confusion_matrix",
+    "confusion_png",
+    "expected_calibration_error",
+    "fit_temperature",
+    "temperature_scale",
+    "threshold_for_precision",
+    "topk_hits",
+]
+
+
+def topk_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < probs.shape[1] else np.argsort(-probs, axis=1)
+    return (top == labels[:, None]).any(axis=1)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins on the top-1 confidence."""
+    if probs.shape[0] == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
+def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    z = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [0.05, 20] minimising val NLL of ``softmax(log p / T)`` (golden-section on
+    log T; the NLL is convex in 1/T).  Returns 1.0 when there is nothing to fit on."""
+    if probs.shape[0] < 2:
+        return 1.0
+    logp = np.log(np.clip(probs.astype(np.float64), 1e-30, None))
+    y = labels.astype(np.int64)
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        return float((lse - z[np.arange(len(y)), y]).mean())
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def threshold_for_precision(probs: np.ndarray, labels: np.ndarray, target: float = 0.95) -> dict[str, Any]:
+    """The lowest threshold t such that answers with confidence >= t are right with precision
+    >= target (on this set); with the coverage (share of photos answered) it gives."""
+    n = probs.shape[0]
+    if n == 0:
+        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None}
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    order = np.argsort(-conf, kind="stable")
+    cum_prec = np.cumsum(correct[order]) / np.arange(1, n + 1)
+    ok = np.nonzero(cum_prec >= target)[0]
+    if ok.size == 0:
+        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None}
+    # the largest prefix (lowest threshold) that still meets the target
+    last = int(ok[-1])
+    t = float(conf[order][last])
+    answered = conf >= t
+    return {
+        "target_precision": target,
+        "threshold": t,
+        "coverage": float(answered.mean()),
+        "precision": float(correct[answered].mean()),
+    }
+
+
+def classification_report(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    coarse_of: dict[str, str] | None = None,
+    *,
+    with_confusion: bool = True,
+) -> dict[str, Any]:
+    """Metrics of probabilities (N, C) against integer labels (N,) over ``classes``."""
+    probs = np.asarray(probs, dtype=np.float32)
+    y = np.asarray(labels).astype(np.int64)
+    n, c = probs.shape[0], len(classes)
+    out: dict[str, Any] = {"n": int(n)}
+    if n == 0:
+        out.update(top1=float("nan"), top5=float("nan"))
+        return out
+    pred = probs.argmax(axis=1)
+    correct = pred == y
+    out["top1"] = float(correct.mean())
+    out["top5"] = float(topk_hits(probs, y, 5).mean())
+    out["nll"] = float(-np.log(np.clip(probs[np.arange(n), y], 1e-12, None)).mean())
+    out["mean_class_top1"] = float(np.mean([correct[y == k].mean() for k in np.unique(y)]))
+    out["ece"] = expected_calibration_error(probs, y)
+    out["mean_confidence"] = float(probs.max(axis=1).mean())
+    if coarse_of:
+        coarse_names = sorted({coarse_of.get(s, s) for s in classes})
+        cidx = {name: i for i, name in enumerate(coarse_names)}
+        fine_to_coarse = np.array([cidx[coarse_of.get(s, s)] for s in classes])
+        cy = fine_to_coarse[y]
+        out["coarse_top1"] = float((fine_to_coarse[pred] == cy).mean())
+        k = min(5, c)
+        topk = np.argsort(-probs, axis=1)[:, :k]
+        out["coarse_top5"] = float((fine_to_coarse[topk] == cy[:, None]).any(axis=1).mean())
+        out["coarse_classes"] = len(coarse_names)
+    cm = confusion_matrix(y, pred, c)
+    per_class = {}
+    for k, name in enumerate(classes):
+        support = int(cm[k].sum())
+        predicted = int(cm[:, k].sum())
+        per_class[name] = {
+            "support": support,
+            "recall": float(cm[k, k] / support) if support else None,
+            "precision": float(cm[k, k] / predicted) if predicted else None,
+        }
+    out["per_class"] = per_class
+    if with_confusion:
+        out["confusion"] = cm.tolist()
+    return out
+
+
+def confusion_png(cm: np.ndarray | list, classes: Sequence[str], title: str = "") -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(4.0, 0.22 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    try:
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(classes)), labels=list(classes), rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), labels=list(classes), fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if title:
+            ax.set_title(title, fontsize=9)
+        if len(classes) <= 20:
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    if cm[i, j]:
+                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                                color="white" if norm[i, j] > 0.5 else "black")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
