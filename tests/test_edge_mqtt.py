@@ -50,26 +50,13 @@ def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "con
         time.sleep(0.02)
 
 
-class QuickRedeliveryNats(EmbeddedNats):
-    """The project's embedded server, with MQTT's QoS 1 redelivery wait shortened.
-
-    Everything else is the configuration `render_config` writes; only the mqtt block gets an
-    `ack_wait`, so a test of "not acknowledged, hence redelivered" takes a second, not 30.
-    """
-
-    def _spawn(self) -> None:
-        text = self.config_path.read_text()
-        patched = text.replace("mqtt {", f'mqtt {{\n  ack_wait: "{ACK_WAIT}"', 1)
-        assert patched != text, "the rendered config has no mqtt block"
-        self.config_path.write_text(patched)
-        super()._spawn()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     root = tmp_path_factory.mktemp("nats")
-    cfg = NatsServerConfig.with_free_ports("edge-mqtt-test", root / "js", jetstream_domain="edgemq")
-    with QuickRedeliveryNats(cfg, root / "run") as srv:
+    cfg = NatsServerConfig.with_free_ports(
+        "edge-mqtt-test", root / "js", jetstream_domain="edgemq", mqtt_ack_wait=ACK_WAIT
+    )
+    with EmbeddedNats(cfg, root / "run") as srv:
         yield srv
 
 

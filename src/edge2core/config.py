@@ -90,6 +90,19 @@ class CoreSettings(_Settings):
     max_upload_bytes: int = 32 * 1024 * 1024
     val_percent: int = Field(default=20, ge=0, le=90)
     training_threads: int = Field(default=0, description="torch threads; 0 = all cores")
+    # Object store, resumable uploads, datasets, governance (issue 4).
+    object_store_url: str | None = Field(
+        default=None, description="s3://bucket/prefix or a directory; default: data_dir/objects"
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="e.g. http://minio:9000")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = Field(default=None, description="default: boto3's chain")
+    s3_secret_access_key: str | None = None
+    upload_expiry_s: float = Field(default=24 * 3600, gt=0, description="unfinished uploads")
+    near_dup_bits: int = Field(default=4, ge=0, le=16, description="dHash distance of twins")
+    retention_days: dict[str, int] = Field(
+        default_factory=dict, description="source -> days kept, e.g. {shopper = 30}"
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -52,6 +52,20 @@ _DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024  # photos up to 8 MB must pass MQTT, wit
 _LOG_TAIL_BYTES = 4000
 
 
+@dataclass(frozen=True)
+class NatsUser:
+    """A client the server lets in: a device (MQTT username) or an edge2core process.
+
+    `password` may be a bcrypt hash ("$2a$..."/"$2b$..."), which nats-server verifies itself,
+    so device secrets never sit in the config file in clear. Empty allow lists mean "all".
+    """
+
+    user: str
+    password: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class NatsServerConfig:
     """Everything needed to render one nats-server config file."""
@@ -67,6 +81,10 @@ class NatsServerConfig:
     leafnode_port: int | None = None  # core side: accept leaf connections
     leafnode_remotes: tuple[str, ...] = ()  # edge side: e.g. "nats-leaf://127.0.0.1:7422"
     max_payload: int = _DEFAULT_MAX_PAYLOAD
+    # How long the server waits for an MQTT QoS 1 ack before redelivering (nats default 30s).
+    mqtt_ack_wait: str | None = None
+    # No users: anyone on the listeners may connect (development); else only these.
+    users: tuple[NatsUser, ...] = ()
 
     @classmethod
     def with_free_ports(
@@ -81,6 +99,8 @@ class NatsServerConfig:
         jetstream_domain: str | None = None,
         leafnode_remotes: tuple[str, ...] = (),
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        mqtt_ack_wait: str | None = None,
+        users: tuple[NatsUser, ...] = (),
     ) -> NatsServerConfig:
         """Build a config whose listeners all use ports that are free right now (tests, dev)."""
         return cls(
@@ -95,6 +115,8 @@ class NatsServerConfig:
             jetstream_domain=jetstream_domain,
             leafnode_remotes=tuple(leafnode_remotes),
             max_payload=max_payload,
+            mqtt_ack_wait=mqtt_ack_wait,
+            users=users,
         )
 
     @property
@@ -138,7 +160,25 @@ def _mqtt_block(cfg: NatsServerConfig) -> list[str]:
     # JetStream streams) and an explicit server_name; both are always rendered.
     if cfg.mqtt_port is None:
         return []
-    return ["mqtt {", f"  host: {_q(cfg.host)}", f"  port: {cfg.mqtt_port}", "}"]
+    lines = ["mqtt {", f"  host: {_q(cfg.host)}", f"  port: {cfg.mqtt_port}"]
+    if cfg.mqtt_ack_wait:
+        lines.append(f"  ack_wait: {_q(cfg.mqtt_ack_wait)}")
+    return [*lines, "}"]
+
+
+def _allow(kind: str, subjects: tuple[str, ...]) -> str:
+    return f"{kind}: {{ allow: [{', '.join(_q(s) for s in subjects)}] }}"
+
+
+def _authorization_block(cfg: NatsServerConfig) -> list[str]:
+    if not cfg.users:
+        return []
+    lines = ["authorization {", "  users: ["]
+    for user in cfg.users:
+        perms = [_allow(k, v) for k, v in (("publish", user.publish), ("subscribe", user.subscribe)) if v]
+        permissions = f", permissions: {{ {', '.join(perms)} }}" if perms else ""
+        lines.append(f"    {{ user: {_q(user.user)}, password: {_q(user.password)}{permissions} }}")
+    return [*lines, "  ]", "}"]
 
 
 def _websocket_block(cfg: NatsServerConfig) -> list[str]:
@@ -181,6 +221,7 @@ def render_config(cfg: NatsServerConfig) -> str:
         *_mqtt_block(cfg),
         *_websocket_block(cfg),
         *_leafnodes_block(cfg),
+        *_authorization_block(cfg),
     ]
     return "\n".join(lines) + "\n"
 
@@ -271,7 +312,7 @@ class EmbeddedNats:
         self._cleanup()  # a previous process may have died on its own
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_config(self.config), encoding="utf-8")
+        self._write_config()
         self._spawn()
         try:
             self._wait_ready(timeout)
@@ -279,6 +320,24 @@ class EmbeddedNats:
             self.stop(timeout=5)
             raise
         return self
+
+    def _write_config(self) -> None:
+        # The file may hold process passwords: readable by this user only.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(render_config(self.config))
+
+    def reload(self, config: NatsServerConfig) -> None:
+        """Apply a changed config (e.g. users added or revoked) without a restart.
+
+        nats-server re-reads its file on SIGHUP and closes connections whose user is gone.
+        Listeners and ports cannot change this way.
+        """
+        self.config = config
+        self._write_config()
+        if self.is_running:
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (graceful: JetStream flushes), then SIGKILL after ``timeout``."""

@@ -1,34 +1,53 @@
 """The core's side of the claim check: take a photo's bytes, verify them, store them once.
 
 The hash in the URL is the photo's id; the core recomputes it while streaming and refuses a
-mismatch, so a confirmation means "these exact bytes are durable here".
+mismatch, so a confirmation means "these exact bytes are durable here". On arrival the core
+re-checks privacy (refusals are quarantined with their reason, without the bytes), computes its
+own perceptual hash for near-duplicate grouping, records the photo's metadata and, for a
+shopper photo, puts it in the labelling queue. Resumable uploads (`core.uploads`) end here too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import os
 import tempfile
+import threading
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import PhotoRecord, utcnow
-from edge2core.common.images import ImageRejected, RejectReason, metadata_found, sniff_format
+from edge2core.common.events import PhotoRecord, Source, utcnow
+from edge2core.common.images import ImageRejected, RejectReason, dhash, metadata_found, sniff_format
 from edge2core.common.objectstore import ObjectStore, image_key
-from edge2core.core.schema import ImageRow
+from edge2core.core.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
+
+# Refusals that say something is wrong with the photo itself (kept in quarantine with the reason),
+# as opposed to transport problems (hash or size mismatch) that a resend fixes.
+QUARANTINED = frozenset(
+    {"metadata_present", "not_an_image", "unsupported_format", "corrupt", "empty"}
+)
 
 
 class UploadError(ValueError):
     """The upload cannot be accepted; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -37,11 +56,85 @@ class Receipt:
     key: str
     size: int
     created: bool
+    erased: bool = False  # the photo was erased at the core: acknowledged, never stored again
 
 
 def stable_split(sha256: str, val_percent: int) -> str:
     """A photo's split depends on its id only, so it never moves between dataset versions."""
     return "val" if int(sha256[:8], 16) % 100 < val_percent else "train"
+
+
+def photo_dhash(data: bytes) -> int:
+    """The core's own 64-bit dHash of a stored photo (decoded at 1/8 scale where JPEG allows)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("L", (64, 64))
+            return dhash(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UploadError(422, RejectReason.CORRUPT.value, f"cannot decode the photo: {exc}") from exc
+
+
+def featureless(phash: int) -> bool:
+    """A flat or evenly graded photo hashes to (nearly) all zeros or ones: it has no features to
+    call it a near-duplicate of anything, so it is not grouped."""
+    return phash.bit_count() <= 4 or phash.bit_count() >= 60
+
+
+class NearDupIndex:
+    """Perceptual hashes of stored photos, for assigning a new photo to a near-duplicate group.
+
+    A photo within `bits` (Hamming distance) of a stored photo joins that photo's group (the
+    earliest such photo on ties), else starts its own group. A group's split is the split of its
+    first photo, so near-duplicates land on the same side and nobody's split ever moves.
+    Loaded from the database on first use; `invalidate()` after deletions.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], bits: int) -> None:
+        self._sessions = sessions
+        self.bits = bits
+        self._hashes = np.zeros(0, dtype=np.uint64)
+        self._groups: list[str] = []
+        self._count = 0
+        self._loaded = False
+        self.lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self.lock:
+            self._loaded = False
+
+    def _load(self) -> None:
+        stmt = (
+            select(ImageRow.phash, ImageRow.dup_group)
+            .where(ImageRow.phash.is_not(None))
+            .order_by(ImageRow.stored_at, ImageRow.sha256)
+        )
+        with self._sessions() as session:
+            rows = [(int(h, 16), g) for h, g in session.execute(stmt) if not featureless(int(h, 16))]
+        self._hashes = np.array([h for h, _ in rows], dtype=np.uint64)
+        self._groups = [g for _, g in rows]
+        self._count = len(rows)
+        self._loaded = True
+
+    def group_for(self, sha256: str, phash: int | None) -> str:
+        """Call with `lock` held, and `add` the photo before releasing it."""
+        if not self._loaded:
+            self._load()
+        if phash is None or featureless(phash) or self.bits <= 0 or self._count == 0:
+            return sha256
+        distances = np.bitwise_count(self._hashes[: self._count] ^ np.uint64(phash))
+        nearest = int(np.argmin(distances))  # the first (earliest) of the nearest
+        return self._groups[nearest] if int(distances[nearest]) <= self.bits else sha256
+
+    def add(self, phash: int | None, group: str) -> None:
+        if phash is None or featureless(phash) or not self._loaded:
+            return
+        if self._count == len(self._hashes):
+            grown = np.zeros(max(1024, 2 * len(self._hashes)), dtype=np.uint64)
+            grown[: self._count] = self._hashes[: self._count]
+            self._hashes = grown
+        self._hashes[self._count] = np.uint64(phash)
+        self._groups.append(group)
+        self._count += 1
 
 
 class ImageReceiver:
@@ -52,31 +145,39 @@ class ImageReceiver:
         *,
         max_bytes: int,
         val_percent: int,
+        near_dup_bits: int = 4,
+        upload_expiry_s: float = 24 * 3600,
     ) -> None:
+        from edge2core.core.uploads import ResumableUploads
+
+        self.store = store
         self._store = store
         self._sessions = sessions
+        self.max_bytes = max_bytes
         self._max_bytes = max_bytes
         self._val_percent = val_percent
+        self.near_dups = NearDupIndex(sessions, near_dup_bits)
+        self.uploads = ResumableUploads(self, expiry_s=upload_expiry_s)
+
+    # --- lookups -----------------------------------------------------------------------------
 
     def existing(self, sha256: str) -> Receipt | None:
         with self._sessions() as session:
             row = session.get(ImageRow, sha256)
+            erased = row is None and session.get(TombstoneRow, sha256) is not None
+        if erased:
+            return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
         if row is None or not self._store.exists(row.key):
             return None
         return Receipt(sha256=sha256, key=row.key, size=row.size, created=False)
 
+    # --- one-shot upload (PUT /v1/images/<sha256>) -------------------------------------------
+
     async def receive(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Receipt:
-        if (done := self.existing(record.sha256)) is not None:
-            return done  # a replay: acknowledged, not stored twice
+        if (done := await asyncio.to_thread(self.existing, record.sha256)) is not None:
+            return done  # a replay (or an erased photo): acknowledged, not stored twice
         staged = await self._stage(record, body)
-        try:
-            self._check_privacy(staged)
-            key = image_key(record.sha256)
-            self._store.put_file(key, staged)
-        finally:
-            staged.unlink(missing_ok=True)
-        self._record(record, key)
-        return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
+        return await asyncio.to_thread(self.accept, record, staged)
 
     async def _stage(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Path:
         digest = hashlib.sha256()
@@ -92,15 +193,15 @@ class ImageReceiver:
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
-            self._verify(record, digest.hexdigest(), size)
+                await asyncio.to_thread(os.fsync, fh.fileno())
+            self.verify(record, digest.hexdigest(), size)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return path
 
     @staticmethod
-    def _verify(record: PhotoRecord, actual: str, size: int) -> None:
+    def verify(record: PhotoRecord, actual: str, size: int) -> None:
         if actual != record.sha256:
             raise UploadError(
                 422, "hash_mismatch", f"body hashes to {actual}, not {record.sha256}; resend"
@@ -108,39 +209,124 @@ class ImageReceiver:
         if size != record.size:
             raise UploadError(422, "size_mismatch", f"body has {size} bytes, not {record.size}")
 
+    # --- the common end of both upload paths -------------------------------------------------
+
+    def accept(self, record: PhotoRecord, staged: Path) -> Receipt:
+        """Blocking: privacy re-check, perceptual hash, store the verified file, record it.
+
+        `staged` holds exactly the bytes named by `record.sha256` (already verified, fsync'd);
+        it is gone when this returns, whatever happens.
+        """
+        try:
+            data = staged.read_bytes()
+            try:
+                self.check_privacy(data)
+                phash = photo_dhash(data)
+            except UploadError as exc:
+                if exc.code in QUARANTINED:
+                    self._quarantine(record, exc)
+                raise
+            key = image_key(record.sha256)
+            self._store.put_file(key, staged)
+        finally:
+            staged.unlink(missing_ok=True)
+        created = self._record(record, key, phash)
+        return Receipt(sha256=record.sha256, key=key, size=record.size, created=created)
+
     @staticmethod
-    def _check_privacy(path: Path) -> None:
-        data = path.read_bytes()
+    def check_privacy(data: bytes) -> None:
         try:
             sniff_format(data)
         except ImageRejected as exc:
             raise UploadError(415, exc.reason.value, exc.detail) from exc
-        if found := metadata_found(data):
+        try:
+            found = metadata_found(data)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UploadError(422, RejectReason.CORRUPT.value, f"cannot read the photo: {exc}") from exc
+        if found:
             raise UploadError(
                 422,
                 RejectReason.METADATA_PRESENT.value,
                 f"metadata must be stripped at the edge; found {', '.join(found)}",
             )
 
-    def _record(self, record: PhotoRecord, key: str) -> None:
-        row = ImageRow(
-            sha256=record.sha256,
-            key=key,
-            size=record.size,
-            width=record.width,
-            height=record.height,
-            site=record.site,
-            device=record.device,
-            source=record.source.value,
-            sku=record.sku,
-            captured_at=record.captured_at,
-            received_at=record.received_at,
-            stored_at=utcnow(),
-            edge_model_version=record.edge_model_version,
-            confidence=record.confidence,
-            top_guesses=[g.model_dump() for g in record.top_guesses],
-            split=stable_split(record.sha256, self._val_percent),
-        )
+    def _quarantine(self, record: PhotoRecord, exc: UploadError) -> None:
+        now = utcnow()
         with self._sessions.begin() as session:
-            if session.get(ImageRow, record.sha256) is None:
-                session.add(row)
+            row = session.get(QuarantineRow, record.sha256)
+            if row is None:
+                session.add(
+                    QuarantineRow(
+                        sha256=record.sha256,
+                        site=record.site,
+                        device=record.device,
+                        reason=exc.code,
+                        detail=exc.detail[:1000],
+                        record=record.model_dump(mode="json"),
+                        attempts=1,
+                        first_at=now,
+                        last_at=now,
+                    )
+                )
+            else:
+                row.attempts += 1
+                row.last_at = now
+                row.reason, row.detail = exc.code, exc.detail[:1000]
+
+    def _record(self, record: PhotoRecord, key: str, phash: int) -> bool:
+        """Insert the photo's row (and its labelling task); False if it was already there."""
+        now = utcnow()
+        labelled = record.source is Source.KIOSK and record.sku is not None
+        quality = record.quality or None
+        sharpness = quality.get("sharpness") if isinstance(quality, dict) else None
+        with self.near_dups.lock:
+            with self._sessions() as session:
+                if session.get(ImageRow, record.sha256) is not None:
+                    return False
+            group = self.near_dups.group_for(record.sha256, phash)
+            row = ImageRow(
+                sha256=record.sha256,
+                key=key,
+                size=record.size,
+                width=record.width,
+                height=record.height,
+                site=record.site,
+                device=record.device,
+                source=record.source.value,
+                sku=record.sku,
+                captured_at=record.captured_at,
+                received_at=record.received_at,
+                stored_at=now,
+                edge_model_version=record.edge_model_version,
+                confidence=record.confidence,
+                top_guesses=[g.model_dump() for g in record.top_guesses],
+                split=stable_split(group, self._val_percent),
+                label_origin="scan" if labelled else None,
+                phash=f"{phash:016x}",
+                dup_group=group,
+                redaction=record.redaction,
+                quality=quality,
+                sharpness=float(sharpness) if isinstance(sharpness, int | float) else None,
+            )
+            try:
+                with self._sessions.begin() as session:
+                    session.add(row)
+                    if record.source is Source.SHOPPER:
+                        session.add(_label_task(record, now))
+            except IntegrityError:
+                return False  # a concurrent upload of the same photo recorded it first
+            self.near_dups.add(phash, group)
+        return True
+
+
+def _label_task(record: PhotoRecord, now) -> LabelTaskRow:  # type: ignore[no-untyped-def]
+    top = max(record.top_guesses, key=lambda g: g.confidence, default=None)
+    return LabelTaskRow(
+        sha256=record.sha256,
+        site=record.site,
+        status="pending",
+        reason="low_confidence" if top is not None else "unrecognised",
+        top_sku=top.sku if top else None,
+        top_confidence=top.confidence if top else record.confidence,
+        created_at=now,
+    )

@@ -17,6 +17,7 @@ from tenacity import (
 )
 
 from edge2core.common.events import PhotoForwarded
+from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import FORWARD_RETRIES, FORWARDED, FORWARDED_BYTES
 from edge2core.edge.core_client import CoreClient, RejectedUpload, TransientUploadError
@@ -131,6 +132,11 @@ class Forwarder:
         except RejectedUpload as exc:
             await asyncio.to_thread(self._quarantine_item, item, str(exc))
             return True
+        except Exception:
+            # Whatever went wrong with one photo must not stop the others from draining.
+            FORWARD_RETRIES.inc()
+            log.exception("forwarding failed unexpectedly; will retry", sha256=item.sha256)
+            return False
         await asyncio.to_thread(self._spool.remove, item.sha256)
         FORWARDED.inc()
         FORWARDED_BYTES.inc(item.size)
@@ -162,10 +168,8 @@ class Forwarder:
 
     def _quarantine_item(self, item: SpoolItem, reason: str) -> None:
         """Keep what the core refused for an operator to look at; never delete it silently."""
-        dest = self._quarantine / f"{item.sha256}.jpg"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(self._spool.read(item.sha256))
         note = {"reason": reason, "record": item.record.model_dump(mode="json")}
-        (self._quarantine / f"{item.sha256}.json").write_text(json.dumps(note, indent=2))
+        write_atomic(self._quarantine / f"{item.sha256}.jpg", [self._spool.read(item.sha256)])
+        write_atomic(self._quarantine / f"{item.sha256}.json", [json.dumps(note, indent=2).encode()])
         self._spool.remove(item.sha256)
         log.error("core refused a photo; quarantined", sha256=item.sha256, reason=reason)

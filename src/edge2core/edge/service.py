@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
@@ -158,6 +159,18 @@ async def event_sink(client: NatsClient, site: str) -> EventSink:
     return publish
 
 
+async def supervised(name: str, run: Callable[[], Awaitable[None]], delay_s: float = 2.0) -> None:
+    """Keep a background loop alive: a bug in one pass must not silently stop forwarding."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting", task=name, delay_s=delay_s)
+            await asyncio.sleep(delay_s)
+
+
 async def serve_edge(settings: EdgeSettings) -> None:
     # The embedded server always runs (JetStream, leaf link); an external broker only
     # replaces it as the devices' MQTT door.
@@ -168,8 +181,10 @@ async def serve_edge(settings: EdgeSettings) -> None:
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway)
     tasks = [
-        asyncio.create_task(parts.forwarder.run(), name="forwarder"),
-        asyncio.create_task(parts.agent.run(client), name="model-agent"),
+        asyncio.create_task(supervised("forwarder", parts.forwarder.run), name="forwarder"),
+        asyncio.create_task(
+            supervised("model-agent", lambda: parts.agent.run(client)), name="model-agent"
+        ),
     ]
     app = create_edge_app(
         parts.gateway, settings.site, lambda: status_report(settings, parts), settings.max_bytes
