@@ -64,7 +64,7 @@ def stored_keys(store: LocalObjectStore) -> list[str]:
 
 
 def staged_files(store: LocalObjectStore) -> list[Path]:
-    return list(store.staging_dir().iterdir())
+    return [p for p in store.staging_dir().rglob("*") if p.is_file()]
 
 
 def image_rows(sessions) -> int:

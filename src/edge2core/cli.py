@@ -124,6 +124,60 @@ def edge_status(
     Console().print(table)
 
 
+devices_app = typer.Typer(help="Devices allowed to send photos to this edge site.")
+edge_app.add_typer(devices_app, name="devices")
+DataDir = Annotated[Path | None, typer.Option(help="The edge's data dir (default from settings).")]
+
+
+def _registry(data_dir: Path | None):  # noqa: ANN202 - keeps the import lazy
+    from edge2core.edge.devices import DeviceRegistry
+
+    return DeviceRegistry((data_dir or EdgeSettings().data_dir) / "devices.json")
+
+
+@devices_app.command("add")
+def devices_add(
+    device_id: Annotated[str, typer.Argument(help="The device's id, e.g. kiosk-7.")],
+    role: Annotated[str, typer.Option(help="kiosk or shopper.")] = "kiosk",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a device and print its secret (shown once: configure the device with it)."""
+    from edge2core.edge.devices import DeviceRole
+
+    try:
+        token = _registry(data_dir).add(device_id, DeviceRole(role))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps({"device": device_id, "role": role, "mqtt_username": device_id,
+                           "mqtt_password": token, "http_token": token}))
+
+
+@devices_app.command("revoke")
+def devices_revoke(
+    device_id: Annotated[str, typer.Argument(help="The device to shut out.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a device; a running edge closes its connection within seconds."""
+    try:
+        _registry(data_dir).revoke(device_id)
+    except KeyError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"revoked {device_id}")
+
+
+@devices_app.command("list")
+def devices_list(data_dir: DataDir = None) -> None:
+    """List registered devices."""
+    table = Table(title="devices")
+    for column in ("id", "role", "revoked", "created"):
+        table.add_column(column)
+    for device in _registry(data_dir).list():
+        table.add_row(device.id, device.role.value, str(device.revoked), device.created_at)
+    Console().print(table)
+
+
 @app.command()
 def demo(
     dataset: Annotated[Path | None, typer.Option(envvar="E2C_DATASET", help="A grocery-layout photo folder; synthetic photos if absent.")] = None,

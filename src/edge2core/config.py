@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -67,6 +67,19 @@ class _Settings(BaseSettings):
         return (init_settings, env_settings, TomlSectionSource(settings_cls, cls.section))
 
 
+class PromotionGate(BaseModel):
+    """`[core.gate]`: no promotion to canary or production if, on the same frozen evaluation
+    set, top-1 drops or any class's recall drops by more than these against production."""
+
+    enabled: bool = True
+    max_top1_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    min_class_support: int = Field(default=1, ge=1, description="classes with fewer eval photos are not checked")
+    eval_dataset: int | None = Field(
+        default=None, description="dataset version whose val split is the frozen evaluation set; "
+        "default: the candidate's dataset version")
+
+
 class CoreSettings(_Settings):
     """The core: receiver, datasets, training, registry, catalogue."""
 
@@ -90,6 +103,8 @@ class CoreSettings(_Settings):
     max_upload_bytes: int = 32 * 1024 * 1024
     val_percent: int = Field(default=20, ge=0, le=90)
     training_threads: int = Field(default=0, description="torch threads; 0 = all cores")
+    gate: PromotionGate = Field(default_factory=PromotionGate)
+    embedding_cache_dir: Path | None = Field(default=None, description="default: data_dir/cache/embeddings")
     # Object store, resumable uploads, datasets, governance (issue 4).
     object_store_url: str | None = Field(
         default=None, description="s3://bucket/prefix or a directory; default: data_dir/objects"
@@ -129,6 +144,12 @@ class EdgeSettings(_Settings):
     mqtt_ws_port: int = 8490
     external_mqtt: str | None = Field(
         default=None, description="host:port of an external MQTT broker instead of embedded NATS"
+    )
+    external_mqtt_username: str | None = None
+    external_mqtt_password: str | None = None
+    device_auth: bool = Field(
+        default=True,
+        description="only registered devices may connect (MQTT user/password, HTTP bearer token)",
     )
     core_url: str = "http://127.0.0.1:8470"
     core_leaf_url: str | None = "nats-leaf://127.0.0.1:7470"

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from edge2core.common.products import Product
 from edge2core.config import DemoSettings
+from edge2core.edge.devices import DeviceRegistry, DeviceRole
 from edge2core.edge.mqtt_door import MqttEndpoint
 from edge2core.roles import start_core, start_edge
 from edge2core.sim import photos as sim_photos
@@ -24,6 +25,7 @@ from edge2core.sim.devices import Kiosk, Shopper
 
 SITE = "store-001"
 KIOSKS = ("kiosk-1", "kiosk-2")
+SHOPPER = "phone-1"
 T = TypeVar("T")
 
 
@@ -90,12 +92,15 @@ def _run(settings: DemoSettings, work: Path, console: Console) -> dict[str, Any]
     try:
         with stages.stage("start core and edge site"):
             core.wait_healthy()
+            credentials = register_devices(work / "edge")
             edge, edge_ports = start_edge(SITE, work / "edge", core_ports)
             edge.wait_healthy()
         http = httpx.Client(base_url=core_ports.url, timeout=120)
         http.put("/v1/catalogue/products",
                  json=[catalogue_entry(p).model_dump(mode="json") for p in products]).raise_for_status()
-        summary = _story(settings, source, products, stages, http, core_ports.url, edge_ports, console)
+        summary = _story(
+            settings, source, products, stages, http, edge_ports, credentials, console
+        )
     finally:
         if edge is not None:
             edge.stop()
@@ -105,14 +110,22 @@ def _run(settings: DemoSettings, work: Path, console: Console) -> dict[str, Any]
     return summary
 
 
+def register_devices(edge_dir: Path) -> dict[str, str]:
+    """Every simulated device gets its own identity, as a real deployment would."""
+    registry = DeviceRegistry(edge_dir / "devices.json")
+    tokens = {name: registry.add(name, DeviceRole.KIOSK) for name in KIOSKS}
+    tokens[SHOPPER] = registry.add(SHOPPER, DeviceRole.SHOPPER)
+    return tokens
+
+
 def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, http: httpx.Client,
-           core_url: str, edge_ports: Any, console: Console) -> dict[str, Any]:
+           edge_ports: Any, credentials: dict[str, str], console: Console) -> dict[str, Any]:
     train = [p for product in products for p in source.photos("train", product, settings.per_class)]
     held_out = [p for product in products
                 for p in source.photos("val", product, settings.held_out_per_class)]
 
     with stages.stage(f"kiosks publish {len(train)} labelled photos over MQTT (QoS 1)"):
-        acked = _publish_captures(train, MqttEndpoint("127.0.0.1", edge_ports.mqtt), console)
+        acked = _publish_captures(train, edge_ports.mqtt, credentials, console)
 
     with stages.stage("edge prepares, spools and forwards them to the core"):
         def all_arrived() -> int | None:
@@ -136,7 +149,8 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
                  timeout=120)
 
     with stages.stage(f"shoppers ask about {len(held_out)} held-out photos over MQTT/WebSockets"):
-        replies = _ask(held_out, MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets"), console)
+        ws = MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets", SHOPPER, credentials[SHOPPER])
+        replies = _ask(held_out, ws, console)
 
     answers = [(photo, reply) for photo, reply in replies if not reply.error]
     correct = sum(1 for photo, r in answers if r.body.get("sku") == photo.product.sku)
@@ -168,8 +182,13 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
     }
 
 
-def _publish_captures(train: list, endpoint: MqttEndpoint, console: Console) -> int:
-    kiosks = [Kiosk(endpoint, SITE, name) for name in KIOSKS]
+def _publish_captures(
+    train: list, port: int, credentials: dict[str, str], console: Console
+) -> int:
+    kiosks = [
+        Kiosk(MqttEndpoint("127.0.0.1", port, "tcp", name, credentials[name]), SITE, name)
+        for name in KIOSKS
+    ]
     try:
         with progress_bar(console) as bar:
             task = bar.add_task("acknowledged", total=len(train))
@@ -183,7 +202,7 @@ def _publish_captures(train: list, endpoint: MqttEndpoint, console: Console) -> 
 
 
 def _ask(held_out: list, endpoint: MqttEndpoint, console: Console) -> list:
-    shopper = Shopper(endpoint, SITE, "phone-1")
+    shopper = Shopper(endpoint, SITE, SHOPPER)
     try:
         with progress_bar(console) as bar:
             task = bar.add_task("answered", total=len(held_out))

@@ -20,6 +20,9 @@ SPOOL_EVICTED = Counter(
     "e2c_spool_evicted_total", "Photos evicted from a full spool to make room", ["source"]
 )
 SPOOL_OLDEST_AGE = Gauge("e2c_spool_oldest_age_seconds", "Age of the oldest photo waiting")
+DEVICES_REFUSED = Counter(
+    "e2c_devices_refused_total", "Unknown or revoked devices refused", ["door", "reason"]
+)
 SPOOL_BYTES = Gauge("e2c_spool_bytes", "Bytes waiting in the spool")
 SPOOL_ITEMS = Gauge("e2c_spool_items", "Photos waiting in the spool")
 FORWARDED = Counter("e2c_forwarded_total", "Photos confirmed by the core")

@@ -367,7 +367,11 @@ def quantize_backbone_int8(
     import numpy as np
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

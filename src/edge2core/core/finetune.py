@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from edge2core.common.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, preprocess_batch
+from edge2core.common.preprocess import (
+    IMAGE_SIZE,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    preprocess_batch,
+)
 from edge2core.core.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.training import HeadModel
 
@@ -51,6 +56,7 @@ class FineTuneConfig:
     jitter: float = 0.2
     dropout: float = 0.2
     seed: int = 0
+    train_size: int = IMAGE_SIZE  # crops are resized to this; val/edge always use 224
     max_seconds: float | None = None  # stop after the epoch that crosses it (safety net)
 
     @classmethod
@@ -143,7 +149,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     logits = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for i in range(0, x.shape[0], batch):
-            logits.append(model(x[i : i + batch].to(device)).float().cpu())
+            xb = x[i : i + batch].to(device).contiguous(memory_format=torch.channels_last)
+            logits.append(model(xb).float().cpu())
     z = torch.cat(logits) if logits else torch.zeros(0, 1)
     loss = float(F.cross_entropy(z, y)) if len(y) else float("nan")
     top1 = float((z.argmax(1) == y).float().mean()) if len(y) else float("nan")
@@ -165,7 +172,13 @@ def finetune(
 ) -> FineTuneResult:
     """Fine-tune a copy of ``backbone`` (the argument is left untouched)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     cfg = config or FineTuneConfig()
     device = device or pick_device()
@@ -183,7 +196,7 @@ def finetune(
     bb = copy.deepcopy(backbone)
     for p in bb.parameters():
         p.requires_grad_(True)
-    model = _Net(bb, len(classes), cfg.dropout).to(device)
+    model = _Net(bb, len(classes), cfg.dropout).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_t) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -212,7 +225,7 @@ def finetune(
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs > 1 sample
                     continue
-                x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale, jitter=cfg.jitter)
+                x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=cfg.train_size)
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     loss = criterion(model(x).float(), ytr[idx].to(device))
@@ -247,7 +260,7 @@ def finetune(
                 break
     assert best_state is not None
     model.load_state_dict(best_state)
-    model = model.to("cpu").eval()
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     out_backbone = model.backbone
     for p in out_backbone.parameters():
         p.requires_grad_(False)

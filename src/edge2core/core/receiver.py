@@ -26,7 +26,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import PhotoRecord, Source, utcnow
-from edge2core.common.images import ImageRejected, RejectReason, dhash, metadata_found, sniff_format
+from edge2core.common.images import (
+    ImageRejected,
+    RejectReason,
+    dhash,
+    metadata_found,
+    sniff_format,
+)
 from edge2core.common.objectstore import ObjectStore, image_key
 from edge2core.core.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
 
@@ -152,6 +158,7 @@ class ImageReceiver:
 
         self.store = store
         self._store = store
+        self.sessions = sessions
         self._sessions = sessions
         self.max_bytes = max_bytes
         self._max_bytes = max_bytes
@@ -211,11 +218,12 @@ class ImageReceiver:
 
     # --- the common end of both upload paths -------------------------------------------------
 
-    def accept(self, record: PhotoRecord, staged: Path) -> Receipt:
+    def accept(self, record: PhotoRecord, staged: Path, *, keep_on_failure: bool = False) -> Receipt:
         """Blocking: privacy re-check, perceptual hash, store the verified file, record it.
 
-        `staged` holds exactly the bytes named by `record.sha256` (already verified, fsync'd);
-        it is gone when this returns, whatever happens.
+        `staged` holds exactly the bytes named by `record.sha256` (already verified, fsync'd).
+        It is gone when this returns or refuses the photo; on any other failure (the object
+        store is down) it is removed too, unless `keep_on_failure` (resumable uploads retry).
         """
         try:
             data = staged.read_bytes()
@@ -228,10 +236,15 @@ class ImageReceiver:
                 raise
             key = image_key(record.sha256)
             self._store.put_file(key, staged)
-        finally:
+        except UploadError:
             staged.unlink(missing_ok=True)
-        created = self._record(record, key, phash)
-        return Receipt(sha256=record.sha256, key=key, size=record.size, created=created)
+            raise
+        except BaseException:
+            if not keep_on_failure:
+                staged.unlink(missing_ok=True)
+            raise
+        self._record(record, key, phash)  # False if a lost object was stored again
+        return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
 
     @staticmethod
     def check_privacy(data: bytes) -> None:

@@ -1,19 +1,50 @@
-"""The model registry: versioned ONNX artefacts with their lineage and metrics."""
+"""The model registry: versioned, signed ONNX artefacts with lineage, metrics and stages.
+
+Stages: ``candidate`` (registered, not served) -> ``canary`` (one at a time, for a partial
+rollout) -> ``production`` (one at a time; announced to every edge through
+``on_production``) -> ``archived`` (a former production model, the target of a rollback) or
+``retired`` (withdrawn: rolled back or retired by hand; promoting it again needs --force).
+
+A promotion to canary or production goes through the promotion gate when one is set
+(``core.gate``: the candidate is scored with the current production model on the same frozen
+evaluation set; see ``core.gate``).  ``force=True`` skips a failed gate but needs a reason,
+which is logged and kept in the model's history.
+
+What ``core.schema.ModelRow`` has no column for (artefacts beside the main one, lineage, the
+signed manifest, the stage history) lives in its ``params`` JSON under the reserved key
+``_registry``; ``ModelInfo.params`` shows only the training parameters.  The signed manifest is
+also written to the object store (``models/signatures/<version>-<sha16>.json``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import ModelPublished, utcnow
 from edge2core.common.images import sha256_hex
+from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
+from edge2core.common.signing import SignatureError, Signer, verify, verify_artifact
 from edge2core.core.schema import ModelRow
+
+log = get_logger(__name__)
+
+RESERVED = "_registry"
+STAGES = ("candidate", "canary", "production", "archived", "retired")
+GATED_STAGES = ("canary", "production")
+
+
+class ArtifactRef(BaseModel):
+    key: str
+    sha256: str
+    size: int
 
 
 class ModelInfo(BaseModel):
@@ -27,6 +58,10 @@ class ModelInfo(BaseModel):
     params: dict[str, Any]
     stage: str
     created_at: datetime
+    artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    signature: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
 
     def published(self) -> ModelPublished:
         return ModelPublished(
@@ -38,16 +73,43 @@ class ModelInfo(BaseModel):
         )
 
 
+class GateCheck(Protocol):
+    def check(self, candidate: ModelInfo, baseline: ModelInfo) -> Any:
+        """A report with ``passed: bool`` and ``model_dump()``."""
+
+
+class GateBlocked(RuntimeError):
+    def __init__(self, version: int, report: Any) -> None:
+        reasons = "; ".join(getattr(report, "reasons", []) or ["gate failed"])
+        super().__init__(f"model {version} did not pass the promotion gate: {reasons}")
+        self.version = version
+        self.report = report
+
+
 class ModelRegistry:
     def __init__(
         self,
         store: ObjectStore,
         sessions: sessionmaker[Session],
         on_production: Callable[[ModelPublished], None] = lambda _m: None,
+        *,
+        signer: Signer | None = None,
+        gate: GateCheck | None = None,
     ) -> None:
         self._store = store
         self._sessions = sessions
         self._on_production = on_production
+        self.signer = signer
+        self.gate = gate
+
+    # ------------------------------------------------------------------ registration
+
+    def _put(self, data: bytes, suffix: str = ".onnx") -> ArtifactRef:
+        digest = sha256_hex(data)
+        key = f"models/{digest}{suffix}"
+        if not self._store.exists(key) or self._store.size(key) != len(data):
+            self._store.put(key, data)
+        return ArtifactRef(key=key, sha256=digest, size=len(data))
 
     def register(
         self,
@@ -58,39 +120,172 @@ class ModelRegistry:
         metrics: dict[str, Any],
         params: dict[str, Any],
         promote: bool = True,
+        extra_artifacts: dict[str, bytes | ArtifactRef] | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> ModelInfo:
-        digest = sha256_hex(artifact)
-        key = f"models/{digest}.onnx"
-        self._store.put(key, artifact)
+        """Store the artefacts, record a new version (signed when a signer is set), and, if
+        ``promote``, try to make it production (through the gate: a blocked candidate stays
+        a candidate, with the gate's report in its history)."""
+        main = self._put(artifact)
+        artifacts: dict[str, ArtifactRef] = {"full": main}
+        for kind, value in (extra_artifacts or {}).items():
+            artifacts[kind] = value if isinstance(value, ArtifactRef) else self._put(value)
+        created = utcnow()
         with self._sessions.begin() as session:
             version = (session.scalar(select(func.max(ModelRow.version))) or 0) + 1
+            reserved: dict[str, Any] = {
+                "artifacts": {k: a.model_dump() for k, a in artifacts.items()},
+                "lineage": lineage or {},
+                "history": [{"at": created.isoformat(), "stage": "candidate", "reason": "registered"}],
+            }
+            if self.signer is not None:
+                manifest = {
+                    "format": "edge2core-model-manifest/1",
+                    "version": version,
+                    "dataset_version": dataset_version,
+                    "classes": list(classes),
+                    "artifacts": reserved["artifacts"],
+                    "lineage": {k: v for k, v in (lineage or {}).items()
+                                if k in ("dataset_manifest_sha256", "code_revision", "backbone", "run_id")},
+                    "created_at": created.isoformat(),
+                }
+                signed = self.signer.sign(manifest)
+                reserved["signature"] = signed
+                sig_key = f"models/signatures/{version}-{main.sha256[:16]}.json"
+                import json
+
+                self._store.put(sig_key, json.dumps(signed, sort_keys=True, indent=1).encode())
+                reserved["signature_key"] = sig_key
             row = ModelRow(
                 version=version,
                 dataset_version=dataset_version,
-                artifact_key=key,
-                sha256=digest,
-                size=len(artifact),
-                classes=classes,
+                artifact_key=main.key,
+                sha256=main.sha256,
+                size=main.size,
+                classes=list(classes),
                 metrics=metrics,
-                params=params,
+                params={**params, RESERVED: reserved},
                 stage="candidate",
-                created_at=utcnow(),
+                created_at=created,
             )
             session.add(row)
         info = _info(row)
-        return self.promote(version) if promote else info
+        if not promote:
+            return info
+        try:
+            return self.promote(version, reason="registered with promote=True")
+        except GateBlocked as exc:
+            log.warning("candidate kept: promotion gate failed", version=version, reasons=getattr(exc.report, "reasons", None))
+            return self.get(version)
 
-    def promote(self, version: int) -> ModelInfo:
+    # ------------------------------------------------------------------ stages
+
+    def _append_history(self, row: ModelRow, entry: dict[str, Any]) -> None:
+        params = dict(row.params or {})
+        reserved = dict(params.get(RESERVED) or {})
+        reserved["history"] = [*(reserved.get("history") or []), entry]
+        if entry.get("stage") == "production":
+            reserved["production_since"] = entry["at"]
+        params[RESERVED] = reserved
+        row.params = params
+
+    def promote(
+        self,
+        version: int,
+        *,
+        stage: str = "production",
+        force: bool = False,
+        reason: str = "",
+        use_gate: bool = True,
+    ) -> ModelInfo:
+        """Move ``version`` to ``stage`` (``production`` by default; ``canary``; or
+        ``candidate`` to take a canary back).  Canary and production go through the gate
+        (against the current production model) unless there is none, it is this model, or
+        ``force`` (which needs a ``reason``)."""
+        if stage not in ("candidate", "canary", "production"):
+            raise ValueError(f"cannot promote to {stage!r}; use retire() or rollback()")
+        if force and not reason.strip():
+            raise ValueError("--force needs a reason (it is logged and kept in the model's history)")
+        target = self.get(version)
+        if target.stage == "retired" and not force:
+            raise ValueError(f"model {version} is retired; promoting it again needs force and a reason")
+        report = None
+        current = self.production()
+        if stage in GATED_STAGES and self.gate is not None and use_gate and current is not None and current.version != version:
+            report = self.gate.check(target, current)
+            if not report.passed:
+                if not force:
+                    with self._sessions.begin() as session:
+                        row = session.get(ModelRow, version)
+                        self._append_history(row, {"at": utcnow().isoformat(), "stage": row.stage,
+                                                   "event": "gate_failed", "to": stage,
+                                                   "gate": _dump(report)})
+                    raise GateBlocked(version, report)
+                log.warning("promotion gate overridden", version=version, stage=stage, reason=reason,
+                            reasons=getattr(report, "reasons", None))
+        now = utcnow().isoformat()
         with self._sessions.begin() as session:
-            for row in session.scalars(select(ModelRow).where(ModelRow.stage == "production")):
-                row.stage = "archived"
             row = session.get(ModelRow, version)
             if row is None:
                 raise LookupError(f"model version {version} does not exist")
+            if stage in ("production", "canary"):
+                for other in session.scalars(select(ModelRow).where(ModelRow.stage == stage)):
+                    if other.version != version:
+                        other.stage = "archived" if stage == "production" else "candidate"
+                        self._append_history(other, {"at": now, "stage": other.stage,
+                                                     "reason": f"replaced by {version}"})
+            previous = row.stage
+            row.stage = stage
+            self._append_history(row, {"at": now, "stage": stage, "from": previous, "reason": reason,
+                                       "forced": bool(force),
+                                       **({"gate": _dump(report)} if report is not None else {})})
+        info = self.get(version)
+        if force:
+            log.warning("model promoted with --force", version=version, stage=stage, reason=reason)
+        if stage == "production":
+            self._on_production(info.published())
+        return info
+
+    def rollback(self, reason: str = "", to: int | None = None) -> ModelInfo:
+        """Retire the production model and put back ``to`` (default: the most recent former
+        production model).  No gate: a rollback is the emergency exit."""
+        current = self.production()
+        candidates = [m for m in self.list() if m.stage == "archived"]
+        if to is not None:
+            target = self.get(to)
+        else:
+            if not candidates:
+                raise LookupError("no former production model to roll back to")
+            target = max(candidates, key=lambda m: (_since(m), m.version))
+        now = utcnow().isoformat()
+        with self._sessions.begin() as session:
+            if current is not None and current.version != target.version:
+                row = session.get(ModelRow, current.version)
+                row.stage = "retired"
+                self._append_history(row, {"at": now, "stage": "retired", "reason": f"rolled back: {reason}"})
+            row = session.get(ModelRow, target.version)
+            previous = row.stage
             row.stage = "production"
-        info = _info(row)
+            self._append_history(row, {"at": now, "stage": "production", "from": previous,
+                                       "reason": f"rollback: {reason}"})
+        info = self.get(target.version)
+        log.warning("model rolled back", to=target.version,
+                    retired=current.version if current else None, reason=reason)
         self._on_production(info.published())
         return info
+
+    def retire(self, version: int, reason: str = "") -> ModelInfo:
+        with self._sessions.begin() as session:
+            row = session.get(ModelRow, version)
+            if row is None:
+                raise LookupError(f"model version {version} does not exist")
+            if row.stage == "production":
+                raise ValueError("the production model cannot be retired directly; roll back instead")
+            row.stage = "retired"
+            self._append_history(row, {"at": utcnow().isoformat(), "stage": "retired", "reason": reason})
+        return self.get(version)
+
+    # ------------------------------------------------------------------ reading
 
     def get(self, version: int) -> ModelInfo:
         with self._sessions() as session:
@@ -100,8 +295,14 @@ class ModelRegistry:
         return _info(row)
 
     def production(self) -> ModelInfo | None:
+        return self._stage("production")
+
+    def canary(self) -> ModelInfo | None:
+        return self._stage("canary")
+
+    def _stage(self, stage: str) -> ModelInfo | None:
         with self._sessions() as session:
-            row = session.scalars(select(ModelRow).where(ModelRow.stage == "production")).first()
+            row = session.scalars(select(ModelRow).where(ModelRow.stage == stage)).first()
         return _info(row) if row else None
 
     def list(self) -> list[ModelInfo]:
@@ -109,8 +310,83 @@ class ModelRegistry:
             rows = session.scalars(select(ModelRow).order_by(ModelRow.version)).all()
         return [_info(r) for r in rows]
 
+    def artifact(self, version: int, kind: str = "full") -> tuple[ArtifactRef, bytes]:
+        info = self.get(version)
+        ref = info.artifacts.get(kind) if info.artifacts else None
+        if ref is None and kind == "full":
+            ref = ArtifactRef(key=info.artifact_key, sha256=info.sha256, size=info.size)
+        if ref is None:
+            raise LookupError(f"model {version} has no {kind!r} artefact")
+        return ref, self._store.get(ref.key)
+
+    def verify(self, version: int) -> dict[str, bool]:
+        """Check the signature and every artefact's bytes in the store against it.  Raises
+        SignatureError on the first mismatch; returns kind -> True."""
+        if self.signer is None:
+            raise SignatureError("this registry has no signing key")
+        info = self.get(version)
+        if not info.signature:
+            raise SignatureError(f"model {version} is not signed")
+        manifest = verify(info.signature, self.signer.public_key)
+        if manifest.get("version") != version:
+            raise SignatureError(f"the signature is for version {manifest.get('version')}, not {version}")
+        checked = {}
+        for kind in manifest.get("artifacts", {}):
+            _ref, data = self.artifact(version, kind)
+            verify_artifact(data, info.signature, self.signer.public_key, kind)
+            checked[kind] = True
+        return checked
+
+    def compare(self, a: int, b: int, *, evaluate: bool = True) -> dict[str, Any]:
+        """Model ``b`` against model ``a``: recorded metrics side by side, sizes, lineage,
+        and (when a gate is set and ``evaluate``) the gate's verdict for b against a on the
+        frozen evaluation set."""
+        ma, mb = self.get(a), self.get(b)
+
+        def pick(m: ModelInfo) -> dict[str, Any]:
+            val = m.metrics.get("val", {}) if isinstance(m.metrics, dict) else {}
+            shipped = m.metrics.get("shipped", {}) if isinstance(m.metrics, dict) else {}
+            return {
+                "version": m.version, "stage": m.stage, "dataset_version": m.dataset_version,
+                "classes": len(m.classes), "path": m.params.get("path"),
+                "backbone": m.lineage.get("backbone"),
+                "val_top1": val.get("top1"), "val_top5": val.get("top5"),
+                "val_coarse_top1": val.get("coarse_top1"), "val_ece": val.get("ece"),
+                "shipped_fp32_top1": (shipped.get("fp32") or {}).get("top1"),
+                "shipped_int8_top1": (shipped.get("int8") or {}).get("top1"),
+                "sizes": {k: r.size for k, r in m.artifacts.items()} or {"full": m.size},
+            }
+
+        out: dict[str, Any] = {"a": pick(ma), "b": pick(mb)}
+        ra = (ma.metrics.get("val") or {}).get("per_class") or {}
+        rb = (mb.metrics.get("val") or {}).get("per_class") or {}
+        moves = {
+            sku: round((rb[sku]["recall"] or 0.0) - (ra[sku]["recall"] or 0.0), 4)
+            for sku in set(ra) & set(rb)
+            if ra[sku].get("recall") is not None and rb[sku].get("recall") is not None
+        }
+        out["recall_change"] = dict(sorted(moves.items(), key=lambda kv: kv[1])[:10])
+        out["classes_added"] = sorted(set(mb.classes) - set(ma.classes))
+        out["classes_removed"] = sorted(set(ma.classes) - set(mb.classes))
+        if evaluate and self.gate is not None:
+            out["gate"] = _dump(self.gate.check(mb, ma))
+        return out
+
+
+def _dump(report: Any) -> Any:
+    return report.model_dump(mode="json") if hasattr(report, "model_dump") else report
+
+
+def _since(m: ModelInfo) -> str:
+    for entry in reversed(m.history):
+        if entry.get("stage") == "production":
+            return str(entry.get("at"))
+    return ""
+
 
 def _info(row: ModelRow) -> ModelInfo:
+    params = dict(row.params or {})
+    reserved = params.pop(RESERVED, None) or {}
     return ModelInfo(
         version=row.version,
         dataset_version=row.dataset_version,
@@ -119,7 +395,15 @@ def _info(row: ModelRow) -> ModelInfo:
         size=row.size,
         classes=row.classes,
         metrics=row.metrics,
-        params=row.params,
+        params=params,
         stage=row.stage,
         created_at=row.created_at,
+        artifacts={k: ArtifactRef(**v) for k, v in (reserved.get("artifacts") or {}).items()},
+        lineage=reserved.get("lineage") or {},
+        signature=reserved.get("signature"),
+        history=reserved.get("history") or [],
     )
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,13 +14,15 @@ from starlette.datastructures import UploadFile
 
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.images import ImageRejected, RejectReason
-from edge2core.common.metrics import PHOTOS_REJECTED, mount_metrics
-from edge2core.edge.gateway import DEVICE_ERRORS, Gateway, error_reason
+from edge2core.common.metrics import DEVICES_REFUSED, PHOTOS_REJECTED, mount_metrics
+from edge2core.edge.devices import DeviceRefused, DeviceRegistry, DeviceRole
+from edge2core.edge.gateway import DEVICE_ERRORS, Gateway, MissingField, error_reason
 from edge2core.edge.inference import Answer, NoModel
 from edge2core.edge.spool import SpoolFull
 
 _STATUS = {"too_large": 413, "unsupported_format": 415, "not_an_image": 415, "spool_full": 507,
-           "no_model": 503, "wrong_site": 403}
+           "no_model": 503, "wrong_site": 403, "unknown_device": 401, "revoked_device": 403,
+           "wrong_device": 403, "wrong_role": 403}
 _UPLOAD_DOC = {
     "requestBody": {
         "content": {
@@ -75,8 +77,35 @@ class MissingPhoto(ValueError):
     pass
 
 
+def identify(
+    devices: DeviceRegistry | None,
+    authorization: str,
+    claimed: str | None,
+    role: DeviceRole | None,
+    anonymous: str | None = None,
+) -> str:
+    """The sending device's id: from its bearer token when device identity is on."""
+    if devices is None:
+        if not (claimed or anonymous):
+            raise MissingField("say which device sends this: ?device=<id>")
+        return claimed or anonymous  # type: ignore[return-value]
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise DeviceRefused("unknown_device", "send 'Authorization: Bearer <device token>'")
+    device = devices.authenticate(token)
+    if claimed and claimed != device.id:
+        raise DeviceRefused("wrong_device", f"this token belongs to {device.id!r}, not {claimed!r}")
+    if role is not None and device.role != role:
+        raise DeviceRefused("wrong_role", f"{device.id!r} is a {device.role.value}, not a {role.value}")
+    return device.id
+
+
 def create_edge_app(
-    gateway: Gateway, site: str, status: Callable[[], dict], max_bytes: int
+    gateway: Gateway,
+    site: str,
+    status: Callable[[], dict],
+    max_bytes: int,
+    devices: DeviceRegistry | None = None,
 ) -> FastAPI:
     app = FastAPI(title=f"edge2core edge {site}", version="0.1.0")
     mount_metrics(app)
@@ -84,6 +113,8 @@ def create_edge_app(
     def refusal(exc: Exception, door: str = "http") -> JSONResponse:
         reason = "missing_photo" if isinstance(exc, MissingPhoto) else error_reason(exc)
         PHOTOS_REJECTED.labels(door=door, reason=reason).inc()
+        if isinstance(exc, DeviceRefused):
+            DEVICES_REFUSED.labels(door=door, reason=reason).inc()
         return JSONResponse({"error": reason, "detail": str(exc)[:1000]},
                             status_code=_STATUS.get(reason, 400))
 
@@ -104,15 +135,17 @@ def create_edge_app(
               responses={400: {}, 413: {}, 415: {}, 507: {}})
     async def post_photo(
         request: Request,
-        device: str = Query(description="the sending device's id"),
+        device: str | None = Query(None, description="the sending device's id (default: the token's)"),
         source: Source = Query(Source.KIOSK),
         sku: str | None = Query(None, description="the scanned product (kiosk captures)"),
         captured_at: datetime | None = Query(None),
+        authorization: str = Header(""),
     ) -> JSONResponse | PhotoAccepted:
         """Store a photo durably; 2xx means it is on disk and will reach the core."""
         try:
+            sender = identify(devices, authorization, device, DeviceRole(source.value))
             data = await read_photo(request, max_bytes)
-            capture = meta(source, device, sku, captured_at, None)
+            capture = meta(source, sender, sku, captured_at, None)
             receipt = await run_in_threadpool(gateway.capture, data, capture, "http")
         except DEVICE_ERRORS + (SpoolFull, MissingPhoto) as exc:
             return refusal(exc)
@@ -123,12 +156,14 @@ def create_edge_app(
               responses={400: {}, 413: {}, 415: {}, 503: {}})
     async def post_recognize(
         request: Request,
-        device: str = Query("http-anonymous"),
+        device: str | None = Query(None, description="the asking device (default: the token's)"),
         request_id: str | None = Query(None),
+        authorization: str = Header(""),
     ) -> JSONResponse | Answer:
         try:
+            sender = identify(devices, authorization, device, None, anonymous="http-anonymous")
             data = await read_photo(request, max_bytes)
-            capture = meta(Source.SHOPPER, device, None, None, request_id)
+            capture = meta(Source.SHOPPER, sender, None, None, request_id)
             return await run_in_threadpool(gateway.recognize, data, capture, "http")
         except DEVICE_ERRORS + (NoModel, MissingPhoto) as exc:
             return refusal(exc)

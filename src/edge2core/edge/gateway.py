@@ -21,6 +21,7 @@ from edge2core.common.images import ImageRejected
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
 from edge2core.edge.mqtt_door import Publish
+from edge2core.edge.devices import DeviceRefused
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
 from edge2core.edge.intake import Intake, IntakeReceipt, WrongSite
 from edge2core.edge.spool import SpoolFull
@@ -38,6 +39,7 @@ DEVICE_ERRORS = (
     WrongSite,
     ValidationError,
     MissingField,
+    DeviceRefused,
     envelope.MalformedMessage,
     topics.BadTopic,
 )
@@ -52,6 +54,8 @@ def error_reason(exc: Exception) -> str:
         return "spool_full"
     if isinstance(exc, NoModel):
         return "no_model"
+    if isinstance(exc, DeviceRefused):
+        return exc.reason
     return "malformed"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,12 +16,13 @@ from edge2core.common import topics
 from edge2core.common.events import PhotoForwarded, events_subject
 from edge2core.common.images import DecodeLimits
 from edge2core.common.logging import get_logger
-from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.dedup import NearDuplicateWindow
+from edge2core.edge.devices import DeviceRegistry
 from edge2core.edge.forwarder import EventSink, Forwarder
 from edge2core.edge.gateway import Gateway, MqttHandlers
 from edge2core.edge.inference import Recognizer
@@ -37,7 +39,29 @@ log = get_logger(__name__)
 EVENTS_STREAM = "E2C_EVENTS"
 
 
-def edge_nats_config(settings: EdgeSettings) -> NatsServerConfig:
+@dataclass(frozen=True)
+class SiteAccess:
+    """Who may use this site's broker: registered devices, plus edge2core's own clients."""
+
+    devices: DeviceRegistry | None
+    internal: NatsUser | None
+
+    def users(self, site: str) -> tuple[NatsUser, ...]:
+        if self.devices is None or self.internal is None:
+            return ()
+        return (*self.devices.broker_users(site), self.internal)
+
+
+def site_access(settings: EdgeSettings) -> SiteAccess:
+    if not settings.device_auth:
+        return SiteAccess(None, None)
+    # A fresh secret per run for our own doors and NATS client; it never leaves this process
+    # (and the 0600 server config file).
+    internal = NatsUser("e2c-edge-internal", secrets.token_urlsafe(24))
+    return SiteAccess(DeviceRegistry(settings.data_dir / "devices.json"), internal)
+
+
+def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -> NatsServerConfig:
     return NatsServerConfig(
         name=f"e2c-edge-{settings.site}",
         store_dir=settings.data_dir / "nats" / "jetstream",
@@ -48,14 +72,26 @@ def edge_nats_config(settings: EdgeSettings) -> NatsServerConfig:
         websocket_port=settings.mqtt_ws_port,
         jetstream_domain=settings.jetstream_domain,
         leafnode_remotes=(settings.core_leaf_url,) if settings.core_leaf_url else (),
+        users=access.users(settings.site) if access else (),
     )
 
 
-def mqtt_endpoint(settings: EdgeSettings) -> MqttEndpoint:
+def mqtt_endpoint(settings: EdgeSettings, access: SiteAccess | None = None) -> MqttEndpoint:
     if settings.external_mqtt:
         host, _, port = settings.external_mqtt.rpartition(":")
-        return MqttEndpoint(host=host, port=int(port))
-    return MqttEndpoint(host=settings.host, port=settings.mqtt_port)
+        return MqttEndpoint(
+            host=host,
+            port=int(port),
+            username=settings.external_mqtt_username,
+            password=settings.external_mqtt_password,
+        )
+    internal = access.internal if access else None
+    return MqttEndpoint(
+        host=settings.host,
+        port=settings.mqtt_port,
+        username=internal.user if internal else None,
+        password=internal.password if internal else None,
+    )
 
 
 @dataclass
@@ -129,8 +165,10 @@ def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
     }
 
 
-def start_doors(settings: EdgeSettings, gateway: Gateway) -> list[MqttDoor]:
-    endpoint = mqtt_endpoint(settings)
+def start_doors(
+    settings: EdgeSettings, gateway: Gateway, access: SiteAccess | None = None
+) -> list[MqttDoor]:
+    endpoint = mqtt_endpoint(settings, access)
     subs = topics.subscriptions(settings.site)
     handlers = MqttHandlers(gateway)
     # Two connections, two network threads: a burst of captures never delays an answer.
@@ -171,23 +209,53 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], delay_s: flo
             await asyncio.sleep(delay_s)
 
 
+async def watch_devices(
+    settings: EdgeSettings, access: SiteAccess, server: EmbeddedNats, every_s: float = 2.0
+) -> None:
+    """Apply `edge2core edge devices add/revoke` to the running broker within seconds."""
+    assert access.devices is not None
+    while True:
+        await asyncio.sleep(every_s)
+        if access.devices.refresh():
+            server.reload(edge_nats_config(settings, access))
+            log.info("device registry changed; broker users reloaded",
+                     devices=len(access.devices.broker_users(settings.site)))
+
+
 async def serve_edge(settings: EdgeSettings) -> None:
+    access = site_access(settings)
+    if access.devices is not None and not access.devices.list():
+        log.warning("device identity is on but no device is registered; add one with "
+                    "`edge2core edge devices add --data-dir DIR ID --role kiosk`")
     # The embedded server always runs (JetStream, leaf link); an external broker only
     # replaces it as the devices' MQTT door.
-    server = EmbeddedNats(edge_nats_config(settings), work_dir=settings.data_dir / "nats")
+    server = EmbeddedNats(edge_nats_config(settings, access), work_dir=settings.data_dir / "nats")
     server.start()  # in this thread: the server is tied to the thread that starts it
-    client = await nats.connect(server.client_url, max_reconnect_attempts=-1)
+    internal = access.internal
+    client = await nats.connect(
+        server.client_url,
+        max_reconnect_attempts=-1,
+        **({"user": internal.user, "password": internal.password} if internal else {}),
+    )
     parts = build_edge_parts(settings, await event_sink(client, settings.site))
     await parts.agent.load_last_good()
-    doors = await asyncio.to_thread(start_doors, settings, parts.gateway)
+    doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
     tasks = [
         asyncio.create_task(supervised("forwarder", parts.forwarder.run), name="forwarder"),
         asyncio.create_task(
             supervised("model-agent", lambda: parts.agent.run(client)), name="model-agent"
         ),
     ]
+    if access.devices is not None:
+        tasks.append(asyncio.create_task(
+            supervised("devices", lambda: watch_devices(settings, access, server)), name="devices"
+        ))
     app = create_edge_app(
-        parts.gateway, settings.site, lambda: status_report(settings, parts), settings.max_bytes
+        parts.gateway,
+        settings.site,
+        lambda: status_report(settings, parts),
+        settings.max_bytes,
+        devices=access.devices,
     )
     config = uvicorn.Config(
         app, host=settings.host, port=settings.http_port, log_config=None, access_log=False

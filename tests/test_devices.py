@@ -1,0 +1,235 @@
+"""Device identity: only registered devices get in, each only under its own topics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+
+from edge2core.common import envelope, topics
+from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
+from edge2core.config import EdgeSettings
+from edge2core.edge.api import create_edge_app
+from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.devices import DeviceRefused, DeviceRegistry, DeviceRole
+from edge2core.edge.gateway import Gateway
+from edge2core.edge.inference import Recognizer
+from edge2core.edge.intake import Intake
+from edge2core.edge.mqtt_door import MqttEndpoint, make_client
+from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.service import SiteAccess, edge_nats_config, start_doors
+from edge2core.edge.spool import Spool
+from edge2core.sim.devices import Kiosk
+from edge2core.sim.photos import LabelledPhoto, SyntheticCatalogue
+from edge2core.sim.synthetic import render_photo
+
+SITE = "store-9"
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- the registry ------------------------------------------------------------------------
+
+
+def test_registry_issues_secrets_and_keeps_only_hashes(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    token = registry.add("kiosk-1", DeviceRole.KIOSK)
+    assert token not in (tmp_path / "devices.json").read_text()
+    assert registry.authenticate(token).id == "kiosk-1"
+    with pytest.raises(DeviceRefused) as unknown:
+        registry.authenticate("not-a-token")
+    assert unknown.value.reason == "unknown_device"
+
+    registry.revoke("kiosk-1")
+    with pytest.raises(DeviceRefused) as revoked:
+        registry.authenticate(token)
+    assert revoked.value.reason == "revoked_device"
+    assert registry.broker_users(SITE) == ()
+    # Re-issuing after revocation gives a new secret; the old one stays dead.
+    fresh = registry.add("kiosk-1", DeviceRole.KIOSK)
+    assert fresh != token and registry.authenticate(fresh).id == "kiosk-1"
+
+
+def test_registry_refuses_bad_ids_and_double_registration(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    registry.add("kiosk-1", DeviceRole.KIOSK)
+    with pytest.raises(ValueError, match="revoke it first"):
+        registry.add("kiosk-1", DeviceRole.KIOSK)
+    for bad in ("kiosk.1", "a/b", "", "-x"):
+        with pytest.raises(ValueError, match="must match"):
+            registry.add(bad, DeviceRole.KIOSK)
+    with pytest.raises(KeyError):
+        registry.revoke("nobody")
+
+
+def test_a_second_registry_sees_changes_made_by_another_process(tmp_path: Path) -> None:
+    running = DeviceRegistry(tmp_path / "devices.json")  # the edge's copy
+    cli = DeviceRegistry(tmp_path / "devices.json")  # what `edge devices add` uses
+    token = cli.add("phone-1", DeviceRole.SHOPPER)
+    assert running.refresh() is True
+    assert running.authenticate(token).role == DeviceRole.SHOPPER
+    assert running.refresh() is False
+
+
+def test_broker_permissions_cover_only_the_devices_own_topics(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    registry.add("kiosk-1", DeviceRole.KIOSK)
+    (user,) = registry.broker_users(SITE)
+    assert user.user == "kiosk-1" and user.password.startswith("$2")
+    assert user.publish == ("e2c.store-9.kiosk.kiosk-1.>",)
+    assert user.subscribe == user.publish
+
+
+# --- the HTTP door -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_site(tmp_path: Path) -> Iterator[tuple[TestClient, DeviceRegistry, Spool]]:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    spool = Spool(tmp_path / "spool", 10_000_000)
+    recognizer = Recognizer(CatalogueReplica(tmp_path / "catalogue.json"))
+    gateway = Gateway(Intake(SITE, PreparePolicy(), spool), recognizer)
+    app = create_edge_app(gateway, SITE, lambda: {}, 8_000_000, devices=registry)
+    with TestClient(app) as client:
+        yield client, registry, spool
+    gateway.close()
+    spool.close()
+
+
+def _post(client: TestClient, token: str | None, **params: str):  # noqa: ANN202
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post("/v1/photos", params={"sku": "SKU-0001", **params},
+                       content=render_photo(1, 1), headers=headers)
+
+
+def test_http_takes_the_device_from_its_token(http_site) -> None:  # noqa: ANN001
+    client, registry, spool = http_site
+    token = registry.add("kiosk-4", DeviceRole.KIOSK)
+    response = _post(client, token)
+    assert response.status_code == 201, response.text
+    (item,) = spool.pending(10)
+    assert item.record.device == "kiosk-4"
+
+
+@pytest.mark.parametrize("case", ["no_token", "unknown", "revoked", "other_device", "wrong_role"])
+def test_http_refuses_unknown_revoked_and_impostor_devices(http_site, case: str) -> None:  # noqa: ANN001
+    client, registry, spool = http_site
+    kiosk = registry.add("kiosk-4", DeviceRole.KIOSK)
+    phone = registry.add("phone-4", DeviceRole.SHOPPER)
+    if case == "revoked":
+        registry.revoke("kiosk-4")
+    token, params, status, reason = {
+        "no_token": (None, {}, 401, "unknown_device"),
+        "unknown": ("forged", {}, 401, "unknown_device"),
+        "revoked": (kiosk, {}, 403, "revoked_device"),
+        "other_device": (kiosk, {"device": "kiosk-5"}, 403, "wrong_device"),
+        "wrong_role": (phone, {}, 403, "wrong_role"),
+    }[case]
+    response = _post(client, token, **params)
+    assert response.status_code == status
+    assert response.json()["error"] == reason
+    assert spool.stats().items == 0
+    metrics = client.get("/metrics").text
+    assert f'e2c_devices_refused_total{{door="http",reason="{reason}"}}' in metrics
+
+
+# --- the MQTT door on a broker with device users ---------------------------------------------
+
+
+@pytest.fixture
+def mqtt_site(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, SiteAccess, EdgeSettings, Spool]]:
+    probe = NatsServerConfig.with_free_ports("probe", tmp_path / "js")
+    settings = EdgeSettings(
+        site=SITE, data_dir=tmp_path / "edge", mqtt_port=probe.mqtt_port,
+        mqtt_ws_port=probe.websocket_port, nats_port=probe.client_port,
+        nats_http_port=probe.http_port, core_leaf_url=None,
+    )
+    registry = DeviceRegistry(settings.data_dir / "devices.json")
+    access = SiteAccess(registry, NatsUser("e2c-edge-internal", "internal-secret"))
+    server = EmbeddedNats(edge_nats_config(settings, access), tmp_path / "run").start()
+    spool = Spool(tmp_path / "spool", 50_000_000)
+    gateway = Gateway(Intake(SITE, PreparePolicy(), spool), Recognizer(CatalogueReplica(tmp_path / "c.json")))
+    doors = start_doors(settings, gateway, access)
+    yield server, access, settings, spool
+    for door in doors:
+        door.stop()
+    gateway.close()
+    spool.close()
+    server.stop()
+
+
+def _connect(port: int, user: str, password: str) -> tuple[mqtt.Client, object]:
+    client = make_client(MqttEndpoint("127.0.0.1", port, username=user, password=password), user)
+    answered = threading.Event()
+    result: dict[str, object] = {}
+
+    def on_connect(_c, _u, _f, reason, _p) -> None:  # noqa: ANN001
+        result["reason"] = reason
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    assert answered.wait(10)
+    return client, result["reason"]
+
+
+def _admitted(port: int, user: str, password: str) -> bool:
+    client, reason = _connect(port, user, password)
+    client.disconnect()
+    client.loop_stop()
+    return not reason.is_failure
+
+
+def test_mqtt_admits_registered_devices_only_and_only_under_their_topics(mqtt_site) -> None:  # noqa: ANN001
+    server, access, settings, spool = mqtt_site
+    token = access.devices.add("kiosk-1", DeviceRole.KIOSK)
+    server.reload(edge_nats_config(settings, access))
+
+    wait_until(lambda: _admitted(settings.mqtt_port, "kiosk-1", token),
+               what="the reloaded broker to admit kiosk-1")
+    kiosk = Kiosk(MqttEndpoint("127.0.0.1", settings.mqtt_port, username="kiosk-1", password=token),
+                  SITE, "kiosk-1")
+    photo = render_photo(0, 5)
+    try:
+        product = SyntheticCatalogue(2).products()[0]
+        assert kiosk.send([LabelledPhoto(product, photo, "own")]) == 1
+        wait_until(lambda: spool.stats().items == 1, what="the kiosk's own capture")
+        # Publishing as another device is dropped by the broker, never spooled.
+        kiosk._client.publish(topics.capture_topic(SITE, "kiosk-2"),
+                              envelope.encode(render_photo(0, 6), {"sku": product.sku}), qos=1)
+        time.sleep(1.0)  # nothing to wait for: the point is that nothing arrives
+        assert spool.stats().items == 1
+    finally:
+        kiosk.close()
+
+    for user, password in (("kiosk-1", "wrong"), ("stranger", "x")):
+        assert not _admitted(settings.mqtt_port, user, password), user
+
+
+def test_revoked_device_is_disconnected_and_cannot_come_back(mqtt_site) -> None:  # noqa: ANN001
+    server, access, settings, _spool = mqtt_site
+    token = access.devices.add("kiosk-7", DeviceRole.KIOSK)
+    server.reload(edge_nats_config(settings, access))
+    wait_until(lambda: _admitted(settings.mqtt_port, "kiosk-7", token), what="kiosk-7 admitted")
+    client, _ = _connect(settings.mqtt_port, "kiosk-7", token)
+    dropped = threading.Event()
+    client.on_disconnect = lambda *_a: dropped.set()
+    client.reconnect_delay_set(30, 60)  # we only watch the first drop
+
+    access.devices.revoke("kiosk-7")
+    server.reload(edge_nats_config(settings, access))
+    assert dropped.wait(10), "the broker kept a revoked device connected"
+    client.loop_stop()
+    wait_until(lambda: not _admitted(settings.mqtt_port, "kiosk-7", token), what="kiosk-7 refused")
