@@ -233,3 +233,17 @@ def test_revoked_device_is_disconnected_and_cannot_come_back(mqtt_site) -> None:
     assert dropped.wait(10), "the broker kept a revoked device connected"
     client.loop_stop()
     wait_until(lambda: not _admitted(settings.mqtt_port, "kiosk-7", token), what="kiosk-7 refused")
+
+
+def test_auth_failures_are_counted_once_each() -> None:
+    from edge2core.edge.broker_watch import auth_failures_since
+
+    connz = {"connections": [
+        {"cid": 5, "reason": "Authentication Failure", "mqtt_client": "x"},
+        {"cid": 6, "reason": "Client Closed"},
+        {"cid": 8, "reason": "Authentication Failure", "mqtt_client": "y"},
+    ]}
+    failures, last = auth_failures_since(connz, 0)
+    assert [f["mqtt_client"] for f in failures] == ["x", "y"] and last == 8
+    assert auth_failures_since(connz, last) == ([], 8)
+    assert auth_failures_since({"connections": None}, 3) == ([], 3)

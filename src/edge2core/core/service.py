@@ -21,6 +21,8 @@ from edge2core.core.datasets import DatasetStore
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
 from edge2core.core.trainer import Trainer
+from edge2core.common.signing import Signer
+from edge2core.core.gate import ModelGate
 
 log = get_logger(__name__)
 
@@ -62,7 +64,11 @@ def build_core_services(
     sessions = make_sessionmaker(engine)
     store = LocalObjectStore(settings.data_dir / "objects")
     datasets = DatasetStore(store, sessions)
-    registry = ModelRegistry(store, sessions, announcer or (lambda _m: None))
+    registry = ModelRegistry(store, sessions, announcer or (lambda _m: None),
+                             signer=Signer.load_or_create(settings.data_dir / "keys"))
+    trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
+                      cache_dir=settings.embedding_cache_dir, catalogue=Catalogue(sessions))
+    registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
     return CoreServices(
         store=store,
         sessions=sessions,
@@ -72,7 +78,7 @@ def build_core_services(
         datasets=datasets,
         registry=registry,
         catalogue=Catalogue(sessions),
-        trainer=Trainer(datasets, store, registry, threads=settings.training_threads),
+        trainer=trainer,
         site_tokens=settings.site_tokens,
     )
 

@@ -19,6 +19,7 @@ from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
+from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.dedup import NearDuplicateWindow
@@ -247,9 +248,16 @@ async def serve_edge(settings: EdgeSettings) -> None:
         ),
     ]
     if access.devices is not None:
-        tasks.append(asyncio.create_task(
-            supervised("devices", lambda: watch_devices(settings, access, server)), name="devices"
-        ))
+        tasks += [
+            asyncio.create_task(
+                supervised("devices", lambda: watch_devices(settings, access, server)),
+                name="devices",
+            ),
+            asyncio.create_task(
+                supervised("auth-failures", lambda: watch_auth_failures(server.config.monitor_url)),
+                name="auth-failures",
+            ),
+        ]
     app = create_edge_app(
         parts.gateway,
         settings.site,
