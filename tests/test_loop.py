@@ -10,6 +10,7 @@ from rich.console import Console
 
 from edge2core.config import DemoSettings
 from edge2core.demo import run_demo
+from edge2core.edge.faces import FaceRedactor, load_default_detector
 from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.sim import photos as sim_photos
 
@@ -42,9 +43,9 @@ def test_real_photos_flow_through_the_whole_loop(grocery_dir: Path, tmp_path: Pa
 
     objects = tmp_path / "core" / "objects" / "images"
     stored = {p.stem: p.read_bytes() for p in objects.glob("*/*.jpg")}
-    policy = PreparePolicy()
+    policy, redactor = PreparePolicy(), FaceRedactor(load_default_detector())
     for photo in _sent_photos(settings):
-        expected = prepare(photo.data, policy)
+        expected = prepare(photo.data, policy, redactor)  # exactly what the edge does
         assert expected.sha256 in stored, f"{photo.name} never reached the core"
         assert hashlib.sha256(stored[expected.sha256]).hexdigest() == expected.sha256
         assert stored[expected.sha256] == expected.data

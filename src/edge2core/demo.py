@@ -193,7 +193,7 @@ def _publish_captures(
         with progress_bar(console) as bar:
             task = bar.add_task("acknowledged", total=len(train))
             return sum(
-                kiosk.send(train[i :: len(kiosks)], lambda: bar.advance(task))
+                kiosk.send(train[i :: len(kiosks)], lambda _p: bar.advance(task))
                 for i, kiosk in enumerate(kiosks)
             )
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +19,7 @@ from edge2core.common.products import Product
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
 from edge2core.core.receiver import ImageReceiver, UploadError
+from edge2core.core.routes import core_routes
 from edge2core.core.registry import ModelInfo, ModelRegistry
 from edge2core.core.schema import ImageRow
 from edge2core.core.trainer import Trainer
@@ -34,6 +35,7 @@ class CoreServices:
     catalogue: Catalogue
     trainer: Trainer
     site_tokens: dict[str, str]
+    retention_days: dict[str, int] = field(default_factory=dict)
 
 
 class TrainRequest(BaseModel):
@@ -49,11 +51,13 @@ class TrainResponse(BaseModel):
 def create_core_app(services: CoreServices) -> FastAPI:
     app = FastAPI(title="edge2core core", version="0.1.0")
     mount_metrics(app)
+    app.include_router(core_routes(services))  # uploads, datasets, labelling, governance
 
     @app.exception_handler(UploadError)
     async def upload_error(_req: Request, exc: UploadError) -> JSONResponse:
         CORE_IMAGES.labels(outcome=exc.code).inc()
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status,
+                            headers=exc.headers)
 
     @app.exception_handler(LookupError)
     async def not_found(_req: Request, exc: LookupError) -> JSONResponse:
@@ -90,7 +94,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
         CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
         return JSONResponse(
             {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
-             "created": receipt.created},
+             "created": receipt.created, "erased": receipt.erased},
             status_code=201 if receipt.created else 200,
         )
 

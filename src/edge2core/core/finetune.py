@@ -57,6 +57,7 @@ class FineTuneConfig:
     dropout: float = 0.2
     seed: int = 0
     train_size: int = IMAGE_SIZE  # crops are resized to this; val/edge always use 224
+    init: str = "linear_probe"  # or "random": how the classifier starts (see finetune)
     max_seconds: float | None = None  # stop after the epoch that crosses it (safety net)
 
     @classmethod
@@ -169,8 +170,13 @@ def finetune(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     device: torch.device | None = None,
+    init_head: HeadModel | None = None,
 ) -> FineTuneResult:
-    """Fine-tune a copy of ``backbone`` (the argument is left untouched)."""
+    """Fine-tune a copy of ``backbone`` (the argument is left untouched).
+
+    ``init_head``: start the classifier from a linear probe on the frozen embeddings
+    (LP-FT, Kumar et al. 2022: the backbone is not wrecked by a random head's gradients in the
+    first steps); otherwise the classifier starts at random."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -196,13 +202,21 @@ def finetune(
     bb = copy.deepcopy(backbone)
     for p in bb.parameters():
         p.requires_grad_(True)
-    model = _Net(bb, len(classes), cfg.dropout).to(device).to(memory_format=torch.channels_last)
+    model = _Net(bb, len(classes), cfg.dropout)
+    if init_head is not None:
+        if init_head.classes != list(classes):
+            raise ValueError("init_head classes differ from the classes being trained")
+        with torch.no_grad():
+            model.fc.weight.copy_(torch.from_numpy(init_head.weight.copy()))
+            model.fc.bias.copy_(torch.from_numpy(init_head.bias.copy()))
+    model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_t) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    if cfg.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
-    elif cfg.schedule == "cosine":
+    if cfg.schedule == "onecycle" and total >= 4:
+        pct = min(0.5, max(cfg.pct_start, 2.0 / total))  # both phases need >= 1 step
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+    elif cfg.schedule in ("cosine", "onecycle"):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
@@ -234,7 +248,7 @@ def finetune(
                 opt.step()
                 if sched is not None:
                     sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
             val_top1, val_loss, _ = _evaluate(model, xval, yval, device) if len(yval) else (float("nan"), float("nan"), None)
             record = {

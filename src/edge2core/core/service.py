@@ -9,15 +9,14 @@ import nats
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
-from edge2core.common.db import create_schema, make_engine, make_sessionmaker
 from edge2core.common.events import MODELS_SUBJECT, ModelPublished
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
-from edge2core.common.objectstore import LocalObjectStore
 from edge2core.config import CoreSettings
 from edge2core.core.api import CoreServices, create_core_app
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetStore
+from edge2core.core import storage
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
 from edge2core.core.trainer import Trainer
@@ -58,11 +57,8 @@ def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
 def build_core_services(
     settings: CoreSettings, announcer: ModelAnnouncer | None = None
 ) -> CoreServices:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    create_schema(engine)
-    sessions = make_sessionmaker(engine)
-    store = LocalObjectStore(settings.data_dir / "objects")
+    sessions = storage.database(settings)  # Alembic upgrade to the newest schema
+    store = storage.object_store(settings)  # local directory or S3, by object_store_url
     datasets = DatasetStore(store, sessions)
     registry = ModelRegistry(store, sessions, announcer or (lambda _m: None),
                              signer=Signer.load_or_create(settings.data_dir / "keys"))
@@ -73,13 +69,15 @@ def build_core_services(
         store=store,
         sessions=sessions,
         receiver=ImageReceiver(
-            store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent
+            store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
+            near_dup_bits=settings.near_dup_bits, upload_expiry_s=settings.upload_expiry_s,
         ),
         datasets=datasets,
         registry=registry,
         catalogue=Catalogue(sessions),
         trainer=trainer,
         site_tokens=settings.site_tokens,
+        retention_days=settings.retention_days,
     )
 
 

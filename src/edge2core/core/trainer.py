@@ -331,8 +331,17 @@ class Trainer:
                 say(f"epoch {rec['epoch']}: train loss {rec['train_loss']:.3f}, val loss "
                     f"{rec['val_loss']:.3f}, val top-1 {rec['val_top1']:.3f} ({rec['seconds']:.0f} s)")
 
+            init_head = None
+            if cfg.init == "linear_probe":
+                from edge2core.core.training import train_head
+
+                base_features, _ = self.embed_entries(train_entries, base, progress=say)
+                init_head = train_head(base_features, labels[train_mask], classes, seed=seed,
+                                       epochs=int(opts["head_epochs"]),
+                                       weight_decay=float(opts["head_weight_decay"]))
             ft = finetune(self.backbones.torch(base), train_imgs, labels[train_mask], val_imgs,
-                          labels[is_val], classes, cfg, progress=show_progress, on_epoch=on_epoch)
+                          labels[is_val], classes, cfg, progress=show_progress, on_epoch=on_epoch,
+                          init_head=init_head)
             del train_imgs, val_imgs
             timings["finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -24,6 +24,11 @@ from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.dedup import NearDuplicateWindow
 from edge2core.edge.devices import DeviceRegistry
+from edge2core.edge.faces import (
+    FaceDetectorUnavailable,
+    FaceRedactor,
+    load_default_detector,
+)
 from edge2core.edge.forwarder import EventSink, Forwarder
 from edge2core.edge.gateway import Gateway, MqttHandlers
 from edge2core.edge.inference import Recognizer
@@ -106,6 +111,17 @@ class EdgeParts:
     agent: ModelAgent
 
 
+def face_redactor(settings: EdgeSettings) -> FaceRedactor | None:
+    """The site's privacy policy: with blur_faces on, no detector means no start."""
+    if not settings.blur_faces:
+        log.warning("face blurring is OFF for this site: photos leave with faces visible")
+        return None
+    try:
+        return FaceRedactor(load_default_detector())
+    except FaceDetectorUnavailable as exc:
+        raise SystemExit(f"cannot start site {settings.site!r}: {exc} (or set blur_faces=false)")
+
+
 def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = None) -> EdgeParts:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -140,6 +156,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         policy,
         spool,
         on_spooled=forwarder.wake,
+        redactor=face_redactor(settings),
         near_duplicates=NearDuplicateWindow(
             settings.near_duplicate_window_s, settings.near_duplicate_max_distance
         ),

@@ -38,7 +38,10 @@ class Kiosk:
         _connect(self._client, endpoint)
 
     def send(
-        self, photos: Iterable[LabelledPhoto], on_acked: Callable[[], None] = lambda: None
+        self,
+        photos: Iterable[LabelledPhoto],
+        on_acked: Callable[[LabelledPhoto], None] = lambda _p: None,
+        timeout: float = 30.0,
     ) -> int:
         """Publish at QoS 1 and wait for each PUBACK: the broker has it durably then."""
         topic = topics.capture_topic(self.site, self.device)
@@ -46,10 +49,13 @@ class Kiosk:
         for photo in photos:
             header = {"sku": photo.product.sku, "captured_at": utcnow().isoformat()}
             info = self._client.publish(topic, envelope.encode(photo.data, header), qos=1)
-            info.wait_for_publish(timeout=30)
+            try:
+                info.wait_for_publish(timeout=timeout)
+            except RuntimeError:  # paho: the connection is down and the queue is full
+                continue
             if info.is_published():
                 acked += 1
-                on_acked()
+                on_acked(photo)
         return acked
 
     def close(self) -> None:

@@ -1,0 +1,232 @@
+"""Training benchmark on the grocery photos (train/val only, never test).
+
+Measures, in one run:
+  * full path: fine-tune EfficientNet-Lite0 on the train split (early stopping on val),
+    val top-1 of the registered model (``val_top1_full``), of the shipped fp32 ONNX
+    (``val_top1_onnx``) and of the INT8 ONNX (``val_top1_int8``), wall time
+    (``full_train_s``, everything from dataset version to registered model);
+  * baseline for accuracy: the frozen ImageNet backbone + L-BFGS head (the fast path before
+    any fine-tuning), ``val_top1_frozen``;
+  * fast update: one product is held back from the full run; then its 30 train photos (and
+    its val photos) "arrive": ``fast_update_s`` times dataset build -> embeddings (only the
+    new photos are computed) -> head -> calibration -> head-only ONNX + composed fp32/INT8 ->
+    shipped-model check -> signed registration (through the promotion gate);
+  * baseline for update time: re-exporting the same model through torch
+    (``torch_export_s``) instead of composing (``compose_s``).
+
+Photos go through the edge's preparation (``edge.prepare``) before they are stored, as in
+the running system.  ``--quick`` (about a minute or two): a few classes, one short epoch at low
+resolution.  Progress goes to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def read_split(root: Path, split: str) -> list[tuple[str, int, int]]:
+    out = []
+    for line in (root / f"{split}.txt").read_text().splitlines():
+        if line.strip():
+            path, fine, coarse = (p.strip() for p in line.split(","))
+            out.append((path, int(fine), int(coarse)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dataset", type=Path, default=Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery"))
+    ap.add_argument("--classes", type=int, default=None, help="number of fine classes (default: all; quick: 6)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--train-size", type=int, default=None, help="training crop size (val is always 224)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--new-product-photos", type=int, default=30)
+    ap.add_argument("--work-dir", type=Path, default=None)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from sqlalchemy import select
+
+    from edge2core.common.db import create_schema, make_engine, make_sessionmaker
+    from edge2core.common.events import utcnow
+    from edge2core.common.objectstore import LocalObjectStore, image_key
+    from edge2core.common.products import Product
+    from edge2core.common.signing import Signer
+    from edge2core.config import PromotionGate
+    from edge2core.core.catalogue import Catalogue
+    from edge2core.core.datasets import DatasetQuery, DatasetStore
+    from edge2core.core.gate import ModelGate
+    from edge2core.core.registry import ModelRegistry
+    from edge2core.core.schema import ImageRow
+    from edge2core.core.trainer import IMAGENET_BACKBONE, Trainer
+    from edge2core.edge.prepare import PreparePolicy, prepare
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    n_classes = args.classes or (6 if quick else None)
+    epochs = args.epochs or (1 if quick else 7)
+    train_size = args.train_size or (160 if quick else 192)
+    per_class_cap = 30 if quick else None
+
+    import csv
+    with (args.dataset / "classes.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = {int(r["Class ID (int)"]): r["Class Name (str)"] for r in rows}
+    coarse_names = {int(r["Class ID (int)"]): r["Coarse Class Name (str)"] for r in rows}
+    all_ids = sorted(names)
+    if n_classes:
+        all_ids = [all_ids[i * len(all_ids) // n_classes] for i in range(n_classes)]
+    new_id = all_ids[len(all_ids) // 2]  # the product that arrives later
+    sku = lambda i: f"SKU-{i:04d}"  # noqa: E731
+
+    tmp = tempfile.TemporaryDirectory(prefix="e2c-bench-training-") if args.work_dir is None else None
+    work = args.work_dir or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    store = LocalObjectStore(work / "objects")
+    engine = make_engine(f"sqlite:///{work / 'core.db'}")
+    create_schema(engine)
+    sessions = make_sessionmaker(engine)
+    datasets = DatasetStore(store, sessions)
+    catalogue = Catalogue(sessions)
+    catalogue.upsert([Product(sku=sku(i), name=names[i], coarse=coarse_names[i], price=1.0) for i in all_ids])
+    registry = ModelRegistry(store, sessions, signer=Signer.load_or_create(work / "keys"))
+    trainer = Trainer(datasets, store, registry, threads=args.threads, catalogue=catalogue)
+    registry.gate = ModelGate(PromotionGate(), datasets, trainer.score_model)
+
+    # ---- photos: prepared as the edge would, stored, recorded with the dataset's own split
+    policy = PreparePolicy()
+    t0 = time.perf_counter()
+    pending: dict[int, list] = {}
+    counts: dict[tuple[int, str], int] = {}
+    n_stored = 0
+    for split in ("train", "val"):
+        for rel, fine, _coarse in read_split(args.dataset, split):
+            if fine not in all_ids:
+                continue
+            cap = per_class_cap if split == "train" else (10 if quick else None)
+            if fine == new_id and split == "train":
+                cap = args.new_product_photos
+            if cap is not None and counts.get((fine, split), 0) >= cap:
+                continue
+            counts[(fine, split)] = counts.get((fine, split), 0) + 1
+            photo = prepare((args.dataset / rel).read_bytes(), policy)
+            store.put(image_key(photo.sha256), photo.data)
+            row = ImageRow(sha256=photo.sha256, key=image_key(photo.sha256), size=len(photo.data),
+                           width=photo.width, height=photo.height, site="bench", device="kiosk-1",
+                           source="kiosk", sku=sku(fine), captured_at=None, received_at=utcnow(),
+                           stored_at=utcnow(), top_guesses=[], split=split)
+            pending.setdefault(fine == new_id, []).append(row)
+            n_stored += 1
+    def insert(rows: list) -> None:
+        with sessions.begin() as s:
+            for r in rows:
+                if s.get(ImageRow, r.sha256) is None:
+                    s.add(r)
+    insert(pending.get(False, []))
+    say(f"{n_stored} photos prepared and stored in {time.perf_counter() - t0:.0f} s; "
+        f"{len(all_ids)} classes, product {sku(new_id)} ({names[new_id]}) held back")
+    old_skus = [sku(i) for i in all_ids if i != new_id]
+    v1 = datasets.build(DatasetQuery(skus=old_skus))
+    say(f"dataset v{v1.version}: {v1.stats['per_split']}")
+
+    # ---- baseline: frozen ImageNet embeddings + L-BFGS head (registered, not promoted)
+    t0 = time.perf_counter()
+    frozen = trainer.train(v1.version, path="fast", params={"backbone": IMAGENET_BACKBONE, "int8": False},
+                           progress=say, promote=False)
+    frozen_s = time.perf_counter() - t0
+    val_top1_frozen = frozen.metrics["val"]["top1"]
+    say(f"baseline frozen-backbone head: val top-1 {val_top1_frozen:.3f} ({frozen_s:.0f} s, incl. embedding)")
+
+    # ---- full path
+    t0 = time.perf_counter()
+    full = trainer.train(v1.version, path="full", progress=say, show_progress=sys.stderr.isatty(),
+                         params={"epochs": epochs, "train_size": train_size, "patience": 3,
+                                 "lr": 1e-3, "batch_size": 32})
+    full_train_s = time.perf_counter() - t0
+    fm = full.metrics
+    say(f"full path: val top-1 {fm['val']['top1']:.3f}, onnx {fm['shipped']['fp32']['top1']:.3f}, "
+        f"int8 {fm['shipped']['int8']['top1']:.3f} in {full_train_s:.0f} s; model v{full.model.version} {full.model.stage}")
+    registry.promote(full.model.version, force=True, reason="bench: the full model is the production model")
+
+    # ---- fast update: 30 photos of a new product arrive; everything else is cached
+    insert(pending.get(True, []))
+    t0 = time.perf_counter()
+    v2 = datasets.build(DatasetQuery(skus=old_skus + [sku(new_id)]))
+    fast = trainer.train(v2.version, path="fast", progress=say)
+    fast_update_s = time.perf_counter() - t0
+    say(f"fast update: v{fast.model.version} ({fast.model.stage}) in {fast_update_s:.1f} s "
+        f"({fast.record['embeddings_computed']} embeddings computed), timings "
+        + json.dumps({k: round(v, 2) for k, v in fast.timings_s.items()}))
+    new_recall = fast.metrics["val"]["per_class"][sku(new_id)]["recall"]
+
+    # ---- baseline for update time: the same model exported through torch
+    from edge2core.core.export import export_onnx
+    from edge2core.core.training import HeadModel
+    import onnx
+
+    head_proto = onnx.load_from_string(store.get(fast.model.artifacts["head"].key))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in head_proto.graph.initializer}
+    head = HeadModel(weights["head.weight"].copy(), weights["head.bias"].copy(), fast.model.classes)
+    t0 = time.perf_counter()
+    export_onnx(trainer.backbones.torch(fast.model.lineage["backbone"]), head, work / "torch-export.onnx")
+    torch_export_s = time.perf_counter() - t0
+    sizes = {k: a.size for k, a in fast.model.artifacts.items()}
+
+    verified = registry.verify(fast.model.version)
+    result = {
+        "val_top1_full": round(fm["val"]["top1"], 4),
+        "val_top1_int8": round(fm["shipped"]["int8"]["top1"], 4),
+        "full_train_s": round(full_train_s, 1),
+        "fast_update_s": round(fast_update_s, 2),
+        "val_top1_onnx": round(fm["shipped"]["fp32"]["top1"], 4),
+        "int8_drop": round(fm["shipped"]["int8"]["top1_drop"], 4),
+        "val_top5_full": round(fm["val"]["top5"], 4),
+        "val_coarse_top1_full": round(fm["val"].get("coarse_top1", float("nan")), 4),
+        "val_ece_full": round(fm["val"]["ece"], 4),
+        "temperature": round(fm["calibration"]["temperature"], 3),
+        "threshold_p95": fm["calibration"]["recognised_threshold"],
+        "baseline_val_top1_frozen": round(val_top1_frozen, 4),
+        "baseline_frozen_s": round(frozen_s, 1),
+        "best_epoch": full.record.get("best_epoch"),
+        "fast_update_val_top1": round(fast.metrics["val"]["top1"], 4),
+        "fast_update_new_product_recall": new_recall,
+        "fast_update_stage": fast.model.stage,
+        "fast_update_timings_s": {k: round(v, 2) for k, v in fast.timings_s.items()},
+        "fast_update_embeddings_computed": fast.record["embeddings_computed"],
+        "compose_s": round(fast.timings_s.get("export", float("nan")), 3),
+        "torch_export_s": round(torch_export_s, 2),
+        "artifact_bytes": sizes,
+        "signature_verified": sorted(verified),
+        "classes": len(all_ids),
+        "train_photos": v1.stats["per_split"].get("train"),
+        "val_photos": v1.stats["per_split"].get("val"),
+        "epochs": epochs,
+        "train_size": train_size,
+        "threads": torch.get_num_threads(),
+        "quick": quick,
+    }
+    log_key = full.model.lineage["log_key"]
+    result["epochs_run"] = len(store.get(log_key).splitlines())
+    if tmp is not None:
+        tmp.cleanup()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

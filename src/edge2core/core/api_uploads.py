@@ -1,0 +1,200 @@
+"""Resumable uploads over HTTP: the tus 1.0 core protocol shape, at `/v1/uploads/<sha256>`.
+
+    POST   /v1/uploads/<sha256>   create (or find) the upload: Upload-Length, Upload-Metadata
+    HEAD   /v1/uploads/<sha256>   Upload-Offset: how much the core has durably
+    PATCH  /v1/uploads/<sha256>   append at Upload-Offset (application/offset+octet-stream)
+    DELETE /v1/uploads/<sha256>   give up (tus termination)
+    OPTIONS /v1/uploads           what this server supports
+
+The id is the content hash, so a retry after any failure finds the same upload. The 204 of the
+PATCH that completes the upload means: hash and size verified, privacy re-checked, stored in
+the object store and recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
+from edge2core.common.metrics import CORE_IMAGES
+from edge2core.core.receiver import UploadError
+from edge2core.core.uploads import TUS_EXTENSIONS, TUS_VERSION, ClientGone, UploadState
+
+if TYPE_CHECKING:
+    from edge2core.core.api import CoreServices
+
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+
+def parse_upload_metadata(value: str) -> dict[str, str]:
+    """tus Upload-Metadata: comma-separated `key base64(value)` pairs."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, _, encoded = item.partition(" ")
+        try:
+            pairs[key] = base64.b64decode(encoded, validate=True).decode() if encoded else ""
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise UploadError(400, "bad_metadata", f"Upload-Metadata {key!r} is not base64") from exc
+    return pairs
+
+
+def encode_upload_metadata(values: dict[str, str]) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def _tus_headers(state: UploadState | None = None) -> dict[str, str]:
+    headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    if state is not None:
+        headers["Upload-Offset"] = str(state.offset)
+        headers["Upload-Length"] = str(state.length)
+        if state.done is None:
+            headers["Upload-Expires"] = format_datetime(state.expires_at, usegmt=True)
+        else:
+            headers["X-E2C-Key"] = state.done.key
+            headers["X-E2C-Created"] = "true" if state.done.created else "false"
+            if state.done.erased:
+                headers["X-E2C-Erased"] = "true"
+    return headers
+
+
+def _refusal(exc: UploadError) -> JSONResponse:
+    CORE_IMAGES.labels(outcome=exc.code).inc()
+    return JSONResponse(
+        {"error": exc.code, "detail": exc.detail},
+        status_code=exc.status,
+        headers={**_tus_headers(), **exc.headers},
+    )
+
+
+def uploads_router(services: CoreServices) -> APIRouter:
+    router = APIRouter(tags=["uploads"])
+    uploads = services.receiver.uploads
+
+    def authorize(site: str | None, authorization: str) -> None:
+        if not services.site_tokens:
+            return
+        if site is None:  # the upload is not known here: any site's valid token will do
+            if authorization in {f"Bearer {t}" for t in services.site_tokens.values()}:
+                return
+        elif authorization == f"Bearer {services.site_tokens.get(site)}":
+            return
+        raise UploadError(401, "unauthorized", f"no valid token for site {site!r}")
+
+    def check_tus(version: str | None) -> None:
+        if version != TUS_VERSION:
+            raise UploadError(
+                412, "tus_version", f"Tus-Resumable must be {TUS_VERSION}",
+                {"Tus-Version": TUS_VERSION},
+            )
+
+    def check_id(sha256: str) -> None:
+        import re
+
+        if not re.fullmatch(SHA256_PATTERN, sha256):
+            raise UploadError(400, "bad_id", "an upload id is the photo's sha256 (64 hex digits)")
+
+    @router.options("/v1/uploads", status_code=204)
+    def tus_options() -> Response:
+        return Response(status_code=204, headers={
+            "Tus-Resumable": TUS_VERSION,
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": TUS_EXTENSIONS,
+            "Tus-Max-Size": str(services.receiver.max_bytes),
+        })
+
+    @router.post("/v1/uploads/{sha256}")
+    def create_upload(
+        sha256: str,
+        upload_length: int | None = Header(None),
+        upload_metadata: str = Header(""),
+        meta: str | None = Header(None, alias=META_HEADER),
+        tus_resumable: str | None = Header(None),
+        authorization: str = Header(""),
+    ) -> Response:
+        try:
+            check_tus(tus_resumable)
+            check_id(sha256)
+            raw = meta or parse_upload_metadata(upload_metadata).get("record")
+            if not raw:
+                raise UploadError(400, "bad_metadata", "Upload-Metadata needs `record` (the photo record)")
+            try:
+                record = PhotoRecord.model_validate_json(raw)
+            except ValidationError as exc:
+                raise UploadError(400, "bad_metadata", f"the photo record is invalid: {exc}") from exc
+            if record.sha256 != sha256:
+                raise UploadError(400, "bad_metadata", "the URL and the record name different ids")
+            authorize(record.site, authorization)
+            if upload_length is None or upload_length < 1:
+                raise UploadError(400, "no_length", "Upload-Length (a positive integer) is required")
+            state, created = uploads.create(record, upload_length)
+        except UploadError as exc:
+            return _refusal(exc)
+        headers = {**_tus_headers(state), "Location": f"/v1/uploads/{sha256}"}
+        if state.done is not None:
+            CORE_IMAGES.labels(outcome="erased" if state.done.erased else "replay").inc()
+        return Response(status_code=201 if created else 200, headers=headers)
+
+    @router.head("/v1/uploads/{sha256}")
+    def upload_offset(sha256: str, authorization: str = Header("")) -> Response:
+        try:
+            check_id(sha256)
+            state = uploads.head(sha256)
+            authorize(state.record.site if state else None, authorization)
+        except UploadError as exc:
+            return Response(status_code=exc.status, headers=_tus_headers())
+        if state is None:
+            return Response(status_code=404, headers=_tus_headers())
+        return Response(status_code=200, headers=_tus_headers(state))
+
+    @router.patch("/v1/uploads/{sha256}")
+    async def append(
+        sha256: str,
+        request: Request,
+        upload_offset: int | None = Header(None),
+        content_type: str = Header(""),
+        tus_resumable: str | None = Header(None),
+        authorization: str = Header(""),
+    ) -> Response:
+        try:
+            check_tus(tus_resumable)
+            check_id(sha256)
+            if content_type.split(";")[0].strip().lower() != OFFSET_CONTENT_TYPE:
+                raise UploadError(415, "content_type", f"PATCH bodies are {OFFSET_CONTENT_TYPE}")
+            if upload_offset is None or upload_offset < 0:
+                raise UploadError(400, "no_offset", "Upload-Offset is required")
+            state = uploads.state(sha256)
+            authorize(state.record.site if state else None, authorization)
+            state = await uploads.append(sha256, upload_offset, request.stream())
+        except UploadError as exc:
+            return _refusal(exc)
+        except ClientGone:
+            # Nobody is listening; what arrived is fsync'd and HEAD reports it.
+            return Response(status_code=400, headers=_tus_headers())
+        if state.done is not None:
+            CORE_IMAGES.labels(outcome="stored" if state.done.created else "replay").inc()
+        return Response(status_code=204, headers=_tus_headers(state))
+
+    @router.delete("/v1/uploads/{sha256}", status_code=204)
+    def terminate(
+        sha256: str, tus_resumable: str | None = Header(None), authorization: str = Header("")
+    ) -> Response:
+        try:
+            check_tus(tus_resumable)
+            check_id(sha256)
+            state = uploads.state(sha256)
+            if state is None:
+                raise UploadError(404, "no_upload", "no upload in progress with this id")
+            authorize(state.record.site, authorization)
+            uploads.discard(sha256)
+        except UploadError as exc:
+            return _refusal(exc)
+        return Response(status_code=204, headers=_tus_headers())
+
+    return router
