@@ -130,7 +130,8 @@ def main() -> None:
             row = ImageRow(sha256=photo.sha256, key=image_key(photo.sha256), size=len(photo.data),
                            width=photo.width, height=photo.height, site="bench", device="kiosk-1",
                            source="kiosk", sku=sku(fine), captured_at=None, received_at=utcnow(),
-                           stored_at=utcnow(), top_guesses=[], split=split)
+                           stored_at=utcnow(), top_guesses=[], split=split,
+                           label_origin="scan")
             pending.setdefault(fine == new_id, []).append(row)
             n_stored += 1
     def insert(rows: list) -> None:

@@ -118,7 +118,9 @@ def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
     if scale >= 1.0:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    # Bilinear with Pillow's area-aware support is as clean as bicubic when shrinking,
+    # at half the cost.
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def encode_jpeg(image: Image.Image, quality: int) -> bytes:

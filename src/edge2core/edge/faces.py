@@ -330,7 +330,6 @@ class CenterFaceDetector:
             raise FaceDetectorUnavailable(f"cannot load CenterFace model {path}: {e}") from e
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()][:3]  # heat, scale, offset
-        self._lock = threading.Lock()
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
         image = _as_rgb(image)
@@ -339,8 +338,8 @@ class CenterFaceDetector:
         pw, ph = math.ceil(w / 32) * 32, math.ceil(h / 32) * 32
         blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
         blob[0, :, :h, :w] = np.asarray(small, dtype=np.float32).transpose(2, 0, 1)
-        with self._lock:  # one run at a time keeps the single-thread budget
-            heat, sizes, offs = self._session.run(self._outputs, {self._input: blob})
+        # InferenceSession.run is thread-safe: concurrent doors each get their own run.
+        heat, sizes, offs = self._session.run(self._outputs, {self._input: blob})
         heat = heat[0, 0]
         ys, xs = np.nonzero(heat > self.threshold)
         if ys.size == 0:

@@ -77,8 +77,8 @@ def prepare(data: bytes, policy: PreparePolicy, redactor: Redactor | None = None
     image, fmt = open_checked(data, policy.limits)
     with image:
         rgb = decode_rgb(image, reduce_to=policy.long_side)
-    quality = check_quality(rgb, policy.quality)
     resized = resize_long_side(rgb, policy.long_side)
+    quality = check_quality(resized, policy.quality)
     redaction = None
     if redactor is not None:
         # On the photo we ship, after the resize: the detector's cost stays bounded.
