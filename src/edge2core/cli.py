@@ -121,6 +121,13 @@ def edge_status(
     table.add_row("catalogue products", str(report["catalogue_products"]))
     for key, value in report["spool"].items():
         table.add_row(f"spool {key}", "-" if value is None else f"{value:,.0f}")
+    table.add_row("forwarded bytes/s (last minute)", f"{report['forwarded_bytes_per_s']:,.0f}")
+    for name, value in sorted(report.get("counters", {}).items()):
+        if isinstance(value, dict):
+            for labels, number in sorted(value.items()):
+                table.add_row(f"{name} {{{labels}}}", f"{number:,.0f}")
+        else:
+            table.add_row(name, f"{value:,.0f}")
     Console().print(table)
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 PHOTOS_RECEIVED = Counter(
     "e2c_photos_received_total", "Photos accepted at a door", ["door", "source"]
@@ -39,6 +46,29 @@ RECOGNITION_SECONDS = Histogram(
 MODEL_VERSION = Gauge("e2c_model_version", "Model version serving at this edge")
 MODEL_SWAPS = Counter("e2c_model_swaps_total", "Model loads", ["outcome"])
 CORE_IMAGES = Counter("e2c_core_images_total", "Photos stored at the core", ["outcome"])
+
+
+def snapshot(prefix: str = "e2c_") -> dict[str, float | dict[str, float]]:
+    """This process's counters and gauges as plain numbers, for status pages and the CLI.
+
+    Labelled series become {"label=value,...": number}; histograms are left to Prometheus.
+    """
+    out: dict[str, float | dict[str, float]] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith(prefix) or family.type not in ("counter", "gauge"):
+            continue
+        name = family.name.removeprefix(prefix)
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            if sample.labels:
+                key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                series = out.setdefault(name, {})
+                assert isinstance(series, dict)
+                series[key] = sample.value
+            else:
+                out[name] = sample.value
+    return out
 
 
 def mount_metrics(app: FastAPI) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -73,8 +75,15 @@ class Forwarder:
         self._clock = clock
         self._attempts = attempts
         self._wake = asyncio.Event()
+        # (monotonic time, bytes) of recent confirmations, for the status page's rate.
+        self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._backoff = Backoff()
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def recent_bytes_per_s(self, window_s: float = 60.0) -> float:
+        """Goodput over the last minute: how fast the backlog is shrinking."""
+        since = time.monotonic() - window_s
+        return sum(size for at, size in self._recent if at >= since) / window_s
 
     def wake(self) -> None:
         """Thread-safe nudge from a door: something new is in the spool."""
@@ -140,6 +149,7 @@ class Forwarder:
         await asyncio.to_thread(self._spool.remove, item.sha256)
         FORWARDED.inc()
         FORWARDED_BYTES.inc(item.size)
+        self._recent.append((time.monotonic(), item.size))
         await self._on_forwarded(
             PhotoForwarded(
                 sha256=item.sha256,

@@ -16,6 +16,7 @@ from edge2core.common import topics
 from edge2core.common.events import PhotoForwarded, events_subject
 from edge2core.common.images import DecodeLimits
 from edge2core.common.logging import get_logger
+from edge2core.common.metrics import snapshot
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
@@ -180,6 +181,8 @@ def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
             "oldest_age_s": spool.oldest_age_s,
             "evicted": spool.evicted,
         },
+        "forwarded_bytes_per_s": round(parts.forwarder.recent_bytes_per_s(), 1),
+        "counters": snapshot(),
     }
 
 
