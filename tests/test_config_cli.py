@@ -61,3 +61,24 @@ def test_edge_status_explains_an_unreachable_edge() -> None:
     result = CliRunner().invoke(app, ["edge", "status", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1
     assert "edge up" in result.output
+
+
+def test_edge_openapi_describes_both_upload_forms(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from edge2core.edge.api import create_edge_app
+    from edge2core.edge.catalogue_replica import CatalogueReplica
+    from edge2core.edge.gateway import Gateway
+    from edge2core.edge.inference import Recognizer
+    from edge2core.edge.intake import Intake
+    from edge2core.edge.prepare import PreparePolicy
+    from edge2core.edge.spool import Spool
+
+    spool = Spool(tmp_path / "spool", 10**6)
+    gateway = Gateway(Intake("s1", PreparePolicy(), spool), Recognizer(CatalogueReplica(tmp_path / "c")))
+    spec = TestClient(create_edge_app(gateway, "s1", dict, 10**6)).get("/openapi.json").json()
+    for path in ("/v1/photos", "/v1/recognize"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert {"image/jpeg", "multipart/form-data"} <= content.keys()
+    gateway.close()
+    spool.close()

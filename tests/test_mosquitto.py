@@ -91,3 +91,45 @@ def test_bad_input_through_mosquitto_gets_an_error_reply(site: tuple[str, Spool]
         watcher.loop_stop()
     assert errors[0]["reason"] == "not_an_image"
     assert spool.stats().items == 0
+
+
+def _big_jpeg(target: int = 7_500_000) -> bytes:
+    """A real photo-sized JPEG just under 8 MB: noise compresses badly, as fine detail does."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    side = 2400
+    while True:
+        pixels = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+        if len(out.getvalue()) >= target * 0.9 or side > 5000:
+            return out.getvalue()
+        side = int(side * (target / len(out.getvalue())) ** 0.5)
+
+
+def test_qos0_and_an_8mb_photo_are_taken(site: tuple[str, Spool]) -> None:
+    name, spool = site
+    big = _big_jpeg()
+    assert 6_000_000 < len(big) <= 8 * 1024 * 1024
+    client = make_client(MqttEndpoint(*BROKER), f"kiosk-q0-{name}")
+    client.connect(*BROKER)
+    client.loop_start()
+    try:
+        small = SyntheticCatalogue(1).photos("train", SyntheticCatalogue(1).products()[0], 1)[0]
+        client.publish(topics.capture_topic(name, "kiosk-q0"),
+                       envelope.encode(small.data, {"sku": "SKU-0000"}), qos=0)
+        info = client.publish(topics.capture_topic(name, "kiosk-big"),
+                              envelope.encode(big, {"sku": "SKU-0001"}), qos=1)
+        info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    deadline = time.monotonic() + 60
+    while spool.stats().items < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    devices = sorted(item.record.device for item in spool.pending(10))
+    assert devices == ["kiosk-big", "kiosk-q0"]

@@ -61,15 +61,16 @@ def measure(image: Image.Image) -> QualityReport:
 
 def judge(report: QualityReport, policy: QualityPolicy) -> QualityReport:
     """The same measures with the flags this policy raises."""
+    # One reason each, the most basic first: a black frame is too dark, not also blank and
+    # blurry (it has no contrast and no edges either).
     flags = []
-    if report.contrast < policy.min_contrast:
-        flags.append("blank")
     if report.brightness < policy.min_brightness:
         flags.append("too_dark")
     elif report.brightness > policy.max_brightness:
         flags.append("too_bright")
-    # A blank or black frame has no edges either; "blurry" would only repeat that.
-    elif report.sharpness < policy.min_sharpness and not flags:
+    elif report.contrast < policy.min_contrast:
+        flags.append("blank")
+    elif report.sharpness < policy.min_sharpness:
         flags.append("blurry")
     return QualityReport(report.brightness, report.contrast, report.sharpness, tuple(flags))
 
