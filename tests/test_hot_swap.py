@@ -1,0 +1,83 @@
+"""Hot swap: a new model goes live under a steady request load with no failed request, and a
+model that fails its warm-up is refused while the old one keeps serving."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+
+from edge2core.edge.api import create_edge_app
+from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.gateway import Gateway
+from edge2core.edge.inference import ModelLoadError, Recognizer
+from edge2core.edge.intake import Intake
+from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.spool import Spool
+
+
+def _recognizer(tmp_path: Path, model: TrainedModel) -> Recognizer:
+    catalogue = CatalogueReplica(tmp_path / "catalogue.json")
+    catalogue.replace(list(model.products))
+    recognizer = Recognizer(catalogue)
+    recognizer.load(model.path, version=1, sha256=model.sha256)
+    return recognizer
+
+
+def test_swap_under_load_fails_no_request(tmp_path: Path, trained_model: TrainedModel) -> None:  # noqa: F811
+    recognizer = _recognizer(tmp_path, trained_model)
+    spool = Spool(tmp_path / "spool", 10**8)
+    gateway = Gateway(Intake("s1", PreparePolicy(), spool), recognizer)
+    client = TestClient(create_edge_app(gateway, "s1", dict, 8_000_000))
+    photo = trained_model.held_out(1)[0]
+    v2 = tmp_path / "v2.onnx"
+    shutil.copy(trained_model.path, v2)
+
+    stop = threading.Event()
+    results: list[tuple[int, int | None, str | None]] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            response = client.post("/v1/recognize", content=photo)
+            body = response.json()
+            results.append((response.status_code, body.get("model_version"), body.get("sku")))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    while len(results) < 20:
+        stop.wait(0.01)
+    recognizer.load(v2, version=2, sha256="0" * 64)
+    seen = len(results)
+    while len(results) < seen + 20:
+        stop.wait(0.01)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    gateway.close()
+    spool.close()
+
+    assert all(status == 200 for status, _v, _s in results), {r[0] for r in results}
+    assert all(answer == sku(1) for _st, _v, answer in results)
+    versions = [version for _st, version, _s in results]
+    assert versions[0] == 1 and versions[-1] == 2
+    # Once version 2 answered, nothing is answered by version 1 any more... bar the requests
+    # that were already in flight at the swap (at most one per worker).
+    first_v2 = versions.index(2)
+    assert versions[first_v2:].count(1) <= len(workers)
+
+
+def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
+    tmp_path: Path, trained_model: TrainedModel  # noqa: F811
+) -> None:
+    recognizer = _recognizer(tmp_path, trained_model)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(trained_model.path.read_bytes()[: 5000])
+    with pytest.raises(ModelLoadError, match="model 2 failed to load"):
+        recognizer.load(broken, version=2, sha256="1" * 64)
+    answer = recognizer.recognize(trained_model.held_out(0)[0])
+    assert answer.model_version == 1 and answer.sku == sku(0)
