@@ -23,6 +23,16 @@ from edge2core.edge.inference import ModelLoadError, Recognizer
 log = get_logger(__name__)
 
 
+def prune_models(models_dir: Path, live: Path, keep: int) -> list[Path]:
+    """Keep the live model and the `keep` newest files, for a quick local rollback."""
+    files = sorted(models_dir.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    survivors = {live, *files[:keep]}
+    removed = [path for path in files if path not in survivors]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 class ModelAgent:
     def __init__(
         self,
@@ -32,12 +42,14 @@ class ModelAgent:
         models_dir: Path,
         *,
         poll_s: float = 60.0,
+        keep_versions: int = 3,
     ) -> None:
         self._core = core
         self._recognizer = recognizer
         self._catalogue = catalogue
         self._dir = models_dir
         self._poll_s = poll_s
+        self._keep = keep_versions
         self._nudge = asyncio.Event()
         self._refused: set[str] = set()
 
@@ -81,6 +93,7 @@ class ModelAgent:
             return False
         write_atomic(self._pointer(), [model.model_dump_json().encode()])
         log.info("model live", version=model.version, classes=len(model.classes))
+        prune_models(self._dir, live=self._artifact(model), keep=self._keep)
         return True
 
     async def _refresh_catalogue(self) -> None:
