@@ -54,13 +54,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=None, help="training crop size (val is always 224)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", default="linear_probe", help="linear_probe (LP-FT) or random")
+    ap.add_argument("--min-scale", type=float, default=0.35)
+    ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--new-product-photos", type=int, default=30)
     ap.add_argument("--work-dir", type=Path, default=None)
     args = ap.parse_args()
 
-    import numpy as np
     import torch
-    from sqlalchemy import select
 
     from edge2core.common.db import create_schema, make_engine, make_sessionmaker
     from edge2core.common.events import utcnow
@@ -93,7 +95,7 @@ def main() -> None:
     if n_classes:
         all_ids = [all_ids[i * len(all_ids) // n_classes] for i in range(n_classes)]
     new_id = all_ids[len(all_ids) // 2]  # the product that arrives later
-    sku = lambda i: f"SKU-{i:04d}"  # noqa: E731
+    sku = lambda i: f"SKU-{i:04d}"
 
     tmp = tempfile.TemporaryDirectory(prefix="e2c-bench-training-") if args.work_dir is None else None
     work = args.work_dir or Path(tmp.name)
@@ -158,7 +160,9 @@ def main() -> None:
     t0 = time.perf_counter()
     full = trainer.train(v1.version, path="full", progress=say, show_progress=sys.stderr.isatty(),
                          params={"epochs": epochs, "train_size": train_size, "patience": 3,
-                                 "lr": 1e-3, "batch_size": 32})
+                                 "lr": args.lr, "batch_size": 32, "init": args.init,
+                                 "min_scale": args.min_scale,
+                                 "channels_last": not args.no_channels_last})
     full_train_s = time.perf_counter() - t0
     fm = full.metrics
     say(f"full path: val top-1 {fm['val']['top1']:.3f}, onnx {fm['shipped']['fp32']['top1']:.3f}, "
@@ -177,9 +181,10 @@ def main() -> None:
     new_recall = fast.metrics["val"]["per_class"][sku(new_id)]["recall"]
 
     # ---- baseline for update time: the same model exported through torch
+    import onnx
+
     from edge2core.core.export import export_onnx
     from edge2core.core.training import HeadModel
-    import onnx
 
     head_proto = onnx.load_from_string(store.get(fast.model.artifacts["head"].key))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in head_proto.graph.initializer}
@@ -219,6 +224,9 @@ def main() -> None:
         "val_photos": v1.stats["per_split"].get("val"),
         "epochs": epochs,
         "train_size": train_size,
+        "lr": args.lr,
+        "init": args.init,
+        "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4) for x in store.get(full.model.lineage["log_key"]).splitlines()],
         "threads": torch.get_num_threads(),
         "quick": quick,
     }

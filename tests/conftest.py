@@ -18,6 +18,9 @@ GROCERY = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datase
 FACES = REPO.parent / "shared" / "datasets" / "faces"
 PG_URL = os.environ.get("E2C_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
+# Fixtures for the object-store backends (local, S3 on moto) and the core backends pairs.
+pytest_plugins = ["tests.objectstores", "tests.backends"]
+
 
 @pytest.fixture(scope="session")
 def grocery_dir() -> Path:
@@ -62,14 +65,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
     engine = make_engine(PG_URL)
     import edge2core.core.schema  # noqa: F401  (registers the tables)
-    from edge2core.common.db import Base
 
-    Base.metadata.drop_all(engine)
+    _drop_all(engine)
     engine.dispose()
     yield PG_URL
     engine = make_engine(PG_URL)
-    Base.metadata.drop_all(engine)
+    _drop_all(engine)
     engine.dispose()
+
+
+def _drop_all(engine) -> None:  # type: ignore[no-untyped-def]
+    """Every table, Alembic's version table included (else a migration thinks it is done)."""
+    from edge2core.common.db import Base
+
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
 @pytest.fixture

@@ -228,7 +228,7 @@ async def test_dataset_build_from_kiosk_photos(kiosk_photos, store, sessions) ->
     datasets = DatasetStore(store, sessions)
     info = datasets.build(DatasetQuery())
     assert info.version == 1
-    assert info.manifest_key == f"datasets/manifests/{info.manifest_sha256}.jsonl"
+    assert info.manifest_key == f"datasets/manifests/{info.manifest_sha256}.parquet"
     manifest = store.get(info.manifest_key)
     assert hashlib.sha256(manifest).hexdigest() == info.manifest_sha256
     assert info.stats["images"] == 12
@@ -302,7 +302,7 @@ async def test_tampered_manifest_is_detected(kiosk_photos, store, sessions) -> N
     datasets = DatasetStore(store, sessions)
     info = datasets.build(DatasetQuery())
     manifest = store.get(info.manifest_key)
-    store.put(info.manifest_key, manifest.replace(b"SKU-A", b"SKU-Z"))
+    store.put(info.manifest_key, manifest[:100] + bytes([manifest[100] ^ 1]) + manifest[101:])
     with pytest.raises(RuntimeError, match="does not match its hash"):
         datasets.entries(info.version)
 

@@ -15,7 +15,7 @@ from edge2core.common.objectstore import (
     S3ObjectStore,
     open_object_store,
 )
-from tests.objectstores import STORE_KINDS, make_s3_store, make_store, s3_endpoint  # noqa: F401
+from tests.objectstores import STORE_KINDS, make_s3_store, make_store
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -98,7 +98,7 @@ def test_large_object_round_trips_through_put_file(store: ObjectStore) -> None:
     assert hashlib.sha256(read).digest() == hashlib.sha256(data).digest()
 
 
-def test_s3_uses_multipart_above_the_threshold(s3_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
+def test_s3_uses_multipart_above_the_threshold(s3_endpoint: str, tmp_path: Path) -> None:
     store = make_s3_store(s3_endpoint, tmp_path / "staging",
                           multipart_threshold=5 * 1024 * 1024, multipart_chunk=5 * 1024 * 1024)
     data = os.urandom(11 * 1024 * 1024)
@@ -113,7 +113,7 @@ def test_s3_uses_multipart_above_the_threshold(s3_endpoint: str, tmp_path: Path)
     assert store.etag("bytes-big.bin").endswith("-3")
 
 
-def test_s3_prefix_isolates_keys(s3_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
+def test_s3_prefix_isolates_keys(s3_endpoint: str, tmp_path: Path) -> None:
     a = make_s3_store(s3_endpoint, tmp_path / "a")
     b = S3ObjectStore(a.bucket, prefix="other/", staging_dir=tmp_path / "b",
                       endpoint_url=s3_endpoint, access_key_id="testing",
@@ -124,7 +124,7 @@ def test_s3_prefix_isolates_keys(s3_endpoint: str, tmp_path: Path) -> None:  # n
     assert list(a.list()) == ["k.bin"] and list(b.list()) == ["k.bin"]
 
 
-def test_open_object_store_by_url(s3_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
+def test_open_object_store_by_url(s3_endpoint: str, tmp_path: Path) -> None:
     local = open_object_store(str(tmp_path / "objs"))
     assert isinstance(local, LocalObjectStore) and local.root == (tmp_path / "objs").resolve()
     assert isinstance(open_object_store(f"file://{tmp_path}/objs2"), LocalObjectStore)

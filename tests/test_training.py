@@ -4,6 +4,7 @@ ONNX export.  Needs the grocery dataset (env ``E2C_DATASET``, else
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -237,3 +238,161 @@ def test_onnx_metadata_round_trip(onnx_file):
         assert meta["classes"] == CLASSES
         assert meta["backbone"] == BACKBONE_ID == "efficientnet-lite0-imagenet"
         assert meta["image_size"] == "224"
+
+
+# --------------------------------------------------------------------------- fast-path export
+
+
+@pytest.fixture(scope="module")
+def backbone_onnx(backbone):
+    from edge2core.core.export import export_backbone_onnx
+
+    return export_backbone_onnx(backbone)
+
+
+def test_ort_embeddings_match_torch(backbone_onnx, embedded, data):
+    from edge2core.common.preprocess import preprocess_batch
+    from edge2core.core.embeddings import OrtEmbedder
+
+    embedder = OrtEmbedder(backbone_onnx, batch_size=4)
+    x = preprocess_batch(data[0][:6])
+    got = embedder.embed_arrays(x)
+    assert got.shape == (6, 1280) and got.dtype == np.float32 and embedder.calls == 6
+    np.testing.assert_allclose(got, embedded[0][:6], atol=1e-3, rtol=1e-3)
+
+
+def test_composed_head_only_and_int8_agree_with_torch_export(backbone, backbone_onnx, head, onnx_file, data):
+    import onnx
+
+    from edge2core.common.preprocess import preprocess_batch
+    from edge2core.core.export import (
+        compose_onnx,
+        head_onnx,
+        ort_session,
+        quantize_backbone_int8,
+    )
+    from edge2core.core.training import predict_proba
+
+    val_x = data[2]
+    x = preprocess_batch(val_x)
+    torch_full = ort_session(onnx_file.read_bytes()).run(None, {"image": x})[0]
+
+    head_bytes = head_onnx(head)
+    assert len(head_bytes) < 25_000  # a fast update ships kilobytes
+    composed = compose_onnx(onnx.load_from_string(backbone_onnx), head_bytes)
+    session = ort_session(composed)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == CLASSES and meta["role"] == "full"
+    composed_p = session.run(None, {"image": x})[0]
+    np.testing.assert_allclose(composed_p, torch_full, atol=1e-4, rtol=0)
+
+    # head only, on embeddings from the backbone file
+    emb = ort_session(backbone_onnx).run(None, {"image": x})[0]
+    head_p = ort_session(head_bytes).run(None, {"embedding": emb})[0]
+    np.testing.assert_allclose(head_p, torch_full, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(head_p, predict_proba(head, emb), atol=1e-5, rtol=0)
+
+    # INT8: looser, as agreement on the answer
+    int8 = quantize_backbone_int8(backbone_onnx, preprocess_batch(data[0][::3]), method="static")
+    assert len(int8) < len(backbone_onnx) / 3
+    int8_p = ort_session(compose_onnx(int8, head_bytes)).run(None, {"image": x})[0]
+    agreement = float((int8_p.argmax(1) == torch_full.argmax(1)).mean())
+    assert agreement >= 0.9, agreement
+    assert float(np.abs(int8_p - torch_full).max()) < 0.5
+
+    # a head trained on another backbone does not compose
+    with pytest.raises(ValueError, match="backbone"):
+        compose_onnx(backbone_onnx, head_onnx(head, "efficientnet-lite0-ft-000000000000"))
+
+
+def test_embedding_cache_persists_and_skips_recompute(tmp_path):
+    from edge2core.core.embeddings import EmbeddingCache
+
+    calls: list[list[str]] = []
+
+    def compute(ids):
+        calls.append(list(ids))
+        return np.stack([np.full(1280, float(int(i)), np.float32) for i in ids])
+
+    cache = EmbeddingCache(tmp_path)
+    m, n = cache.get_or_compute("bb-1", ["1", "2", "3"], compute)
+    assert n == 3 and m.shape == (3, 1280) and m[2, 0] == 3.0
+    m, n = cache.get_or_compute("bb-1", ["3", "4", "1"], compute)
+    assert n == 1 and calls[-1] == ["4"] and list(m[:, 0]) == [3.0, 4.0, 1.0]
+    restarted = EmbeddingCache(tmp_path)  # a restarted core reads the shards back
+    m, n = restarted.get_or_compute("bb-1", ["1", "2", "3", "4"], compute)
+    assert n == 0 and len(calls) == 2 and restarted.count("bb-1") == 4
+    _, n = restarted.get_or_compute("bb-2", ["1"], compute)  # another backbone: another key
+    assert n == 1
+    (tmp_path / "bb-1" / "torn.npz").write_bytes(b"PK\x03\x04 not really")
+    assert EmbeddingCache(tmp_path).count("bb-1") == 4
+    with pytest.raises(ValueError):
+        cache.get_or_compute("../evil", ["1"], compute)
+
+
+# --------------------------------------------------------------------------- full path
+
+
+def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
+    import torch
+
+    from edge2core.core.finetune import (
+        FineTuneConfig,
+        augment_batch,
+        finetune,
+        to_uint8_tensor,
+    )
+
+    train_x, train_y, val_x, val_y = data
+    gen = torch.Generator().manual_seed(0)
+    batch = augment_batch([to_uint8_tensor(im) for im in train_x[:3]], gen, size=96)
+    assert batch.shape == (3, 3, 96, 96) and -1.0 <= float(batch.min()) and float(batch.max()) <= 1.0
+    cfg = FineTuneConfig(epochs=2, batch_size=16, lr=3e-4, train_size=128, seed=0)
+    seen = []
+    before = [p.clone() for p in backbone.parameters()][:3]
+    result = finetune(backbone, train_x, train_y, val_x, val_y, CLASSES, cfg, progress=False,
+                      on_epoch=seen.append, init_head=head)
+    assert [r["epoch"] for r in result.log] == [1, 2] == [r["epoch"] for r in seen]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_top1"] <= 1 for r in result.log)
+    assert max(r["val_top1"] for r in result.log) >= 0.7  # chance is 0.25
+    assert result.head.classes == CLASSES and result.device == "cpu"
+    assert all(torch.equal(a, b) for a, b in zip(before, list(backbone.parameters())[:3]))  # copy
+    assert not any(p.requires_grad for p in result.backbone.parameters())
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_evaluation_report_calibration_and_threshold():
+    from edge2core.core.evaluation import (
+        classification_report,
+        confusion_png,
+        fit_temperature,
+        temperature_scale,
+        threshold_for_precision,
+    )
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, size=600)
+    logits = rng.normal(size=(600, 6))
+    logits[np.arange(600), y] += 1.5
+    p = np.exp(3 * logits)  # overconfident
+    p /= p.sum(1, keepdims=True)
+    classes = [f"SKU-{i:04d}" for i in range(6)]
+    coarse = {c: ("fruit" if i < 3 else "milk") for i, c in enumerate(classes)}
+    r = classification_report(p, y, classes, coarse)
+    assert r["n"] == 600 and 0.3 < r["top1"] < 0.9 and r["top5"] > r["top1"]
+    assert r["coarse_top1"] >= r["top1"] and r["coarse_classes"] == 2
+    assert np.array(r["confusion"]).sum() == 600
+    assert abs(np.mean([v["recall"] for v in r["per_class"].values()]) - r["mean_class_top1"]) < 1e-9
+    t = fit_temperature(p, y)
+    assert 1.5 < t < 2.5  # the Bayes posterior here is softmax(1.5 x logits): T = 3 / 1.5
+    calibrated = classification_report(temperature_scale(p, t), y, classes)
+    assert calibrated["ece"] < r["ece"] / 2 and calibrated["top1"] == r["top1"]
+    th = threshold_for_precision(temperature_scale(p, t), y, 0.95)
+    answered = temperature_scale(p, t).max(1) >= th["threshold"]
+    assert th["precision"] >= 0.95 and abs(answered.mean() - th["coverage"]) < 1e-9
+    assert fit_temperature(p[:10], y[:10]) == 1.0  # too few photos to fit on
+    assert confusion_png(r["confusion"], classes).startswith(b"\x89PNG")

@@ -15,6 +15,7 @@ from rich.table import Table
 from edge2core import __version__
 from edge2core.common.logging import configure_logging
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
+from edge2core.core.cli_datasets import datasets_app
 
 app = typer.Typer(
     help="edge2core: acquire photos at the edge, learn from them at the core, answer at the edge.",
@@ -25,6 +26,7 @@ core_app = typer.Typer(help="The core: receiver, datasets, training, registry, c
 edge_app = typer.Typer(help="An edge site: MQTT/HTTP doors, spool, forwarder, recognition.")
 app.add_typer(core_app, name="core")
 app.add_typer(edge_app, name="edge")
+app.add_typer(datasets_app, name="datasets")
 
 ConfigOpt = Annotated[
     Path | None,

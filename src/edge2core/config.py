@@ -167,7 +167,9 @@ class EdgeSettings(_Settings):
     # Spool and forwarding
     spool_budget_bytes: int = 2 * 1024 * 1024 * 1024
     when_full: Literal["refuse", "evict"] = "refuse"
-    forward_concurrency: int = Field(default=4, ge=1)
+    # Many photos in flight hide the link's round trip (measured: 16 reaches 0.96 of one
+    # curl stream on a 20 Mbit/s, 40 ms, 1% loss link; 4 only 0.6).
+    forward_concurrency: int = Field(default=16, ge=1, le=256)
     bandwidth_limit_bytes_s: int = Field(default=0, ge=0, description="0 = no cap")
     upload_windows: list[str] = Field(
         default_factory=list, description="local-time windows like '22:00-06:00'; empty = always"

@@ -16,6 +16,7 @@ from edge2core.common.events import META_HEADER, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES, mount_metrics
 from edge2core.common.objectstore import ObjectStore
 from edge2core.common.products import Product
+from edge2core.core.api_models import models_router
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
 from edge2core.core.receiver import ImageReceiver, UploadError
@@ -41,6 +42,8 @@ class CoreServices:
 class TrainRequest(BaseModel):
     dataset_version: int
     seed: int = 0
+    path: str = "fast"  # "fast" (cached embeddings + head) or "full" (fine-tuning)
+    params: dict = {}  # hyper-parameters (core.trainer.FAST_DEFAULTS, core.finetune.FineTuneConfig)
 
 
 class TrainResponse(BaseModel):
@@ -51,7 +54,6 @@ class TrainResponse(BaseModel):
 def create_core_app(services: CoreServices) -> FastAPI:
     app = FastAPI(title="edge2core core", version="0.1.0")
     mount_metrics(app)
-    app.include_router(core_routes(services))  # uploads, datasets, labelling, governance
 
     @app.exception_handler(UploadError)
     async def upload_error(_req: Request, exc: UploadError) -> JSONResponse:
@@ -122,7 +124,8 @@ def create_core_app(services: CoreServices) -> FastAPI:
     @app.post("/v1/training-runs", status_code=201)
     async def train(req: TrainRequest) -> TrainResponse:
         result = await run_in_threadpool(
-            services.trainer.train, req.dataset_version, seed=req.seed
+            services.trainer.train, req.dataset_version, seed=req.seed, path=req.path,
+            params=req.params,
         )
         return TrainResponse(model=result.model, timings_s=result.timings_s)
 
@@ -167,4 +170,6 @@ def create_core_app(services: CoreServices) -> FastAPI:
             raise HTTPException(404, f"no product {sku!r}")
         return product
 
+    app.include_router(models_router(services))  # registry: compare, promote, rollback, ...
+    app.include_router(core_routes(services))  # uploads, datasets, labelling, governance
     return app

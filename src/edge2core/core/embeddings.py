@@ -17,6 +17,7 @@ import io
 import re
 import threading
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from PIL import Image
 
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.images import decode_rgb
+from edge2core.common.logging import get_logger
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess_batch
 
 __all__ = ["EmbeddingCache", "OrtEmbedder", "load_model_image", "preprocess_bytes"]
 
+_log = get_logger(__name__)
 _SAFE = re.compile(r"^[A-Za-z0-9._+-]{1,120}$")
 
 
@@ -98,7 +101,9 @@ class EmbeddingCache:
                 try:
                     with np.load(shard, allow_pickle=False) as z:
                         ids, vectors = z["ids"], z["vectors"]
-                except Exception:  # a torn or foreign file: ignore, it gets recomputed
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                    # a torn or foreign file: skip it, its embeddings get recomputed
+                    _log.warning("skipping unreadable embedding shard", shard=str(shard), error=str(exc))
                     continue
                 for i, vector in zip(ids.tolist(), vectors, strict=True):
                     index[str(i)] = vector

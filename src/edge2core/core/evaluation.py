@@ -16,6 +16,7 @@ the confusion-matrix picture).
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
             ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
@@ -68,10 +69,14 @@ def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return z.astype(np.float32)
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] minimising val NLL of ``softmax(log p / T)`` (golden-section on
-    log T; the NLL is convex in 1/T).  Returns 1.0 when there is nothing to fit on."""
-    if probs.shape[0] < 2:
+def fit_temperature(
+    probs: np.ndarray, labels: np.ndarray, *, min_n: int = 30, bounds: tuple[float, float] = (0.2, 10.0)
+) -> float:
+    """The T in ``bounds`` minimising val NLL of ``softmax(log p / T)`` (golden-section on
+    log T; the NLL is convex in 1/T).  Returns 1.0 with fewer than ``min_n`` photos: a
+    temperature fitted on a handful of (often all-correct) photos only makes the model
+    overconfident.  The bounds keep one odd val set from doing the same."""
+    if probs.shape[0] < max(2, min_n):
         return 1.0
     logp = np.log(np.clip(probs.astype(np.float64), 1e-30, None))
     y = labels.astype(np.int64)
@@ -82,7 +87,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         lse = np.log(np.exp(z).sum(axis=1))
         return float((lse - z[np.arange(len(y)), y]).mean())
 
-    lo, hi = np.log(0.05), np.log(20.0)
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
     g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(b)

@@ -382,7 +382,7 @@ def quantize_backbone_int8(
         src.write_bytes(backbone_onnx)
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pragma: no cover - pre-processing is an optimisation only
+        except Exception:  # noqa: BLE001  # pre-processing is an optimisation only
             pre = src
         if method == "dynamic":
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=True)

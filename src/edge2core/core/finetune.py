@@ -52,11 +52,13 @@ class FineTuneConfig:
     schedule: str = "onecycle"  # or "cosine"
     pct_start: float = 0.2
     patience: int = 3
+    min_epochs: int | None = None  # no early stop before this (default: 60 % of epochs)
     min_scale: float = 0.35
     jitter: float = 0.2
     dropout: float = 0.2
     seed: int = 0
     train_size: int = IMAGE_SIZE  # crops are resized to this; val/edge always use 224
+    channels_last: bool = True  # memory format for the convolutions (CPU and GPU)
     init: str = "linear_probe"  # or "random": how the classifier starts (see finetune)
     max_seconds: float | None = None  # stop after the epoch that crosses it (safety net)
 
@@ -209,7 +211,8 @@ def finetune(
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(init_head.weight.copy()))
             model.fc.bias.copy_(torch.from_numpy(init_head.bias.copy()))
-    model = model.to(device).to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_t) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -240,7 +243,7 @@ def finetune(
                 if len(idx) < 2:  # BatchNorm needs > 1 sample
                     continue
                 x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=cfg.train_size)
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     loss = criterion(model(x).float(), ytr[idx].to(device))
                 opt.zero_grad(set_to_none=True)
@@ -268,7 +271,10 @@ def finetune(
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             else:
                 stale += 1
-                if stale >= cfg.patience:
+                # with one-cycle / cosine, val dips at the peak learning rate and recovers as
+                # it anneals: do not stop before most of the schedule has run
+                min_epochs = cfg.min_epochs if cfg.min_epochs is not None else math.ceil(0.6 * cfg.epochs)
+                if stale >= cfg.patience and epoch >= min_epochs:
                     break
             if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
                 break

@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from edge2core.common.images import (
     sniff_format,
 )
 from edge2core.common.objectstore import ObjectStore, image_key
+from edge2core.core.datasets import as_utc
 from edge2core.core.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
 
 # Refusals that say something is wrong with the photo itself (kept in quarantine with the reason),
@@ -108,6 +110,9 @@ class NearDupIndex:
         with self.lock:
             self._loaded = False
 
+    def invalidate_locked(self) -> None:
+        self._loaded = False
+
     def _load(self) -> None:
         stmt = (
             select(ImageRow.phash, ImageRow.dup_group)
@@ -153,6 +158,7 @@ class ImageReceiver:
         val_percent: int,
         near_dup_bits: int = 4,
         upload_expiry_s: float = 24 * 3600,
+        io_threads: int = 32,
     ) -> None:
         from edge2core.core.uploads import ResumableUploads
 
@@ -164,14 +170,22 @@ class ImageReceiver:
         self._max_bytes = max_bytes
         self._val_percent = val_percent
         self.near_dups = NearDupIndex(sessions, near_dup_bits)
+        # Blocking work (fsync, hashing, the database) runs here: uploads spend most of their
+        # time waiting on the disk, so this pool is wider than asyncio's default.
+        self.io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="e2c-receiver")
+        self._writer = GroupCommit(self._commit)
         self.uploads = ResumableUploads(self, expiry_s=upload_expiry_s)
 
     # --- lookups -----------------------------------------------------------------------------
 
     def existing(self, sha256: str) -> Receipt | None:
         with self._sessions() as session:
-            row = session.get(ImageRow, sha256)
-            erased = row is None and session.get(TombstoneRow, sha256) is not None
+            row = session.execute(
+                select(ImageRow.key, ImageRow.size).where(ImageRow.sha256 == sha256)
+            ).first()
+            erased = row is None and session.scalar(
+                select(TombstoneRow.sha256).where(TombstoneRow.sha256 == sha256)
+            ) is not None
         if erased:
             return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
         if row is None or not self._store.exists(row.key):
@@ -181,10 +195,11 @@ class ImageReceiver:
     # --- one-shot upload (PUT /v1/images/<sha256>) -------------------------------------------
 
     async def receive(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Receipt:
-        if (done := await asyncio.to_thread(self.existing, record.sha256)) is not None:
+        loop = asyncio.get_running_loop()
+        if (done := await loop.run_in_executor(self.io, self.existing, record.sha256)) is not None:
             return done  # a replay (or an erased photo): acknowledged, not stored twice
         staged = await self._stage(record, body)
-        return await asyncio.to_thread(self.accept, record, staged)
+        return await loop.run_in_executor(self.io, self.accept, record, staged)
 
     async def _stage(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Path:
         digest = hashlib.sha256()
@@ -199,8 +214,8 @@ class ImageReceiver:
                         raise UploadError(413, "too_large", f"over {self._max_bytes} bytes")
                     digest.update(chunk)
                     fh.write(chunk)
-                fh.flush()
-                await asyncio.to_thread(os.fsync, fh.fileno())
+                # No fsync here: `put_file` fsyncs the file once, before it moves into place,
+                # and nothing is acknowledged before that.
             self.verify(record, digest.hexdigest(), size)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -221,9 +236,13 @@ class ImageReceiver:
     def accept(self, record: PhotoRecord, staged: Path, *, keep_on_failure: bool = False) -> Receipt:
         """Blocking: privacy re-check, perceptual hash, store the verified file, record it.
 
-        `staged` holds exactly the bytes named by `record.sha256` (already verified, fsync'd).
-        It is gone when this returns or refuses the photo; on any other failure (the object
-        store is down) it is removed too, unless `keep_on_failure` (resumable uploads retry).
+        `staged` holds exactly the bytes named by `record.sha256` (already verified). It is
+        gone when this returns or refuses the photo; on any other failure (the object store is
+        down) it is removed too, unless `keep_on_failure` (resumable uploads retry).
+
+        The object write and the row's commit are each durable before this returns, and run
+        side by side (each waits on its own fsync); if the object write fails, a row made here
+        is taken back.
         """
         try:
             data = staged.read_bytes()
@@ -234,17 +253,32 @@ class ImageReceiver:
                 if exc.code in QUARANTINED:
                     self._quarantine(record, exc)
                 raise
-            key = image_key(record.sha256)
-            self._store.put_file(key, staged)
-        except UploadError:
+        except BaseException:
             staged.unlink(missing_ok=True)
             raise
+        key = image_key(record.sha256)
+        stored = self.io.submit(self._store.put_file, key, staged)
+        try:
+            created = self._record(record, key, phash)  # False if a lost object came back
         except BaseException:
+            _settle(stored)
+            raise
+        try:
+            stored.result()
+        except BaseException:
+            if created:
+                self._unrecord(record.sha256)
             if not keep_on_failure:
                 staged.unlink(missing_ok=True)
             raise
-        self._record(record, key, phash)  # False if a lost object was stored again
         return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
+
+    def _unrecord(self, sha256: str) -> None:
+        with self.near_dups.lock, self._sessions.begin() as session:
+            for row_type in (LabelTaskRow, ImageRow):
+                if (row := session.get(row_type, sha256)) is not None:
+                    session.delete(row)
+            self.near_dups.invalidate_locked()
 
     @staticmethod
     def check_privacy(data: bytes) -> None:
@@ -287,49 +321,143 @@ class ImageReceiver:
                 row.reason, row.detail = exc.code, exc.detail[:1000]
 
     def _record(self, record: PhotoRecord, key: str, phash: int) -> bool:
-        """Insert the photo's row (and its labelling task); False if it was already there."""
+        """Insert the photo's row (and its labelling task); False if it was already there.
+
+        Group commit: concurrent uploads hand their rows to whichever thread is committing,
+        which writes them all in one transaction (one fsync), then wakes them. The answer to
+        each upload still waits for its own row to be durable.
+        """
+        return self._writer.submit((record, key, phash))
+
+    def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[bool]:
         now = utcnow()
+        with self.near_dups.lock:
+            shas = [r.sha256 for r, _k, _p in batch]
+            with self._sessions() as session:
+                present = set(session.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas))))
+            results: list[bool] = []
+            rows: list[tuple[ImageRow, LabelTaskRow | None, int, str]] = []
+            for record, key, phash in batch:
+                if record.sha256 in present:
+                    results.append(False)
+                    continue
+                present.add(record.sha256)
+                group = self.near_dups.group_for(record.sha256, phash)
+                rows.append((self._row(record, key, phash, group, now),
+                             _label_task(record, now) if record.source is Source.SHOPPER else None,
+                             phash, group))
+                self.near_dups.add(phash, group)  # later photos in this batch can join it
+                results.append(True)
+            try:
+                with self._sessions.begin() as session:
+                    for row, task, _p, _g in rows:
+                        session.add(row)
+                        if task is not None:
+                            session.add(task)
+            except IntegrityError:
+                # Another process recorded one of them first: fall back to one at a time.
+                self.near_dups.invalidate_locked()
+                results = []
+                for record, key, phash in batch:
+                    results.append(self._insert_one(record, key, phash, now))
+        return results
+
+    def _insert_one(self, record: PhotoRecord, key: str, phash: int, now) -> bool:  # type: ignore[no-untyped-def]
+        group = self.near_dups.group_for(record.sha256, phash)
+        try:
+            with self._sessions.begin() as session:
+                if session.get(ImageRow, record.sha256) is not None:
+                    return False
+                session.add(self._row(record, key, phash, group, now))
+                if record.source is Source.SHOPPER:
+                    session.add(_label_task(record, now))
+        except IntegrityError:
+            return False
+        self.near_dups.add(phash, group)
+        return True
+
+    def _row(self, record: PhotoRecord, key: str, phash: int, group: str, now) -> ImageRow:  # type: ignore[no-untyped-def]
         labelled = record.source is Source.KIOSK and record.sku is not None
         quality = record.quality or None
         sharpness = quality.get("sharpness") if isinstance(quality, dict) else None
-        with self.near_dups.lock:
-            with self._sessions() as session:
-                if session.get(ImageRow, record.sha256) is not None:
-                    return False
-            group = self.near_dups.group_for(record.sha256, phash)
-            row = ImageRow(
-                sha256=record.sha256,
-                key=key,
-                size=record.size,
-                width=record.width,
-                height=record.height,
-                site=record.site,
-                device=record.device,
-                source=record.source.value,
-                sku=record.sku,
-                captured_at=record.captured_at,
-                received_at=record.received_at,
-                stored_at=now,
-                edge_model_version=record.edge_model_version,
-                confidence=record.confidence,
-                top_guesses=[g.model_dump() for g in record.top_guesses],
-                split=stable_split(group, self._val_percent),
-                label_origin="scan" if labelled else None,
-                phash=f"{phash:016x}",
-                dup_group=group,
-                redaction=record.redaction,
-                quality=quality,
-                sharpness=float(sharpness) if isinstance(sharpness, int | float) else None,
-            )
-            try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    if record.source is Source.SHOPPER:
-                        session.add(_label_task(record, now))
-            except IntegrityError:
-                return False  # a concurrent upload of the same photo recorded it first
-            self.near_dups.add(phash, group)
-        return True
+        return ImageRow(
+            sha256=record.sha256,
+            key=key,
+            size=record.size,
+            width=record.width,
+            height=record.height,
+            site=record.site,
+            device=record.device,
+            source=record.source.value,
+            sku=record.sku,
+            captured_at=as_utc(record.captured_at),
+            received_at=as_utc(record.received_at),
+            stored_at=now,
+            edge_model_version=record.edge_model_version,
+            confidence=record.confidence,
+            top_guesses=[g.model_dump() for g in record.top_guesses],
+            split=stable_split(group, self._val_percent),
+            label_origin="scan" if labelled else None,
+            phash=f"{phash:016x}",
+            dup_group=group,
+            redaction=record.redaction,
+            quality=quality,
+            sharpness=float(sharpness) if isinstance(sharpness, int | float) else None,
+        )
+
+
+def _settle(future) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a side task before giving up, so no write lands after the refusal."""
+    try:
+        future.result()
+    except BaseException:  # noqa: BLE001, S110 (the first failure is the one reported)
+        pass
+
+
+class GroupCommit:
+    """Leader/follower batching: the first caller commits everything queued meanwhile."""
+
+    def __init__(self, commit) -> None:  # type: ignore[no-untyped-def]
+        self._commit = commit
+        self._mutex = threading.Lock()
+        self._queue: list[_Slot] = []
+        self._leading = False
+
+    def submit(self, item: object) -> bool:
+        slot = _Slot(item)
+        with self._mutex:
+            self._queue.append(slot)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            while True:
+                with self._mutex:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        self._leading = False
+                        break
+                try:
+                    for s, result in zip(batch, self._commit([b.item for b in batch]), strict=True):
+                        s.result = result
+                except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
+                    for s in batch:
+                        s.error = exc
+                for s in batch:
+                    s.done.set()
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return bool(slot.result)
+
+
+class _Slot:
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: object) -> None:
+        self.item = item
+        self.result: bool | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
 
 
 def _label_task(record: PhotoRecord, now) -> LabelTaskRow:  # type: ignore[no-untyped-def]

@@ -12,16 +12,16 @@ from nats.aio.client import Client as NatsClient
 from edge2core.common.events import MODELS_SUBJECT, ModelPublished
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.common.signing import Signer
 from edge2core.config import CoreSettings
+from edge2core.core import storage
 from edge2core.core.api import CoreServices, create_core_app
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetStore
-from edge2core.core import storage
+from edge2core.core.gate import ModelGate
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
 from edge2core.core.trainer import Trainer
-from edge2core.common.signing import Signer
-from edge2core.core.gate import ModelGate
 
 log = get_logger(__name__)
 
@@ -63,7 +63,8 @@ def build_core_services(
     registry = ModelRegistry(store, sessions, announcer or (lambda _m: None),
                              signer=Signer.load_or_create(settings.data_dir / "keys"))
     trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
-                      cache_dir=settings.embedding_cache_dir, catalogue=Catalogue(sessions))
+                      cache_dir=settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings",
+                      catalogue=Catalogue(sessions))
     registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
     return CoreServices(
         store=store,

@@ -312,7 +312,11 @@ class Trainer:
             import torch
 
             from edge2core.core.embeddings import load_model_image
-            from edge2core.core.finetune import FineTuneConfig, finetune, to_uint8_tensor
+            from edge2core.core.finetune import (
+                FineTuneConfig,
+                finetune,
+                to_uint8_tensor,
+            )
 
             base = str(opts.get("base_backbone") or IMAGENET_BACKBONE)
             cfg = FineTuneConfig.from_dict({**opts, "seed": seed})
@@ -387,7 +391,10 @@ class Trainer:
                 timings: dict[str, float], say: Callable[[str], None], register: bool, promote: bool,
                 dataset_version: int) -> TrainingResult:
         from edge2core.core.evaluation import (
-            classification_report, confusion_png, fit_temperature, threshold_for_precision,
+            classification_report,
+            confusion_png,
+            fit_temperature,
+            threshold_for_precision,
         )
         from edge2core.core.export import compose_onnx, head_onnx, ort_session
         from edge2core.core.training import HeadModel, predict_proba
@@ -452,7 +459,7 @@ class Trainer:
                 probs = np.concatenate([session.run(None, {"image": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
                 top1 = float((probs.argmax(1) == y).mean())
                 shipped[kind] = {
-                    "n": int(len(y)), "top1": top1,
+                    "n": len(y), "top1": top1,
                     "top1_reference": float((reference.argmax(1) == y).mean()),
                     "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
                     "max_abs_diff": float(np.abs(probs - reference).max()),

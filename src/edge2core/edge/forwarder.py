@@ -75,6 +75,7 @@ class Forwarder:
         self._clock = clock
         self._attempts = attempts
         self._wake = asyncio.Event()
+        self._in_flight: set[str] = set()
         # (monotonic time, bytes) of recent confirmations, for the status page's rate.
         self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._backoff = Backoff()
@@ -91,43 +92,52 @@ class Forwarder:
             self.loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
+        """`concurrency` workers, each taking the next photo as soon as it is free: one slow
+        upload never idles the others (batches would wait for their slowest photo)."""
         self.loop = asyncio.get_running_loop()
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+
+    async def _worker(self) -> None:
         while True:
             if closed_for := seconds_until_open(self._windows, self._clock()):
                 log.info("outside the upload windows; waiting", seconds=round(closed_for))
                 await asyncio.sleep(min(closed_for, 60.0))
                 continue
-            batch = self._spool.pending(self._concurrency * 4)
-            if not batch:
-                await self._sleep_until_woken(2.0)
+            self._wake.clear()  # before looking, so a photo spooled after the look wakes us
+            item = self._claim()
+            if item is None:
+                await self._wait_for_work(1.0)
                 continue
-            results = await self._forward_batch(batch)
-            if all(results):
+            try:
+                done = await self.forward(item)
+            finally:
+                self._in_flight.discard(item.sha256)
+            if done:
                 self._backoff.reset()
-            elif not any(results):
-                delay = self._backoff.next_delay()
-                log.warning("core unreachable; backing off", delay_s=round(delay, 2),
-                            pending=self._spool.stats().items)
-                await self._sleep_until_woken(delay, wakeable=False)
+                continue
+            delay = self._backoff.next_delay()
+            log.warning("upload failed; backing off", delay_s=round(delay, 2),
+                        pending=self._spool.stats().items)
+            await asyncio.sleep(delay)
 
-    async def _sleep_until_woken(self, timeout: float, wakeable: bool = True) -> None:
-        self._wake.clear()
-        if not wakeable:
-            await asyncio.sleep(timeout)
-            return
+    def _claim(self) -> SpoolItem | None:
+        """The most urgent photo no other worker is uploading."""
+        items = self._spool.pending(1, exclude=frozenset(self._in_flight))
+        if not items:
+            return None
+        self._in_flight.add(items[0].sha256)
+        return items[0]
+
+    async def _wait_for_work(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             pass
-
-    async def _forward_batch(self, batch: list[SpoolItem]) -> list[bool]:
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def one(item: SpoolItem) -> bool:
-            async with gate:
-                return await self.forward(item)
-
-        return list(await asyncio.gather(*(one(item) for item in batch)))
 
     async def forward(self, item: SpoolItem) -> bool:
         """Upload one photo; True once the core confirmed it and it left the spool."""
