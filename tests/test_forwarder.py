@@ -393,3 +393,39 @@ async def test_core_serves_artifact_byte_identical(
     assert artefact.status_code == 200
     assert artefact.headers["X-E2C-Sha256"] == trained_model.sha256
     assert artefact.content == trained_model.data
+
+
+async def test_model_agent_runs_only_models_signed_by_the_trusted_key(
+    tmp_path: Path, core_services: CoreServices, start_core: Callable[..., CoreServer],
+    trained_model: TrainedModel,  # noqa: F811
+) -> None:
+    from edge2core.common.signing import Signer
+    from edge2core.edge.model_trust import ModelTrust
+
+    assert core_services.registry.signer is not None, "the core signs its models"
+    core = start_core()
+    core_services.catalogue.upsert(list(trained_model.products))
+    core_services.registry.register(
+        trained_model.data, dataset_version=1, classes=list(trained_model.classes),
+        metrics={}, params={})
+    client = CoreClient(core.url)
+    try:
+        # A site configured with another key refuses the model and serves nothing.
+        stranger = Signer.generate().public_key_b64()
+        wary = Recognizer(CatalogueReplica(tmp_path / "a" / "catalogue.json"))
+        refusing = ModelAgent(client, wary, CatalogueReplica(tmp_path / "a" / "c.json"),
+                              tmp_path / "a" / "models",
+                              trust=ModelTrust(tmp_path / "a" / "key.pub", stranger))
+        assert await refusing.reconcile() is False
+        assert wary.model is None
+        assert not list((tmp_path / "a" / "models").glob("*.onnx"))  # not kept either
+
+        # A new site pins the core's key on first contact and runs the signed model.
+        pin = tmp_path / "b" / "key.pub"
+        trusting = Recognizer(CatalogueReplica(tmp_path / "b" / "catalogue.json"))
+        agent = ModelAgent(client, trusting, CatalogueReplica(tmp_path / "b" / "c.json"),
+                           tmp_path / "b" / "models", trust=ModelTrust(pin))
+        assert await agent.reconcile() is True
+        assert trusting.model is not None and pin.read_text() == core_services.registry.signer.public_key_b64()
+    finally:
+        await client.aclose()

@@ -171,6 +171,9 @@ class EdgeSettings(_Settings):
     # curl stream on a 20 Mbit/s, 40 ms, 1% loss link; 4 only 0.6).
     forward_concurrency: int = Field(default=16, ge=1, le=256)
     bandwidth_limit_bytes_s: int = Field(default=0, ge=0, description="0 = no cap")
+    resumable_above_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=0, description="larger photos use resumable uploads"
+    )
     upload_windows: list[str] = Field(
         default_factory=list, description="local-time windows like '22:00-06:00'; empty = always"
     )
@@ -179,6 +182,10 @@ class EdgeSettings(_Settings):
     top_k: int = 3
     inference_threads: int = 1
     model_poll_s: float = 60.0
+    model_public_key: str | None = Field(
+        default=None, description="base64 Ed25519 key models must be signed with; else pinned"
+    )
+    allow_unsigned_models: bool = False
 
     @property
     def jetstream_domain(self) -> str:

@@ -192,6 +192,22 @@ class CoreClient:
         move_durable(tmp, dest)
         return dest
 
+    async def signing_key(self) -> str | None:
+        """The core's model-signing public key (base64), or None if it signs nothing."""
+        response = await self._http.get("/v1/signing-key")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return str(response.json()["public_key"])
+
+    async def model_signature(self, version: int) -> dict | None:
+        """The signed manifest of a model version, or None if it is unsigned."""
+        response = await self._http.get(f"/v1/models/{version}/signature")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
     async def products(self) -> list[Product]:
         response = await self._http.get("/v1/catalogue/products")
         response.raise_for_status()

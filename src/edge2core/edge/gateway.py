@@ -20,10 +20,10 @@ from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.images import ImageRejected
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
-from edge2core.edge.mqtt_door import Publish
 from edge2core.edge.devices import DeviceRefused
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
 from edge2core.edge.intake import Intake, IntakeReceipt, WrongSite
+from edge2core.edge.mqtt_door import Publish
 from edge2core.edge.spool import SpoolFull
 
 log = get_logger(__name__)

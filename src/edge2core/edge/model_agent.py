@@ -16,9 +16,11 @@ from nats.aio.client import Client as NatsClient
 from edge2core.common.events import MODELS_SUBJECT, ModelPublished
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
+from edge2core.common.metrics import MODEL_SWAPS
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import ModelLoadError, Recognizer
+from edge2core.edge.model_trust import ModelTrust, UntrustedModel
 
 log = get_logger(__name__)
 
@@ -43,6 +45,7 @@ class ModelAgent:
         *,
         poll_s: float = 60.0,
         keep_versions: int = 3,
+        trust: ModelTrust | None = None,
     ) -> None:
         self._core = core
         self._recognizer = recognizer
@@ -50,6 +53,7 @@ class ModelAgent:
         self._dir = models_dir
         self._poll_s = poll_s
         self._keep = keep_versions
+        self._trust = trust
         self._nudge = asyncio.Event()
         self._refused: set[str] = set()
 
@@ -78,6 +82,15 @@ class ModelAgent:
         path = self._artifact(desired)
         if not path.is_file():
             await self._core.download_model(desired, path)
+        if self._trust is not None:
+            try:
+                await self._trust.check(self._core, desired.version, path.read_bytes())
+            except UntrustedModel as exc:
+                path.unlink(missing_ok=True)
+                self._refused.add(desired.sha256)
+                MODEL_SWAPS.labels(outcome="untrusted").inc()
+                log.error("model refused; the previous one keeps serving", error=str(exc))
+                return False
         return await self._load(desired)
 
     async def _load(self, model: ModelPublished) -> bool:

@@ -35,6 +35,7 @@ from edge2core.edge.gateway import Gateway, MqttHandlers
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.model_agent import ModelAgent
+from edge2core.edge.model_trust import ModelTrust
 from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.quality import QualityAction, QualityPolicy
@@ -142,7 +143,9 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         top_k=settings.top_k,
         limits=DecodeLimits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels),
     )
-    core = CoreClient(settings.core_url, settings.token)
+    core = CoreClient(
+        settings.core_url, settings.token, resumable_above=settings.resumable_above_bytes
+    )
     forwarder = Forwarder(
         spool,
         core,
@@ -162,7 +165,14 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
             settings.near_duplicate_window_s, settings.near_duplicate_max_distance
         ),
     )
-    agent = ModelAgent(core, recognizer, catalogue, data / "models", poll_s=settings.model_poll_s)
+    trust = ModelTrust(
+        data / "model-signing-key.pub",
+        settings.model_public_key,
+        allow_unsigned=settings.allow_unsigned_models,
+    )
+    agent = ModelAgent(
+        core, recognizer, catalogue, data / "models", poll_s=settings.model_poll_s, trust=trust
+    )
     return EdgeParts(spool, catalogue, recognizer, Gateway(intake, recognizer), core, forwarder, agent)
 
 

@@ -22,7 +22,12 @@ from pathlib import Path
 from edge2core.common.events import PhotoRecord
 from edge2core.common.fsutil import fsync_dir, write_atomic
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import SPOOL_BYTES, SPOOL_EVICTED, SPOOL_ITEMS, SPOOL_OLDEST_AGE
+from edge2core.common.metrics import (
+    SPOOL_BYTES,
+    SPOOL_EVICTED,
+    SPOOL_ITEMS,
+    SPOOL_OLDEST_AGE,
+)
 
 log = get_logger(__name__)
 
