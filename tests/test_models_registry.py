@@ -108,7 +108,7 @@ def register_worse(core, model, promote: bool):
         full, dataset_version=model.dataset_version, classes=model.classes, metrics={},
         params={"path": "test-worse"}, promote=promote,
         extra_artifacts={"head": head, "backbone": model.artifacts["backbone"]},
-        lineage={"backbone": backbone})
+        lineage={"backbone": backbone}, gated=True)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +302,8 @@ def test_full_path_makes_a_new_backbone_current_for_fast_updates(core, first) ->
     before = core.trainer.backbones.current()
     assert before == "efficientnet-lite0-imagenet"
     full = core.trainer.train(core.dataset.version, seed=0, path="full", promote=False,
-                              params={"epochs": 1, "train_size": 96, "batch_size": 16, "lr": 1e-4})
+                              params={"epochs": 1, "train_size": 96, "batch_size": 16, "lr": 1e-4,
+                                      "init": "linear_probe"})
     backbone = full.model.lineage["backbone"]
     assert backbone.startswith("efficientnet-lite0-ft-") and full.model.params["path"] == "full"
     assert full.record["base_backbone"] == before and full.record["device"] == "cpu"
@@ -312,6 +313,8 @@ def test_full_path_makes_a_new_backbone_current_for_fast_updates(core, first) ->
     assert log[0]["epoch"] == 1 and {"train_loss", "val_loss", "val_top1"} <= set(log[0])
     assert full.model.metrics["val"]["top1"] >= 0.5  # chance is 0.25
     assert full.model.metrics["shipped"]["fp32"]["agreement"] == 1.0
+    alternatives = full.model.metrics["head_alternatives"]
+    assert alternatives["shipped"] == "finetuned" and 0 <= alternatives["refit_val_top1"] <= 1
     # every photo was embedded once with the new backbone (a new cache key)
     assert core.trainer.cache.count(backbone) == core.dataset.stats["images"]
     fast = core.trainer.train(core.dataset.version, seed=0, promote=False)

@@ -16,6 +16,7 @@ from edge2core import __version__
 from edge2core.common.logging import configure_logging
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
 from edge2core.core.cli_datasets import datasets_app
+from edge2core.core.cli_models import eval_command, models_app
 
 app = typer.Typer(
     help="edge2core: acquire photos at the edge, learn from them at the core, answer at the edge.",
@@ -27,6 +28,8 @@ edge_app = typer.Typer(help="An edge site: MQTT/HTTP doors, spool, forwarder, re
 app.add_typer(core_app, name="core")
 app.add_typer(edge_app, name="edge")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.command("eval", help="Score an image list with a registered or local ONNX model.")(eval_command)
 
 ConfigOpt = Annotated[
     Path | None,

@@ -4,6 +4,9 @@
   ``min_scale``..1, aspect 3/4..4/3, bilinear with antialias), horizontal flip, mild colour
   jitter (brightness, contrast, saturation), then the edge's ``(x - 127) / 128``;
 * validation photos go through ``common.preprocess`` exactly as at the edge;
+* defaults chosen on the grocery val split (bench/training.py, 81 classes, 2 CPU cores):
+  random-init classifier, crops at 224 with scale 0.6..1, 6 epochs, lr 1e-3 -> val top-1 0.829
+  (INT8 0.822) in 19 min; LP-FT init with crops at 192, scale 0.35..1, 7 epochs -> 0.740;
 * AdamW, one-cycle (default) or cosine schedule, label smoothing, dropout before the linear
   classifier, early stopping on val top-1 (ties broken by val loss) with the best epoch's
   weights restored;
@@ -44,7 +47,7 @@ __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pic
 
 @dataclass
 class FineTuneConfig:
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -53,13 +56,13 @@ class FineTuneConfig:
     pct_start: float = 0.2
     patience: int = 3
     min_epochs: int | None = None  # no early stop before this (default: 60 % of epochs)
-    min_scale: float = 0.35
+    min_scale: float = 0.6
     jitter: float = 0.2
     dropout: float = 0.2
     seed: int = 0
     train_size: int = IMAGE_SIZE  # crops are resized to this; val/edge always use 224
     channels_last: bool = True  # memory format for the convolutions (CPU and GPU)
-    init: str = "linear_probe"  # or "random": how the classifier starts (see finetune)
+    init: str = "random"  # or "linear_probe" (LP-FT): how the classifier starts
     max_seconds: float | None = None  # stop after the epoch that crosses it (safety net)
 
     @classmethod

@@ -122,10 +122,13 @@ class ModelRegistry:
         promote: bool = True,
         extra_artifacts: dict[str, bytes | ArtifactRef] | None = None,
         lineage: dict[str, Any] | None = None,
+        gated: bool = False,
     ) -> ModelInfo:
         """Store the artefacts, record a new version (signed when a signer is set), and, if
-        ``promote``, try to make it production (through the gate: a blocked candidate stays
-        a candidate, with the gate's report in its history)."""
+        ``promote``, make it production.  With ``gated`` (what training runs use) the
+        promotion goes through the gate and a blocked candidate stays a candidate, with the
+        gate's report in its history; without it (tools and tests publishing a given file)
+        it is promoted as before, and the history says the gate was not consulted."""
         main = self._put(artifact)
         artifacts: dict[str, ArtifactRef] = {"full": main}
         for kind, value in (extra_artifacts or {}).items():
@@ -173,7 +176,8 @@ class ModelRegistry:
         if not promote:
             return info
         try:
-            return self.promote(version, reason="registered with promote=True")
+            return self.promote(version, use_gate=gated,
+                                reason="registered with promote=True" + ("" if gated else " (gate not consulted)"))
         except GateBlocked as exc:
             log.warning("candidate kept: promotion gate failed", version=version, reasons=getattr(exc.report, "reasons", None))
             return self.get(version)

@@ -367,6 +367,27 @@ class Trainer:
         timings["embed"] = time.perf_counter() - t0
         record["embeddings_computed"] = computed
 
+        alternatives: dict[str, Any] = {}
+        if path == "full":
+            # the fine-tuned classifier vs an L-BFGS head refitted on the fine-tuned embeddings
+            # (centre crops, no dropout): both recorded; ``full_head`` picks the shipped one
+            from edge2core.core.training import predict_proba
+
+            refit = train_head(features[train_mask], labels[train_mask], classes, seed=seed,
+                               epochs=int(opts["head_epochs"]), weight_decay=float(opts["head_weight_decay"]))
+            if is_val.any():
+                for name, h in (("finetuned", head), ("refit", refit)):
+                    alternatives[f"{name}_val_top1"] = float(
+                        (predict_proba(h, features[is_val]).argmax(1) == labels[is_val]).mean())
+            choice = str(opts.get("full_head", "finetuned"))
+            if choice not in ("finetuned", "refit"):
+                raise ValueError(f"full_head must be 'finetuned' or 'refit', not {choice!r}")
+            alternatives["shipped"] = choice
+            params_used["full_head"] = choice
+            if choice == "refit":
+                head = refit
+            record["head_alternatives"] = alternatives
+
         if path == "fast":
             t0 = time.perf_counter()
             say("training the head")
@@ -376,6 +397,8 @@ class Trainer:
             log_records.append({"epoch": 1, "method": "lbfgs", "train_loss": head.info.get("train_loss"),
                                 "iterations": head.info.get("iterations")})
 
+        if alternatives:
+            say(f"heads on val: {alternatives}")
         result = self._finish(run_id, record, head, backbone, entries, features, labels, train_mask, is_val,
                               classes, opts, params_used, log_records, timings, say, register, promote,
                               dataset_version)
@@ -422,6 +445,8 @@ class Trainer:
             calibration["recognised_threshold"] = threshold_for_precision(
                 val_probs, val_y, float(opts["target_precision"]))
         metrics["calibration"] = calibration
+        if record.get("head_alternatives"):
+            metrics["head_alternatives"] = record["head_alternatives"]
         timings["evaluate"] = time.perf_counter() - t0
 
         # ---- artefacts: head-only, composed fp32, composed int8 (no torch export)
@@ -497,7 +522,8 @@ class Trainer:
             }
             model = self._registry.register(
                 full_bytes, dataset_version=dataset_version, classes=classes, metrics=metrics,
-                params=params_used, promote=promote, extra_artifacts=artefacts, lineage=lineage)
+                params=params_used, promote=promote, extra_artifacts=artefacts, lineage=lineage,
+                gated=True)
             log.info("model registered", version=model.version, stage=model.stage,
                      val_top1=(metrics.get("val") or {}).get("top1"), run_id=run_id)
         timings["register"] = time.perf_counter() - t0
