@@ -429,3 +429,28 @@ async def test_model_agent_runs_only_models_signed_by_the_trusted_key(
         assert trusting.model is not None and pin.read_text() == core_services.registry.signer.public_key_b64()
     finally:
         await client.aclose()
+
+
+async def test_nothing_leaves_outside_the_upload_windows(
+    tmp_path: Path, spool: Spool, start_core: Callable[..., CoreServer]
+) -> None:
+    from datetime import datetime
+
+    from edge2core.edge.shaping import parse_windows
+
+    core = start_core()
+    sent = fill(spool, 3)
+    clock = {"now": datetime(2026, 1, 1, 12, 0)}  # noon; the window is nights only
+    client = CoreClient(core.url)
+    forwarder = Forwarder(spool, client, quarantine_dir=tmp_path / "q", concurrency=2,
+                          windows=parse_windows(["22:00-06:00"]), clock=lambda: clock["now"],
+                          window_check_s=0.05)
+    try:
+        async with running(forwarder) as task:
+            await asyncio.sleep(0.5)  # give it every chance to (wrongly) upload
+            assert spool.stats().items == len(sent) and core.image_count() == 0
+            clock["now"] = datetime(2026, 1, 1, 23, 0)
+            await wait_for(lambda: spool.stats().items == 0, what="the night upload", task=task)
+    finally:
+        await client.aclose()
+    assert core.image_count() == len(sent)

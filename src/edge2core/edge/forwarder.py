@@ -64,6 +64,7 @@ class Forwarder:
         windows: list[Window] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
         attempts: int = 3,
+        window_check_s: float = 60.0,
     ) -> None:
         self._spool = spool
         self._core = core
@@ -74,6 +75,7 @@ class Forwarder:
         self._windows = windows or []
         self._clock = clock
         self._attempts = attempts
+        self._window_check_s = window_check_s
         self._wake = asyncio.Event()
         self._in_flight: set[str] = set()
         # (monotonic time, bytes) of recent confirmations, for the status page's rate.
@@ -106,7 +108,8 @@ class Forwarder:
         while True:
             if closed_for := seconds_until_open(self._windows, self._clock()):
                 log.info("outside the upload windows; waiting", seconds=round(closed_for))
-                await asyncio.sleep(min(closed_for, 60.0))
+                # Re-check now and then: the clock may jump, the settings may change.
+                await asyncio.sleep(min(closed_for, self._window_check_s))
                 continue
             self._wake.clear()  # before looking, so a photo spooled after the look wakes us
             item = self._claim()
