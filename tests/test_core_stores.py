@@ -15,7 +15,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from edge2core.common.events import ModelPublished, PhotoRecord, Source
-from edge2core.common.objectstore import LocalObjectStore, ObjectNotFound, image_key
+from edge2core.common.objectstore import LocalObjectStore, image_key
 from edge2core.common.products import Product, ProductStatus
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetQuery, DatasetStore
@@ -404,33 +404,6 @@ def test_catalogue_upsert_update_list_get(sessions) -> None:
 
 
 # --- local object store --------------------------------------------------------------------
-
-
-def test_object_store_put_get_exists_size_delete_list(store: LocalObjectStore) -> None:
-    assert not store.exists("a/b.bin")
-    store.put("a/b.bin", b"hello")
-    store.put("a/c.bin", b"world!")
-    store.put("z.bin", b"")
-    assert store.exists("a/b.bin")
-    assert store.get("a/b.bin") == b"hello"
-    assert store.size("a/c.bin") == 6
-    with store.open("a/c.bin") as fh:
-        assert fh.read() == b"world!"
-    assert sorted(store.list()) == ["a/b.bin", "a/c.bin", "z.bin"]
-    assert sorted(store.list("a/")) == ["a/b.bin", "a/c.bin"]
-
-    store.put("a/b.bin", b"replaced")
-    assert store.get("a/b.bin") == b"replaced"
-
-    store.delete("a/b.bin")
-    assert not store.exists("a/b.bin")
-    store.delete("a/b.bin")  # deleting twice is fine
-    store.delete("never/there.bin")
-    with pytest.raises(ObjectNotFound):
-        store.get("a/b.bin")
-    with pytest.raises(ObjectNotFound):
-        store.size("a/b.bin")
-    assert sorted(store.list()) == ["a/c.bin", "z.bin"]
 
 
 def test_object_store_list_hides_staging_and_temp_files(store: LocalObjectStore) -> None:

@@ -72,7 +72,7 @@ class _Classifier(nn.Module):
         return torch.softmax(self.head(self.backbone(image)), dim=-1)
 
 
-def _to_model_proto(model: nn.Module, opset: int) -> Any:
+def _to_model_proto(model: nn.Module, opset: int, output_name: str = OUTPUT_NAME) -> Any:
     example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=4096)
     onnx_logger = logging.getLogger("torch.onnx")
@@ -86,7 +86,7 @@ def _to_model_proto(model: nn.Module, opset: int) -> Any:
                 (example,),
                 None,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output_name],
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes={"image": {0: batch}},
@@ -248,23 +248,7 @@ def export_backbone_onnx(
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
     backbone.eval()
-    model = _Embedder(backbone).eval()
-    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    onnx_logger = logging.getLogger("torch.onnx")
-    old_level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model, (example,), None, input_names=[INPUT_NAME],
-                output_names=[EMBEDDING_NAME], opset_version=opset, dynamo=True,
-                dynamic_shapes={"image": {0: batch}}, optimize=True, verbose=False,
-            )
-    finally:
-        onnx_logger.setLevel(old_level)
-    proto = program.model_proto
+    proto = _to_model_proto(_Embedder(backbone).eval(), opset, EMBEDDING_NAME)
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise RuntimeError(f"initializer {init.name} uses external data")

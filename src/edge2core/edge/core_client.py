@@ -57,7 +57,11 @@ class CoreClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0)
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            # The forwarder keeps many uploads in flight: keep their connections alive.
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
         )
         self.resumable_above = resumable_above
         self.chunk_bytes = max(1, chunk_bytes)
