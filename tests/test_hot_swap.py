@@ -81,3 +81,23 @@ def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
         recognizer.load(broken, version=2, sha256="1" * 64)
     answer = recognizer.recognize(trained_model.held_out(0)[0])
     assert answer.model_version == 1 and answer.sku == sku(0)
+
+
+def test_the_models_calibrated_threshold_applies_unless_the_site_overrides(
+    tmp_path: Path, trained_model: TrainedModel  # noqa: F811
+) -> None:
+    catalogue = CatalogueReplica(tmp_path / "catalogue.json")
+    catalogue.replace(list(trained_model.products))
+    photo = trained_model.held_out(2)[0]
+
+    strict_model = Recognizer(catalogue)
+    strict_model.load(trained_model.path, version=1, sha256=trained_model.sha256, threshold=0.999999)
+    assert strict_model.recognize(photo).recognised is False
+
+    lenient_site = Recognizer(catalogue, unrecognised_below=0.0)
+    lenient_site.load(trained_model.path, version=1, sha256=trained_model.sha256, threshold=0.999999)
+    assert lenient_site.recognize(photo).recognised is True
+
+    default = Recognizer(catalogue)
+    default.load(trained_model.path, version=1, sha256=trained_model.sha256)
+    assert default.threshold(default.model) == 0.5

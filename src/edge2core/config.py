@@ -178,7 +178,11 @@ class EdgeSettings(_Settings):
         default_factory=list, description="local-time windows like '22:00-06:00'; empty = always"
     )
     # Recognition
-    unrecognised_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    unrecognised_below: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="answer 'unrecognised' below this confidence; default: the model's "
+        "calibrated threshold, else 0.5",
+    )
     top_k: int = 3
     inference_threads: int = 1
     model_poll_s: float = 60.0

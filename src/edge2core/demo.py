@@ -153,8 +153,11 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
         replies = _ask(held_out, ws, console)
 
     answers = [(photo, reply) for photo, reply in replies if not reply.error]
-    correct = sum(1 for photo, r in answers if r.body.get("sku") == photo.product.sku)
-    unsure = sum(1 for _p, r in answers if not r.body.get("recognised"))
+    # Accuracy of the best guess, and how often the edge was sure enough to answer at all.
+    correct = sum(1 for photo, r in answers if r.body["top_k"][0]["sku"] == photo.product.sku)
+    sure = [(photo, r) for photo, r in answers if r.body.get("recognised")]
+    sure_right = sum(1 for photo, r in sure if r.body.get("sku") == photo.product.sku)
+    unsure = len(answers) - len(sure)
     with stages.stage(f"{unsure} unrecognised photos flow back to the core"):
         wait_for("unrecognised photos at the core",
                  lambda: http.get("/v1/stats").json()["by_source"].get("shopper", 0) >= unsure or None,
@@ -174,6 +177,8 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
         "model_val_n": val.get("n"),
         "held_out_photos": len(held_out),
         "held_out_top1": round(correct / len(held_out), 3) if held_out else None,
+        "recognised_share": round(len(sure) / len(answers), 3) if answers else None,
+        "recognised_precision": round(sure_right / len(sure), 3) if sure else None,
         "unrecognised": unsure,
         "errors": sum(1 for _p, r in replies if r.error),
         "recognition_ms_p50": round(statistics.median(latencies), 1) if latencies else None,

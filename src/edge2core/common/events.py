@@ -83,6 +83,15 @@ class ModelPublished(BaseModel):
     classes: list[str]
     url_path: str
     published_at: datetime = Field(default_factory=utcnow)
+    # Confidence below which the edge answers "unrecognised", calibrated on val at training.
+    recognised_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+def calibrated_threshold(metrics: dict[str, Any]) -> float | None:
+    """The threshold a training run calibrated for its target precision, if it found one."""
+    found = (metrics.get("calibration") or {}).get("recognised_threshold") or {}
+    value = found.get("threshold")
+    return float(value) if value is not None else None
 
 
 def events_subject(site: str, kind: str) -> str:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import ModelPublished, utcnow
+from edge2core.common.events import ModelPublished, calibrated_threshold, utcnow
 from edge2core.common.images import sha256_hex
 from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
@@ -70,6 +70,7 @@ class ModelInfo(BaseModel):
             size=self.size,
             classes=self.classes,
             url_path=f"/v1/models/{self.version}/artifact",
+            recognised_threshold=calibrated_threshold(self.metrics),
         )
 
 

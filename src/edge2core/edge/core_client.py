@@ -10,7 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
+from edge2core.common.events import (
+    META_HEADER,
+    ModelPublished,
+    PhotoRecord,
+    calibrated_threshold,
+)
 from edge2core.common.fsutil import move_durable
 from edge2core.common.products import Product
 
@@ -173,6 +178,7 @@ class CoreClient:
             size=body["size"],
             classes=body["classes"],
             url_path=f"/v1/models/{body['version']}/artifact",
+            recognised_threshold=calibrated_threshold(body.get("metrics") or {}),
         )
 
     async def download_model(self, model: ModelPublished, dest: Path) -> Path:

@@ -38,6 +38,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     session: ort.InferenceSession
     input_name: str
+    threshold: float | None = None  # calibrated at training; None: the site's default
 
 
 class Candidate(BaseModel):
@@ -80,12 +81,13 @@ class Recognizer:
         catalogue: CatalogueReplica,
         *,
         threads: int = 1,
-        unrecognised_below: float = 0.5,
+        unrecognised_below: float | None = None,
         top_k: int = 3,
         limits: DecodeLimits = DecodeLimits(),
     ) -> None:
         self._catalogue = catalogue
         self._threads = threads
+        # A site setting overrides the model's calibrated threshold; 0.5 when neither is set.
         self._threshold = unrecognised_below
         self._top_k = top_k
         self._limits = limits
@@ -96,7 +98,9 @@ class Recognizer:
     def model(self) -> LoadedModel | None:
         return self._model
 
-    def load(self, path: Path, *, version: int, sha256: str) -> LoadedModel:
+    def load(
+        self, path: Path, *, version: int, sha256: str, threshold: float | None = None
+    ) -> LoadedModel:
         """Load, warm up, then swap in atomically; the old model keeps serving on failure."""
         try:
             session = load_session(path, self._threads)
@@ -109,7 +113,7 @@ class Recognizer:
         except Exception as exc:
             MODEL_SWAPS.labels(outcome="failed").inc()
             raise ModelLoadError(f"model {version} failed to load: {exc}") from exc
-        loaded = LoadedModel(version, sha256, classes, session, input_name)
+        loaded = LoadedModel(version, sha256, classes, session, input_name, threshold)
         with self._swap_lock:
             self._model = loaded
         MODEL_SWAPS.labels(outcome="ok").inc()
@@ -144,7 +148,7 @@ class Recognizer:
             for i in order
         ]
         best = top[0]
-        recognised = best.confidence >= self._threshold
+        recognised = best.confidence >= self.threshold(model)
         product = self._catalogue.get(best.sku) if recognised else None
         return Answer(
             recognised=recognised,
@@ -158,6 +162,11 @@ class Recognizer:
             latency_ms=(time.perf_counter() - start) * 1000,
             request_id=request_id,
         )
+
+    def threshold(self, model: LoadedModel) -> float:
+        if self._threshold is not None:
+            return self._threshold
+        return model.threshold if model.threshold is not None else 0.5
 
     def _name(self, sku: str) -> str | None:
         product = self._catalogue.get(sku)

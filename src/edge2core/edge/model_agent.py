@@ -97,7 +97,7 @@ class ModelAgent:
         try:
             await asyncio.to_thread(
                 self._recognizer.load, self._artifact(model), version=model.version,
-                sha256=model.sha256,
+                sha256=model.sha256, threshold=model.recognised_threshold,
             )
         except (ModelLoadError, FileNotFoundError) as exc:
             self._refused.add(model.sha256)
