@@ -454,3 +454,39 @@ async def test_nothing_leaves_outside_the_upload_windows(
     finally:
         await client.aclose()
     assert core.image_count() == len(sent)
+
+
+async def test_model_download_resumes_where_it_stopped(
+    tmp_path: Path, core_services: CoreServices, start_core: Callable[..., CoreServer],
+    trained_model: TrainedModel,  # noqa: F811
+) -> None:
+    core = start_core()
+    v1 = core_services.registry.register(
+        trained_model.data, dataset_version=1, classes=list(trained_model.classes),
+        metrics={}, params={})
+    client = CoreClient(core.url)
+    try:
+        desired = await client.production_model()
+        assert desired is not None
+        dest = tmp_path / "models" / "1.onnx"
+        dest.parent.mkdir()
+        half = len(trained_model.data) // 2
+        dest.with_suffix(".part").write_bytes(trained_model.data[:half])  # a cut download
+        await client.download_model(desired, dest)
+        assert dest.read_bytes() == trained_model.data and not dest.with_suffix(".part").exists()
+
+        # A corrupt leftover is caught by the hash and thrown away; the next try starts over.
+        other = tmp_path / "models" / "2.onnx"
+        other.with_suffix(".part").write_bytes(b"\0" * half)
+        with pytest.raises(ArtifactMismatch):
+            await client.download_model(desired, other)
+        await client.download_model(desired, other)
+        assert hashlib.sha256(other.read_bytes()).hexdigest() == v1.sha256
+
+        ranged = httpx.get(f"{core.url}/v1/models/1/artifact", headers={"Range": f"bytes={half}-"})
+        assert ranged.status_code == 206 and ranged.content == trained_model.data[half:]
+        beyond = httpx.get(f"{core.url}/v1/models/1/artifact",
+                           headers={"Range": f"bytes={len(trained_model.data)}-"})
+        assert beyond.status_code == 416
+    finally:
+        await client.aclose()

@@ -51,6 +51,18 @@ class TrainResponse(BaseModel):
     timings_s: dict[str, float]
 
 
+def resume_offset(range_header: str, size: int) -> int | None:
+    """The start of an open-ended `bytes=N-` range (0 without one); None if unsatisfiable."""
+    if not range_header:
+        return 0
+    unit, _, spec = range_header.partition("=")
+    first, _, last = spec.partition("-")
+    if unit.strip() != "bytes" or last.strip() or not first.strip().isdigit():
+        return 0  # other range forms: send the whole file, which HTTP allows
+    start = int(first)
+    return start if start < size else None
+
+
 def create_core_app(services: CoreServices) -> FastAPI:
     app = FastAPI(title="edge2core core", version="0.1.0")
     mount_metrics(app)
@@ -145,13 +157,23 @@ def create_core_app(services: CoreServices) -> FastAPI:
         return services.registry.get(version)
 
     @app.get("/v1/models/{version}/artifact")
-    def model_artifact(version: int) -> StreamingResponse:
+    def model_artifact(version: int, range_: str = Header("", alias="Range")) -> Response:
+        """The model file; `Range: bytes=N-` resumes an interrupted download at byte N."""
         model = services.registry.get(version)
+        start = resume_offset(range_, model.size)
+        if start is None:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{model.size}"})
         handle = services.store.open(model.artifact_key)
+        handle.seek(start)
+        headers = {"Content-Length": str(model.size - start), "X-E2C-Sha256": model.sha256,
+                   "Accept-Ranges": "bytes"}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{model.size - 1}/{model.size}"
         return StreamingResponse(
             iter(lambda: handle.read(1 << 20), b""),
+            status_code=206 if start else 200,
             media_type="application/octet-stream",
-            headers={"Content-Length": str(model.size), "X-E2C-Sha256": model.sha256},
+            headers=headers,
             background=BackgroundTask(handle.close),
         )
 

@@ -182,24 +182,34 @@ class CoreClient:
         )
 
     async def download_model(self, model: ModelPublished, dest: Path) -> Path:
-        """Stream to a temp file, verify the sha256, then move into place."""
+        """Stream to `<dest>.part`, resuming what an earlier attempt left there, verify the
+        sha256 of the whole file, then move it into place."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".part")
+        part = dest.with_suffix(".part")
         digest = hashlib.sha256()
-        async with self._http.stream("GET", model.url_path) as response:
-            response.raise_for_status()
-            with tmp.open("wb") as fh:
+        have = part.stat().st_size if part.exists() else 0
+        if have:
+            with part.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        async with self._http.stream("GET", model.url_path, headers=headers) as response:
+            if have and response.status_code != 206:  # the core sent the whole file again
+                digest, have = hashlib.sha256(), 0
+            if response.status_code not in (200, 206):
+                response.raise_for_status()
+            with part.open("ab" if have else "wb") as fh:
                 async for chunk in response.aiter_bytes(1 << 20):
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
         if digest.hexdigest() != model.sha256:
-            tmp.unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             raise ArtifactMismatch(
                 f"model {model.version} hashes to {digest.hexdigest()}, expected {model.sha256}"
             )
-        move_durable(tmp, dest)
+        move_durable(part, dest)
         return dest
 
     async def signing_key(self) -> str | None:
