@@ -101,3 +101,36 @@ def test_the_models_calibrated_threshold_applies_unless_the_site_overrides(
     default = Recognizer(catalogue)
     default.load(trained_model.path, version=1, sha256=trained_model.sha256)
     assert default.threshold(default.model) == 0.5
+
+
+def test_a_model_that_fails_the_sites_golden_set_is_refused(
+    tmp_path: Path, trained_model: TrainedModel  # noqa: F811
+) -> None:
+    from edge2core.edge.golden import GoldenSet
+
+    golden = GoldenSet(tmp_path / "golden", per_sku=2)
+    for product in range(3):
+        for i, photo in enumerate(trained_model.held_out(product)):
+            golden.offer(sku(product), f"{product}{i}".ljust(64, "0"), photo)
+    assert len(golden.photos()) == 6  # two per product, the rest declined
+
+    catalogue = CatalogueReplica(tmp_path / "catalogue.json")
+    catalogue.replace(list(trained_model.products))
+    good = Recognizer(catalogue, golden=golden)
+    good.load(trained_model.path, version=1, sha256=trained_model.sha256)  # passes
+
+    # The same network with its class names shuffled answers every golden photo wrongly.
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(trained_model.path))
+    for prop in proto.metadata_props:
+        if prop.key == "classes":
+            names = json.loads(prop.value)
+            prop.value = json.dumps(names[1:] + names[:1])
+    scrambled = tmp_path / "scrambled.onnx"
+    onnx.save(proto, str(scrambled))
+    with pytest.raises(ModelLoadError, match="smoke test failed"):
+        good.load(scrambled, version=2, sha256="2" * 64)
+    assert good.model is not None and good.model.version == 1  # the old one keeps serving

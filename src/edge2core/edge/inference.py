@@ -21,6 +21,7 @@ from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
 from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess
 from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.golden import GoldenSet
 
 
 class NoModel(RuntimeError):
@@ -84,6 +85,8 @@ class Recognizer:
         unrecognised_below: float | None = None,
         top_k: int = 3,
         limits: DecodeLimits = DecodeLimits(),
+        golden: GoldenSet | None = None,
+        min_golden_top1: float = 0.5,
     ) -> None:
         self._catalogue = catalogue
         self._threads = threads
@@ -91,6 +94,8 @@ class Recognizer:
         self._threshold = unrecognised_below
         self._top_k = top_k
         self._limits = limits
+        self._golden = golden
+        self._min_golden_top1 = min_golden_top1
         self._model: LoadedModel | None = None
         self._swap_lock = threading.Lock()
 
@@ -110,6 +115,7 @@ class Recognizer:
             probs = session.run(None, {input_name: warm})[0]
             if probs.shape != (1, len(classes)):
                 raise ModelLoadError(f"output shape {probs.shape} does not match {len(classes)} classes")
+            self._smoke_test(session, input_name, classes)
         except Exception as exc:
             MODEL_SWAPS.labels(outcome="failed").inc()
             raise ModelLoadError(f"model {version} failed to load: {exc}") from exc
@@ -119,6 +125,24 @@ class Recognizer:
         MODEL_SWAPS.labels(outcome="ok").inc()
         MODEL_VERSION.set(version)
         return loaded
+
+    def _smoke_test(
+        self, session: ort.InferenceSession, input_name: str, classes: tuple[str, ...]
+    ) -> None:
+        """The new model must recognise the site's own golden photos before it serves."""
+        if self._golden is None:
+            return
+        known = [p for p in self._golden.photos() if p.sku in classes]
+        if not known:
+            return
+        batch = np.concatenate([self.tensor(p.data) for p in known])
+        predicted = session.run(None, {input_name: batch})[0].argmax(axis=1)
+        top1 = float(np.mean([classes[i] == p.sku for i, p in zip(predicted, known, strict=True)]))
+        if top1 < self._min_golden_top1:
+            raise ModelLoadError(
+                f"smoke test failed: top-1 {top1:.2f} on {len(known)} golden photos of this site, "
+                f"below {self._min_golden_top1:.2f}"
+            )
 
     def tensor(self, data: bytes) -> np.ndarray:
         """Decode at reduced size where the format allows, then the training preprocessing."""

@@ -13,6 +13,7 @@ from edge2core.common.metrics import (
     PHOTOS_RECEIVED,
 )
 from edge2core.edge.dedup import NearDuplicateWindow
+from edge2core.edge.golden import GoldenSet
 from edge2core.edge.prepare import PreparedPhoto, PreparePolicy, Redactor, prepare
 from edge2core.edge.spool import Spool
 
@@ -44,6 +45,7 @@ class Intake:
         *,
         redactor: Redactor | None = None,
         near_duplicates: NearDuplicateWindow | None = None,
+        golden: GoldenSet | None = None,
     ) -> None:
         self.site = site
         self.policy = policy
@@ -51,6 +53,7 @@ class Intake:
         self._on_spooled = on_spooled
         self._redactor = redactor
         self._near = near_duplicates or NearDuplicateWindow(window_s=0)
+        self._golden = golden
 
     def prepare(self, data: bytes) -> PreparedPhoto:
         return prepare(data, self.policy, self._redactor)
@@ -67,6 +70,8 @@ class Intake:
             return IntakeReceipt(sha256=earlier, size=len(prepared.data), duplicate=True)
         receipt = self._spool_prepared(prepared, meta)
         self._near.remember(meta.device, prepared.phash, receipt.sha256, meta.sku)
+        if self._golden is not None and meta.source == Source.KIOSK and meta.sku:
+            self._golden.offer(meta.sku, receipt.sha256, prepared.data)
         PHOTOS_RECEIVED.labels(door=door, source=meta.source.value).inc()
         return receipt
 

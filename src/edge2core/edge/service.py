@@ -32,6 +32,7 @@ from edge2core.edge.faces import (
 )
 from edge2core.edge.forwarder import EventSink, Forwarder
 from edge2core.edge.gateway import Gateway, MqttHandlers
+from edge2core.edge.golden import GoldenSet
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.model_agent import ModelAgent
@@ -136,12 +137,14 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
     )
     spool = Spool(data / "spool", settings.spool_budget_bytes, WhenFull(settings.when_full))
     catalogue = CatalogueReplica(data / "catalogue.json")
+    golden = GoldenSet(data / "golden")
     recognizer = Recognizer(
         catalogue,
         threads=settings.inference_threads,
         unrecognised_below=settings.unrecognised_below,
         top_k=settings.top_k,
         limits=DecodeLimits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels),
+        golden=golden,
     )
     core = CoreClient(
         settings.core_url, settings.token, resumable_above=settings.resumable_above_bytes
@@ -161,6 +164,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         spool,
         on_spooled=forwarder.wake,
         redactor=face_redactor(settings),
+        golden=golden,
         near_duplicates=NearDuplicateWindow(
             settings.near_duplicate_window_s, settings.near_duplicate_max_distance
         ),
