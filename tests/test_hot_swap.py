@@ -134,3 +134,65 @@ def test_a_model_that_fails_the_sites_golden_set_is_refused(
     with pytest.raises(ModelLoadError, match="smoke test failed"):
         good.load(scrambled, version=2, sha256="2" * 64)
     assert good.model is not None and good.model.version == 1  # the old one keeps serving
+
+
+def test_live_watch_flags_a_confidence_fall_and_failing_runs() -> None:
+    from edge2core.edge.live_watch import LiveWatch, WatchPolicy
+
+    watch = LiveWatch(WatchPolicy(window=10, max_confidence_drop=0.2, max_error_rate=0.3))
+    watch.swapped(1)
+    for _ in range(10):
+        assert not watch.observe(1, 0.9)
+    watch.swapped(2)  # version 1's mean (0.9) is the baseline now
+    assert not any(watch.observe(2, 0.8) for _ in range(10))  # a small drop is fine
+    watch.swapped(3)
+    verdicts = [watch.observe(3, 0.5) for _ in range(10)]
+    assert verdicts[-1] and not any(verdicts[:-1])  # judged only once the window is full
+    watch.swapped(4)
+    assert [watch.observe(4, None if i % 2 else 0.9) for i in range(10)][-1]  # half failing
+    assert not watch.observe(99, 0.0)  # answers of another version do not count
+
+
+def _unsure_copy(model_path: Path, dest: Path) -> Path:
+    """The same model with its output flattened to uniform: a version that has lost its way."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(model_path))
+    out = proto.graph.output[0]
+    classes = out.type.tensor_type.shape.dim[1].dim_value
+    for node in proto.graph.node:
+        node.output[:] = ["raw_probs" if o == out.name else o for o in node.output]
+    proto.graph.initializer.extend([
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        numpy_helper.from_array(np.full(1, 1 / classes, np.float32), "uniform"),
+    ])
+    proto.graph.node.extend([
+        helper.make_node("Mul", ["raw_probs", "zero"], ["flat"]),
+        helper.make_node("Add", ["flat", "uniform"], [out.name]),
+    ])
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_a_live_model_whose_confidence_falls_off_is_rolled_back(
+    tmp_path: Path, trained_model: TrainedModel  # noqa: F811
+) -> None:
+    from edge2core.edge.live_watch import LiveWatch, WatchPolicy
+
+    catalogue = CatalogueReplica(tmp_path / "catalogue.json")
+    catalogue.replace(list(trained_model.products))
+    recognizer = Recognizer(catalogue, watch=LiveWatch(WatchPolicy(window=8)))
+    recognizer.load(trained_model.path, version=1, sha256=trained_model.sha256)
+    photos = [p for product in range(3) for p in trained_model.held_out(product)]
+    for photo in photos[:8]:
+        assert recognizer.recognize(photo).model_version == 1
+    recognizer.load(_unsure_copy(trained_model.path, tmp_path / "v2.onnx"), version=2,
+                    sha256="2" * 64)
+
+    versions = [recognizer.recognize(photo).model_version for photo in photos[:8]]
+    assert versions == [2] * 8  # it served until the window was full...
+    assert recognizer.model is not None and recognizer.model.version == 1  # ...then rolled back
+    assert "2" * 64 in recognizer.rolled_back
+    assert recognizer.recognize(photos[0]).model_version == 1

@@ -18,10 +18,14 @@ from pydantic import BaseModel
 
 from edge2core.common.events import Guess
 from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
+from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.golden import GoldenSet
+from edge2core.edge.live_watch import LiveWatch
+
+log = get_logger(__name__)
 
 
 class NoModel(RuntimeError):
@@ -87,6 +91,7 @@ class Recognizer:
         limits: DecodeLimits = DecodeLimits(),
         golden: GoldenSet | None = None,
         min_golden_top1: float = 0.5,
+        watch: LiveWatch | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._threads = threads
@@ -97,6 +102,10 @@ class Recognizer:
         self._golden = golden
         self._min_golden_top1 = min_golden_top1
         self._model: LoadedModel | None = None
+        self._previous: LoadedModel | None = None
+        self._watch = watch or LiveWatch()
+        # Versions rolled back after going live: the model agent will not load them again.
+        self.rolled_back: set[str] = set()
         self._swap_lock = threading.Lock()
 
     @property
@@ -121,7 +130,8 @@ class Recognizer:
             raise ModelLoadError(f"model {version} failed to load: {exc}") from exc
         loaded = LoadedModel(version, sha256, classes, session, input_name, threshold)
         with self._swap_lock:
-            self._model = loaded
+            self._previous, self._model = self._model, loaded
+            self._watch.swapped(version)
         MODEL_SWAPS.labels(outcome="ok").inc()
         MODEL_VERSION.set(version)
         return loaded
@@ -156,8 +166,31 @@ class Recognizer:
         model = self._model
         if model is None:
             raise NoModel("no model loaded yet; the edge is waiting for one from the core")
-        probs = model.session.run(None, {model.input_name: self.tensor(data)})[0][0]
-        return self._answer(model, probs, start, request_id)
+        tensor = self.tensor(data)  # a bad photo is the sender's fault, not the model's
+        try:
+            probs = model.session.run(None, {model.input_name: tensor})[0][0]
+        except Exception:
+            self._judge(model, None)
+            raise
+        answer = self._answer(model, probs, start, request_id)
+        self._judge(model, answer.confidence)
+        return answer
+
+    def _judge(self, model: LoadedModel, confidence: float | None) -> None:
+        if self._watch.observe(model.version, confidence):
+            self._roll_back(model)
+
+    def _roll_back(self, failing: LoadedModel) -> None:
+        with self._swap_lock:
+            if self._model is not failing or self._previous is None:
+                return
+            self._model, self._previous = self._previous, None
+            self._watch.swapped(self._model.version)
+        self.rolled_back.add(failing.sha256)
+        MODEL_SWAPS.labels(outcome="rolled_back").inc()
+        MODEL_VERSION.set(self._model.version)
+        log.error("model rolled back: its live answers fell off", failing=failing.version,
+                  serving=self._model.version)
 
     def _answer(
         self, model: LoadedModel, probs: np.ndarray, start: float, request_id: str | None

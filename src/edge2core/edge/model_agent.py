@@ -76,7 +76,7 @@ class ModelAgent:
         current = self._recognizer.model
         if desired is None or (current and current.sha256 == desired.sha256):
             return False
-        if desired.sha256 in self._refused:
+        if desired.sha256 in self._refused or desired.sha256 in self._recognizer.rolled_back:
             return False
         await self._refresh_catalogue()
         path = self._artifact(desired)
