@@ -13,7 +13,6 @@ POST /recognize with the photo as the raw body; answers {"top_k": [{"sku", "conf
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
