@@ -185,6 +185,10 @@ class EdgeSettings(_Settings):
     )
     top_k: int = 3
     inference_threads: int = 1
+    recognize_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 2, ge=1,
+        description="MQTT recognition requests handled at once (one ORT thread each)",
+    )
     model_poll_s: float = 60.0
     model_public_key: str | None = Field(
         default=None, description="base64 Ed25519 key models must be signed with; else pinned"

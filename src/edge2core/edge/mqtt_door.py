@@ -8,6 +8,7 @@ anything unacknowledged, so a crash of the edge loses nothing the broker accepte
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,11 +56,19 @@ class MqttDoor:
     """Runs `handler` for each message on its own network thread; acks when it returns True."""
 
     def __init__(
-        self, endpoint: MqttEndpoint, client_id: str, topics: list[str], handler: Handler
+        self,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        topics: list[str],
+        handler: Handler,
+        workers: int = 0,
     ) -> None:
         self._endpoint = endpoint
         self._topics = topics
         self._handler = handler
+        # With workers, handlers run off the network thread (recognition: every core busy, the
+        # next message read at once); without, in order on it (captures).
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=client_id) if workers else None
         self._subscribed = threading.Event()
         self.client = make_client(endpoint, client_id, persistent=True, manual_ack=True)
         self.client.on_connect = self._on_connect
@@ -77,6 +86,8 @@ class MqttDoor:
             )
 
     def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -94,6 +105,12 @@ class MqttDoor:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if self._pool is not None:
+            self._pool.submit(self._handle, client, msg)
+        else:
+            self._handle(client, msg)
+
+    def _handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         try:
             done = self._handler(msg, self.publish)
         except Exception:

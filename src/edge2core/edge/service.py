@@ -210,7 +210,11 @@ def start_doors(
     doors = [
         MqttDoor(endpoint, f"e2c-{settings.site}-capture", [subs["kiosk"]], handlers.on_capture),
         MqttDoor(
-            endpoint, f"e2c-{settings.site}-recognize", [subs["shopper"]], handlers.on_recognize
+            endpoint,
+            f"e2c-{settings.site}-recognize",
+            [subs["shopper"]],
+            handlers.on_recognize,
+            workers=settings.recognize_workers,
         ),
     ]
     for door in doors:
