@@ -15,6 +15,8 @@ class CatalogueReplica:
         self._path = path
         self._lock = threading.Lock()
         self._products: dict[str, Product] = {}
+        # Bumped on every change, so readers can cache what they derive from the catalogue.
+        self.revision = 0
         if path.is_file():
             self._products = {
                 p["sku"]: Product.model_validate(p) for p in json.loads(path.read_text())
@@ -26,6 +28,7 @@ class CatalogueReplica:
         write_atomic(self._path, [payload])
         with self._lock:
             self._products = {p.sku: p for p in products}
+            self.revision += 1
 
     def get(self, sku: str) -> Product | None:
         return self._products.get(sku)

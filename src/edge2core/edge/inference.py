@@ -103,6 +103,7 @@ class Recognizer:
         self._min_golden_top1 = min_golden_top1
         self._model: LoadedModel | None = None
         self._previous: LoadedModel | None = None
+        self._mask: tuple[tuple[str, int, int], np.ndarray] | None = None
         self._watch = watch or LiveWatch()
         # Versions rolled back after going live: the model agent will not load them again.
         self.rolled_back: set[str] = set()
@@ -195,7 +196,7 @@ class Recognizer:
     def _answer(
         self, model: LoadedModel, probs: np.ndarray, start: float, request_id: str | None
     ) -> Answer:
-        sellable = np.array([self._catalogue.is_sellable(c) for c in model.classes])
+        sellable = self._sellable(model)
         # Retired products are masked here at once, before any retraining removes them.
         masked = np.where(sellable, probs, 0.0)
         order = np.argsort(-masked)[: self._top_k]
@@ -219,6 +220,16 @@ class Recognizer:
             latency_ms=(time.perf_counter() - start) * 1000,
             request_id=request_id,
         )
+
+    def _sellable(self, model: LoadedModel) -> np.ndarray:
+        """Which classes may be answered; rebuilt only when the model or catalogue changes,
+        not on every request."""
+        key = (model.sha256, model.version, self._catalogue.revision)
+        cached = self._mask
+        if cached is None or cached[0] != key:
+            mask = np.array([self._catalogue.is_sellable(c) for c in model.classes])
+            cached = self._mask = (key, mask)
+        return cached[1]
 
     def threshold(self, model: LoadedModel) -> float:
         if self._threshold is not None:
