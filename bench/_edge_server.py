@@ -30,6 +30,7 @@ from edge2core.edge.api import create_edge_app
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.gateway import Gateway
 from edge2core.edge.inference import Recognizer
+from edge2core.edge.inference_pool import InferencePool
 from edge2core.edge.intake import Intake
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.service import start_doors
@@ -56,7 +57,8 @@ def main() -> None:
                             unrecognised_below=settings.unrecognised_below, top_k=settings.top_k)
     recognizer.load(args.model, version=1, sha256=args.sha256)
     spool = Spool(settings.data_dir / "spool", settings.spool_budget_bytes)
-    gateway = Gateway(Intake(settings.site, PreparePolicy(), spool), recognizer)
+    gateway = Gateway(Intake(settings.site, PreparePolicy(), spool), recognizer,
+                      InferencePool.for_settings(recognizer, settings))
     app = create_edge_app(gateway, settings.site, dict, settings.max_bytes)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.http_port,
                                            log_config=None, access_log=False))
@@ -65,6 +67,8 @@ def main() -> None:
     wait_for_port("127.0.0.1", args.http_port, 30)
     doors = start_doors(settings, gateway)
     print("READY", flush=True)
+    print(f"pool workers={gateway.pool.workers} max_batch={gateway.pool.max_batch} "
+          f"max_wait_s={gateway.pool.max_wait_s}", file=sys.stderr, flush=True)
     try:
         for line in sys.stdin:
             command = line.split()
@@ -79,6 +83,9 @@ def main() -> None:
                     outcome = f"error:{exc!r}".replace("\n", " ")
                 print(f"SWAPPED {time.perf_counter() - start:.4f} {outcome}", flush=True)
     finally:
+        if gateway.pool.batches:
+            print(f"pool: {gateway.pool.batched_requests} requests in {gateway.pool.batches} runs",
+                  file=sys.stderr, flush=True)
         for door in doors:
             door.stop()
         server.should_exit = True

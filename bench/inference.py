@@ -19,7 +19,12 @@ each at concurrency 1 and 16, targets alternated run by run. Then a hot swap und
 
 Last stdout line: JSON with limit_p50_ms, http_p50_ms, http_p99_ms, mqtt_p50_ms, mqtt_p99_ms,
 http_c16_rps, limit_c16_rps, peer_p50_ms, peer_c16_rps, swap_failed_requests, swap_p99_ms,
-the ratios ours / in-process limit and ours / peer, and the details per target.
+the ratios ours / in-process limit, ours / limit and ours / peer, the edge's inference pool
+settings, and the details per target. The edge reads E2C_EDGE_* variables, so e.g.
+
+    E2C_EDGE_RECOGNIZE_BATCH_MAX=4 E2C_EDGE_RECOGNIZE_BATCH_WAIT_MS=1 .venv/bin/python bench/inference.py --quick
+
+measures micro-batching.
 """
 
 from __future__ import annotations
@@ -659,6 +664,10 @@ def main() -> None:
                                         get("inproc", CONCURRENCY, "rps")),
         "http_vs_limit_c16_rps": ratio(get("http", CONCURRENCY, "rps"),
                                        get("limit", CONCURRENCY, "rps")),
+        "mqtt_vs_limit_c16_rps": ratio(get("mqtt", CONCURRENCY, "rps"),
+                                       get("limit", CONCURRENCY, "rps")),
+        "http_vs_limit_p50": ratio(get("http", 1, "p50_ms"), get("limit", 1, "p50_ms")),
+        "mqtt_vs_limit_p50": ratio(get("mqtt", 1, "p50_ms"), get("limit", 1, "p50_ms")),
         "http_vs_peer_p50": ratio(get("http", 1, "p50_ms"), get("peer", 1, "p50_ms")),
         "mqtt_vs_peer_p50": ratio(get("mqtt", 1, "p50_ms"), get("peer", 1, "p50_ms")),
         "http_vs_peer_c16_rps": ratio(get("http", CONCURRENCY, "rps"),
@@ -671,6 +680,10 @@ def main() -> None:
         "repeats": repeats,
         "concurrency": CONCURRENCY,
         "inference_threads": THREADS,
+        # The edge's shared inference pool, as configured (E2C_EDGE_RECOGNIZE_* variables apply).
+        "recognize_workers": EdgeSettings().recognize_workers,
+        "recognize_batch_max": EdgeSettings().recognize_batch_max,
+        "recognize_batch_wait_ms": EdgeSettings().recognize_batch_wait_ms,
         "cpus": os.cpu_count(),
         "measure_s": round(time.perf_counter() - started, 1),
         "swap_target_p99_ratio": 2.0,

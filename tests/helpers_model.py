@@ -51,6 +51,16 @@ def catalogue_products() -> list[Product]:
     return out
 
 
+def tweaked_copy(model: bytes, note: str) -> bytes:
+    """The same network with different bytes (a metadata entry), so a new sha256."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "note", note
+    return proto.SerializeToString()
+
+
 _lock = threading.Lock()
 _built: TrainedModel | None = None
 
@@ -92,3 +102,54 @@ def build_model(out_dir: Path) -> TrainedModel:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     return build_model(tmp_path_factory.mktemp("model"))
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """The same classifier as backbone + heads, as the trainer registers its fast updates:
+    two heads on one backbone, and each full file composed from them."""
+
+    backbone: bytes
+    heads: tuple[bytes, bytes]
+    fulls: tuple[bytes, bytes]
+    classes: tuple[str, ...]
+
+
+_split: SplitModel | None = None
+
+
+def build_split_model() -> SplitModel:
+    global _split
+    with _lock:
+        if _split is not None:
+            return _split
+        import numpy as np
+
+        from edge2core.common.onnx_models import compose_onnx
+        from edge2core.core.backbone import BACKBONE_ID, load_backbone
+        from edge2core.core.export import export_backbone_onnx, head_onnx
+        from edge2core.core.training import embed, train_head
+
+        images, labels = [], []
+        for p in range(PRODUCTS):
+            for i in TRAIN_PHOTOS:
+                with Image.open(io.BytesIO(render_photo(p, i))) as im:
+                    images.append(im.convert("RGB"))
+                labels.append(p)
+        backbone = load_backbone()
+        features = embed(backbone, images)
+        classes = [sku(p) for p in range(PRODUCTS)]
+        y = np.array(labels, dtype=np.int64)
+        # The second head learns from all photos but the first of each product: other weights.
+        later = np.arange(len(y)) % len(TRAIN_PHOTOS) != 0
+        heads = tuple(head_onnx(train_head(features[rows], y[rows], classes, seed=0), BACKBONE_ID)
+                      for rows in (np.ones(len(y), dtype=bool), later))
+        backbone_bytes = export_backbone_onnx(backbone, BACKBONE_ID)
+        fulls = tuple(compose_onnx(backbone_bytes, h) for h in heads)
+        _split = SplitModel(backbone_bytes, heads, fulls, tuple(classes))  # type: ignore[arg-type]
+        return _split
+
+
+@pytest.fixture(scope="session")
+def split_model() -> SplitModel:
+    return build_split_model()

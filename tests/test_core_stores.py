@@ -23,6 +23,7 @@ from edge2core.core.receiver import ImageReceiver, UploadError, stable_split
 from edge2core.core.registry import ModelRegistry
 from edge2core.core.schema import ImageRow
 from tests.conftest import jpeg_bytes
+from tests.recorded_sites import RecordedSites
 
 VAL_PERCENT = 20
 
@@ -323,7 +324,7 @@ def register(registry: ModelRegistry, artifact: bytes, **kw: object):
 
 def test_registry_versions_and_stages(store, sessions) -> None:
     published: list[ModelPublished] = []
-    registry = ModelRegistry(store, sessions, on_production=published.append)
+    registry = ModelRegistry(store, sessions, RecordedSites(published))
     assert registry.production() is None
 
     v1 = register(registry, b"onnx model one")
@@ -348,7 +349,7 @@ def test_registry_versions_and_stages(store, sessions) -> None:
 
 def test_registry_candidate_and_promotion(store, sessions) -> None:
     published: list[ModelPublished] = []
-    registry = ModelRegistry(store, sessions, on_production=published.append)
+    registry = ModelRegistry(store, sessions, RecordedSites(published))
     register(registry, b"model one")
     candidate = register(registry, b"model two", promote=False)
     assert candidate.stage == "candidate"
@@ -369,7 +370,7 @@ def test_registry_candidate_and_promotion(store, sessions) -> None:
 
 def test_registry_unknown_versions(store, sessions) -> None:
     published: list[ModelPublished] = []
-    registry = ModelRegistry(store, sessions, on_production=published.append)
+    registry = ModelRegistry(store, sessions, RecordedSites(published))
     register(registry, b"model one")
     with pytest.raises(LookupError, match="model version 7 does not exist"):
         registry.get(7)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+from helpers_model import TrainedModel, sku, trained_model, tweaked_copy  # noqa: F401 (fixture)
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
@@ -309,16 +309,6 @@ async def test_upload_client_classifies_core_answers(start_core: Callable[..., C
 # --------------------------------------------------------------------------- model agent
 
 
-def tweaked_copy(model: bytes, note: str) -> bytes:
-    """The same network with different bytes (a metadata entry), so a new sha256."""
-    import onnx
-
-    proto = onnx.load_from_string(model)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "note", note
-    return proto.SerializeToString()
-
-
 async def test_model_agent_downloads_verifies_and_serves(
     tmp_path: Path, core_services: CoreServices, start_core: Callable[..., CoreServer],
     trained_model: TrainedModel,  # noqa: F811
@@ -466,7 +456,7 @@ async def test_model_download_resumes_where_it_stopped(
         metrics={}, params={})
     client = CoreClient(core.url)
     try:
-        desired = await client.production_model()
+        desired = await client.desired_model("site1")
         assert desired is not None
         dest = tmp_path / "models" / "1.onnx"
         dest.parent.mkdir()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.recorded_sites import RecordedSites
+
 REPO = Path(__file__).resolve().parents[1]
 DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
 FINE_IDS = (4, 30, 45, 63)  # four products from different coarse classes
@@ -76,7 +78,7 @@ def core(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("core")
     announced: list = []
-    services = build_core_services(CoreSettings(data_dir=data_dir), announcer=announced.append)
+    services = build_core_services(CoreSettings(data_dir=data_dir), RecordedSites(announced))
     services.announced = announced
     services.data_dir = data_dir
     names = _classes()
@@ -239,8 +241,10 @@ def test_gate_blocks_a_worse_model_force_and_rollback(core, first) -> None:
     assert core.announced[-1].version == prod.version
     # the same model again passes the gate (no drop)
     again = core.trainer.train(core.dataset.version, seed=0, promote=False)
-    canary = core.registry.promote(again.model.version, stage="canary")
+    canary = core.registry.promote(again.model.version, stage="canary", sites=["store-9"])
     assert canary.stage == "canary" and core.registry.production().version == prod.version
+    assert canary.canary_sites == ["store-9"]
+    assert core.registry.desired_for("store-9").version == again.model.version
 
 
 def test_models_api(core, first) -> None:

@@ -187,9 +187,28 @@ class EdgeSettings(_Settings):
     inference_threads: int = 1
     recognize_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 2, ge=1,
-        description="MQTT recognition requests handled at once (one ORT thread each)",
+        description="recognition requests (HTTP and MQTT, one shared pool) run at once, each "
+        "with inference_threads ORT threads; more wait in the pool's queue",
     )
-    model_poll_s: float = 60.0
+    recognize_batch_max: int = Field(
+        default=1, ge=1, le=64,
+        description="micro-batching: up to this many waiting requests go through one "
+        "session.run (1 = off; measured not to pay on a 2-core CPU, see docs/architecture.md)",
+    )
+    recognize_batch_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=50.0,
+        description="how long a worker waits for more requests to fill a batch (0: only "
+        "those already waiting)",
+    )
+    recognize_queue_max: int = Field(
+        default=1024, ge=1,
+        description="recognition requests waiting beyond this are refused (HTTP 503, MQTT "
+        "error 'overloaded')",
+    )
+    model_poll_s: float = Field(
+        default=600.0, gt=0,
+        description="HTTP check of the desired model: a safety net beside the KV watch",
+    )
     model_public_key: str | None = Field(
         default=None, description="base64 Ed25519 key models must be signed with; else pinned"
     )

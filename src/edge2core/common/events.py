@@ -74,8 +74,16 @@ class PhotoForwarded(BaseModel):
     forwarded_at: datetime = Field(default_factory=utcnow)
 
 
+class ArtifactPointer(BaseModel):
+    """One downloadable part of a model version (resumable with HTTP Range)."""
+
+    sha256: str
+    size: int
+    url_path: str
+
+
 class ModelPublished(BaseModel):
-    """Event and KV value: a model version the edge sites should run."""
+    """KV value: a model version the edge sites should run."""
 
     version: int
     sha256: str
@@ -85,6 +93,10 @@ class ModelPublished(BaseModel):
     published_at: datetime = Field(default_factory=utcnow)
     # Confidence below which the edge answers "unrecognised", calibrated on val at training.
     recognised_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Delta delivery: the full file is exactly compose(backbone, head), so a site that holds
+    # this backbone fetches the head alone (kilobytes) and checks the composed file's sha256.
+    head: ArtifactPointer | None = None
+    backbone: ArtifactPointer | None = None
 
 
 def calibrated_threshold(metrics: dict[str, Any]) -> float | None:
@@ -98,5 +110,20 @@ def events_subject(site: str, kind: str) -> str:
     return f"e2c.events.{site}.{kind}"
 
 
-# Core -> every edge (over the leaf node): the production model changed.
-MODELS_SUBJECT = "e2c.models.production"
+# Desired state the core keeps for its sites in JetStream KV buckets (domain of the core), which
+# every edge watches over its leaf link: the model each site should run, and the catalogue.
+DEPLOY_BUCKET = "e2c-deploy"
+FLEET_KEY = "fleet"
+CATALOGUE_BUCKET = "e2c-catalogue"
+
+
+def site_key(site: str) -> str:
+    """A site's own desired model (a canary); absent, the site follows FLEET_KEY."""
+    return f"site.{site}"
+
+
+def product_key(sku: str) -> str:
+    """KV keys allow [-/_=.a-zA-Z0-9]; other SKUs are hex-encoded so every SKU fits."""
+    if all(c.isascii() and (c.isalnum() or c in "-_=") for c in sku):
+        return f"sku.{sku}"
+    return f"skux.{sku.encode().hex()}"

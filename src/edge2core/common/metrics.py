@@ -45,6 +45,10 @@ RECOGNITION_SECONDS = Histogram(
 )
 MODEL_VERSION = Gauge("e2c_model_version", "Model version serving at this edge")
 MODEL_SWAPS = Counter("e2c_model_swaps_total", "Model loads", ["outcome"])
+MODEL_DELIVERY_BYTES = Counter(
+    "e2c_model_delivery_bytes_total", "Model bytes downloaded by kind (full, backbone, head)",
+    ["kind"],
+)
 CORE_IMAGES = Counter("e2c_core_images_total", "Photos stored at the core", ["outcome"])
 
 

@@ -200,7 +200,9 @@ def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
         return []
     lines = ["leafnodes {"]
     if cfg.leafnode_port is not None:
-        lines += [f"  host: {_q(cfg.host)}", f"  port: {cfg.leafnode_port}"]
+        # Sites reach the core through whatever address they were given (NAT, a proxy, a
+        # load balancer): never tell them to use the core's own listening address instead.
+        lines += [f"  host: {_q(cfg.host)}", f"  port: {cfg.leafnode_port}", "  no_advertise: true"]
     if cfg.leafnode_remotes:
         lines.append("  remotes: [")
         lines += [f"    {{ url: {_q(url)} }}" for url in cfg.leafnode_remotes]

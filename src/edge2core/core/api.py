@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
-from edge2core.common.events import META_HEADER, PhotoRecord
+from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES, mount_metrics
 from edge2core.common.objectstore import ObjectStore
-from edge2core.common.products import Product
+from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_models import models_router
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
@@ -152,23 +152,38 @@ def create_core_app(services: CoreServices) -> FastAPI:
             raise LookupError("no model is in production yet")
         return model
 
+    @app.get("/v1/sites/{site}/model")
+    def site_model(site: str) -> ModelPublished:
+        """What a site should run (a canary targeting it, else production): the HTTP twin of
+        the `e2c-deploy` KV bucket, for sites without a leaf link."""
+        model = services.registry.desired_for(site)
+        if model is None:
+            raise LookupError("no model is in production yet")
+        return model.published()
+
     @app.get("/v1/models/{version}")
     def get_model(version: int) -> ModelInfo:
         return services.registry.get(version)
 
     @app.get("/v1/models/{version}/artifact")
-    def model_artifact(version: int, range_: str = Header("", alias="Range")) -> Response:
-        """The model file; `Range: bytes=N-` resumes an interrupted download at byte N."""
+    def model_artifact(
+        version: int, kind: str = "full", range_: str = Header("", alias="Range")
+    ) -> Response:
+        """A model file (`kind`: full, head, backbone, int8); `Range: bytes=N-` resumes an
+        interrupted download at byte N."""
         model = services.registry.get(version)
-        start = resume_offset(range_, model.size)
+        ref = model.artifacts.get(kind)
+        if ref is None:
+            raise LookupError(f"model {version} has no {kind!r} artefact")
+        start = resume_offset(range_, ref.size)
         if start is None:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{model.size}"})
-        handle = services.store.open(model.artifact_key)
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{ref.size}"})
+        handle = services.store.open(ref.key)
         handle.seek(start)
-        headers = {"Content-Length": str(model.size - start), "X-E2C-Sha256": model.sha256,
+        headers = {"Content-Length": str(ref.size - start), "X-E2C-Sha256": ref.sha256,
                    "Accept-Ranges": "bytes"}
         if start:
-            headers["Content-Range"] = f"bytes {start}-{model.size - 1}/{model.size}"
+            headers["Content-Range"] = f"bytes {start}-{ref.size - 1}/{ref.size}"
         return StreamingResponse(
             iter(lambda: handle.read(1 << 20), b""),
             status_code=206 if start else 200,
@@ -177,21 +192,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
             background=BackgroundTask(handle.close),
         )
 
-    @app.get("/v1/catalogue/products")
-    def list_products() -> list[Product]:
-        return services.catalogue.list()
-
-    @app.put("/v1/catalogue/products")
-    def upsert_products(products: list[Product]) -> dict[str, int]:
-        return {"upserted": services.catalogue.upsert(products)}
-
-    @app.get("/v1/catalogue/products/{sku}")
-    def get_product(sku: str) -> Product:
-        product = services.catalogue.get(sku)
-        if product is None:
-            raise HTTPException(404, f"no product {sku!r}")
-        return product
-
+    app.include_router(catalogue_router(services))  # products, promotions, images, audit
     app.include_router(models_router(services))  # registry: compare, promote, rollback, ...
     app.include_router(core_routes(services))  # uploads, datasets, labelling, governance
     return app

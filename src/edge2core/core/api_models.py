@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from edge2core.common.signing import SignatureError
 from edge2core.core.registry import GateBlocked, ModelInfo
@@ -20,6 +20,7 @@ class PromoteRequest(BaseModel):
     stage: str = "production"
     force: bool = False
     reason: str = ""
+    sites: list[str] = Field(default_factory=list, description="a canary's sites")
 
 
 class RollbackRequest(BaseModel):
@@ -93,7 +94,8 @@ def models_router(services: Any) -> APIRouter:
     async def promote(version: int, req: PromoteRequest) -> ModelInfo:
         try:
             return await run_in_threadpool(
-                lambda: registry.promote(version, stage=req.stage, force=req.force, reason=req.reason))
+                lambda: registry.promote(version, stage=req.stage, force=req.force, reason=req.reason,
+                                 sites=req.sites))
         except GateBlocked as exc:
             report = exc.report.model_dump(mode="json") if hasattr(exc.report, "model_dump") else exc.report
             return JSONResponse({"error": "gate_failed", "detail": str(exc), "report": report}, status_code=409)

@@ -105,13 +105,17 @@ def promote(
     stage: Annotated[str, typer.Option(help="production, canary or candidate.")] = "production",
     force: Annotated[bool, typer.Option("--force", help="Override a failed gate (needs --reason).")] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the model's history).")] = "",
+    site: Annotated[list[str] | None, typer.Option(
+        "--site", help="A canary's site (repeat for several); needed with --stage canary.")] = None,
     url: UrlOpt = None,
 ) -> None:
     """Promote a version; the promotion gate is enforced unless --force with a --reason.
     Exit code 2 when the gate blocks it."""
     model = _call("POST", url, f"/v1/models/{version}/promote",
-                  json={"stage": stage, "force": force, "reason": reason}, timeout=600)
-    typer.echo(f"model {model['version']} is now {model['stage']}")
+                  json={"stage": stage, "force": force, "reason": reason, "sites": site or []},
+                  timeout=600)
+    where = f" on {', '.join(model['canary_sites'])}" if model.get("canary_sites") else ""
+    typer.echo(f"model {model['version']} is now {model['stage']}{where}")
 
 
 @models_app.command("rollback")

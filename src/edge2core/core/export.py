@@ -42,6 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge2core.common.onnx_models import (  # noqa: F401 (compose_onnx is part of this API)
+    EMBEDDING_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    compose_onnx,
+    set_metadata as _set_metadata,
+)
 from edge2core.common.preprocess import IMAGE_SIZE, NORMALIZATION
 from edge2core.core.backbone import BACKBONE_ID
 from edge2core.core.training import HeadModel
@@ -53,8 +60,6 @@ __all__ = [
     "read_onnx_metadata",
 ]
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 FORMAT_VERSION = "1"
 MIN_OPSET = 18
 
@@ -200,7 +205,6 @@ def decode_metadata(custom_metadata_map: dict[str, str]) -> dict[str, Any]:
 # the edge runs is the two composed with ``onnx.compose.merge_models``.  Composition copies
 # protobufs (well under a second); a torch export takes tens of seconds on 2 cores.
 
-EMBEDDING_NAME = "embedding"
 
 
 class _Embedder(nn.Module):
@@ -225,14 +229,6 @@ def _metadata(classes: list[str] | None, backbone_version: str, extra: dict[str,
         meta["classes"] = json.dumps(list(classes))
     meta.update(extra or {})
     return meta
-
-
-def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    proto.producer_name = "edge2core"
 
 
 def export_backbone_onnx(
@@ -289,50 +285,6 @@ def head_onnx(
     _set_metadata(proto, meta)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
-
-
-def compose_onnx(
-    backbone_onnx: bytes | Any,
-    head_bytes: bytes,
-    *,
-    extra_meta: dict[str, str] | None = None,
-) -> bytes:
-    """backbone (``image`` -> ``embedding``) + head (``embedding`` -> ``probabilities``) as
-    ONE self-contained ONNX file in the edge's format (input ``image``, output
-    ``probabilities``, ``classes`` metadata).  ``backbone_onnx`` may be bytes or a parsed
-    ``ModelProto`` (parse once, compose many)."""
-    import onnx
-    from onnx import compose
-
-    backbone = backbone_onnx if not isinstance(backbone_onnx, (bytes, bytearray)) else onnx.load_from_string(bytes(backbone_onnx))
-    head = onnx.load_from_string(head_bytes)
-    head.ir_version = backbone.ir_version
-    head_meta = {p.key: p.value for p in head.metadata_props}
-    backbone_meta = {p.key: p.value for p in backbone.metadata_props}
-    if head_meta.get("backbone") != backbone_meta.get("backbone"):
-        raise ValueError(
-            f"head was trained on backbone {head_meta.get('backbone')!r}, "
-            f"not {backbone_meta.get('backbone')!r}"
-        )
-    # merge_models wants both sides on the same opset imports
-    opsets = {o.domain: o.version for o in backbone.opset_import}
-    for o in head.opset_import:
-        if opsets.get(o.domain, o.version) != o.version:
-            raise ValueError(f"opset mismatch for domain {o.domain!r}")
-    # merge_models refuses differing metadata values: merge bare graphs, then set ours
-    saved = list(backbone.metadata_props)
-    del backbone.metadata_props[:]
-    del head.metadata_props[:]
-    try:
-        merged = compose.merge_models(backbone, head, io_map=[(EMBEDDING_NAME, EMBEDDING_NAME)])
-    finally:
-        backbone.metadata_props.extend(saved)
-    meta = {k: v for k, v in head_meta.items() if k not in ("role", "input_name")}
-    meta.update(role="full", input_name=INPUT_NAME, **(extra_meta or {}))
-    _set_metadata(merged, meta)
-    if [i.name for i in merged.graph.input] != [INPUT_NAME] or [o.name for o in merged.graph.output] != [OUTPUT_NAME]:
-        raise RuntimeError("composed model does not have the image -> probabilities interface")
-    return merged.SerializeToString()
 
 
 def quantize_backbone_int8(

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import Guess, utcnow
-from edge2core.common.products import Product, ProductStatus
-from edge2core.core.catalogue import Catalogue
+from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
+from edge2core.core.catalogue import Catalogue, DuplicateProduct
 from edge2core.core.schema import ImageRow, LabelTaskRow
 
 
@@ -64,11 +64,13 @@ class TaskPage(BaseModel):
 
 
 class NewProduct(BaseModel):
-    sku: str | None = Field(default=None, description="an existing pending SKU, or the new one's")
-    name: str | None = Field(default=None, description="required when the SKU is new")
-    coarse: str = ""
-    price: float = Field(default=0.0, ge=0)
-    currency: str = "EUR"
+    sku: str | None = Field(default=None, pattern=SKU_PATTERN,
+                            description="an existing pending SKU, or the new one's")
+    name: str | None = Field(default=None, min_length=1, max_length=200,
+                             description="required when the SKU is new")
+    coarse: str = Field(default="", max_length=200)
+    price: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
 
 
 class LabellingQueue:
@@ -136,10 +138,15 @@ class LabellingQueue:
         if existing is None:
             if not product.name:
                 raise UnknownSku(f"{sku!r} is new: give it a name")
-            self._catalogue.upsert([Product(
-                sku=sku, name=product.name, coarse=product.coarse, price=product.price,
-                currency=product.currency, status=ProductStatus.PENDING_DATA,
-            )])
+            try:
+                self._catalogue.add(Product(
+                    sku=sku, name=product.name, coarse=product.coarse, price=product.price,
+                    currency=product.currency, status=ProductStatus.PENDING_DATA,
+                ), by=by)
+            except DuplicateProduct:  # made meanwhile by another decision: fine if pending
+                made = self._catalogue.get(sku)
+                if made is None or made.status is not ProductStatus.PENDING_DATA:
+                    raise LabelConflict(f"{sku} was just added to the catalogue") from None
         return self._decide(sha256, LabelStatus.NEW_PRODUCT, lambda _t, _i: sku, by)
 
     def discard(self, sha256: str, by: str | None = None) -> LabelTask:

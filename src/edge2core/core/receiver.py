@@ -15,14 +15,14 @@ import io
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,16 @@ from edge2core.common.images import (
 from edge2core.common.objectstore import ObjectStore, image_key
 from edge2core.core.datasets import as_utc
 from edge2core.core.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
+
+# Bodies up to this size are kept in memory rather than staged in a file: prepared photos are
+# a few hundred KB; larger one-shot uploads (up to `max_upload_bytes`) stream to a staging file.
+IN_MEMORY_MAX = 8 * 1024 * 1024
+
+# `_record`'s answer for a photo erased between its upload's replay check and its commit.
+ERASED = "erased"
+
+_IMAGE_BY_SHA = select(ImageRow.key, ImageRow.size).where(ImageRow.sha256 == bindparam("sha"))
+_TOMBSTONE_BY_SHA = select(TombstoneRow.sha256).where(TombstoneRow.sha256 == bindparam("sha"))
 
 # Refusals that say something is wrong with the photo itself (kept in quarantine with the reason),
 # as opposed to transport problems (hash or size mismatch) that a resend fixes.
@@ -166,6 +176,7 @@ class ImageReceiver:
         self._store = store
         self.sessions = sessions
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]
         self.max_bytes = max_bytes
         self._max_bytes = max_bytes
         self._val_percent = val_percent
@@ -179,13 +190,10 @@ class ImageReceiver:
     # --- lookups -----------------------------------------------------------------------------
 
     def existing(self, sha256: str) -> Receipt | None:
-        with self._sessions() as session:
-            row = session.execute(
-                select(ImageRow.key, ImageRow.size).where(ImageRow.sha256 == sha256)
-            ).first()
-            erased = row is None and session.scalar(
-                select(TombstoneRow.sha256).where(TombstoneRow.sha256 == sha256)
-            ) is not None
+        # Plain SQL on a pooled connection (no ORM session): this runs once per upload.
+        with self._engine.connect() as conn:
+            row = conn.execute(_IMAGE_BY_SHA, {"sha": sha256}).first()
+            erased = row is None and conn.execute(_TOMBSTONE_BY_SHA, {"sha": sha256}).first() is not None
         if erased:
             return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
         if row is None or not self._store.exists(row.key):
@@ -196,10 +204,38 @@ class ImageReceiver:
 
     async def receive(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Receipt:
         loop = asyncio.get_running_loop()
+        if record.size <= IN_MEMORY_MAX:
+            # A photo-sized body is hashed as it arrives and kept in memory; everything else
+            # (replay check, verification, privacy, perceptual hash, store, record) happens in
+            # one hop to a worker thread, from those bytes, without a staging file.
+            data, actual, size = await self._read(body, record.size)
+            return await loop.run_in_executor(
+                self.io, self._receive_bytes, record, data, actual, size)
         if (done := await loop.run_in_executor(self.io, self.existing, record.sha256)) is not None:
             return done  # a replay (or an erased photo): acknowledged, not stored twice
         staged = await self._stage(record, body)
         return await loop.run_in_executor(self.io, self.accept, record, staged)
+
+    async def _read(self, body: AsyncIterable[bytes], declared: int) -> tuple[bytes, str, int]:
+        """The body in memory, its sha256 and its size. Bytes beyond the declared size are
+        hashed and counted (the upload fails verification) but not kept."""
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise UploadError(413, "too_large", f"over {self._max_bytes} bytes")
+            digest.update(chunk)
+            if size <= declared:
+                parts.append(chunk)
+        return b"".join(parts), digest.hexdigest(), size
+
+    def _receive_bytes(self, record: PhotoRecord, data: bytes, actual: str, size: int) -> Receipt:
+        if (done := self.existing(record.sha256)) is not None:
+            return done  # a replay (or an erased photo): acknowledged, not stored twice
+        self.verify(record, actual, size)
+        return self.accept_bytes(record, data)
 
     async def _stage(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Path:
         digest = hashlib.sha256()
@@ -239,13 +275,37 @@ class ImageReceiver:
         `staged` holds exactly the bytes named by `record.sha256` (already verified). It is
         gone when this returns or refuses the photo; on any other failure (the object store is
         down) it is removed too, unless `keep_on_failure` (resumable uploads retry).
-
-        The object write and the row's commit are each durable before this returns, and run
-        side by side (each waits on its own fsync); if the object write fails, a row made here
-        is taken back.
         """
         try:
             data = staged.read_bytes()
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+
+        def cleanup() -> None:
+            if not keep_on_failure:
+                staged.unlink(missing_ok=True)
+
+        return self._accept(record, data, lambda key: self._store.put_file(key, staged),
+                            refused=lambda: staged.unlink(missing_ok=True), failed=cleanup)
+
+    def accept_bytes(self, record: PhotoRecord, data: bytes) -> Receipt:
+        """Blocking: as `accept`, for verified bytes in memory (stored with `put`)."""
+        return self._accept(record, data, lambda key: self._store.put(key, data))
+
+    def _accept(
+        self,
+        record: PhotoRecord,
+        data: bytes,
+        put: Callable[[str], None],
+        *,
+        refused: Callable[[], None] = lambda: None,
+        failed: Callable[[], None] = lambda: None,
+    ) -> Receipt:
+        """The object write and the row's commit are each durable before this returns, and run
+        side by side (each waits on its own fsync); if the object write fails, a row made here
+        is taken back."""
+        try:
             try:
                 self.check_privacy(data)
                 phash = photo_dhash(data)
@@ -254,23 +314,26 @@ class ImageReceiver:
                     self._quarantine(record, exc)
                 raise
         except BaseException:
-            staged.unlink(missing_ok=True)
+            refused()
             raise
         key = image_key(record.sha256)
-        stored = self.io.submit(self._store.put_file, key, staged)
+        stored = self.io.submit(put, key)
         try:
             created = self._record(record, key, phash)  # False if a lost object came back
         except BaseException:
             _settle(stored)
+            failed()
             raise
         try:
             stored.result()
         except BaseException:
-            if created:
+            if created is True:
                 self._unrecord(record.sha256)
-            if not keep_on_failure:
-                staged.unlink(missing_ok=True)
+            failed()
             raise
+        if created is ERASED:  # erased while it was on its way: acknowledged, not kept
+            self._store.delete(key)
+            return Receipt(sha256=record.sha256, key="", size=0, created=False, erased=True)
         return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
 
     def _unrecord(self, sha256: str) -> None:
@@ -320,46 +383,59 @@ class ImageReceiver:
                 row.last_at = now
                 row.reason, row.detail = exc.code, exc.detail[:1000]
 
-    def _record(self, record: PhotoRecord, key: str, phash: int) -> bool:
-        """Insert the photo's row (and its labelling task); False if it was already there.
+    def _record(self, record: PhotoRecord, key: str, phash: int) -> bool | str:
+        """Insert the photo's row (and its labelling task); False if it was already there,
+        `ERASED` if the photo was erased since the upload's replay check.
 
         Group commit: concurrent uploads hand their rows to whichever thread is committing,
         which writes them all in one transaction (one fsync), then wakes them. The answer to
         each upload still waits for its own row to be durable.
         """
-        return self._writer.submit((record, key, phash))
+        return self._writer.submit((record, key, phash))  # type: ignore[return-value]
 
-    def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[bool]:
+    def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[bool | str]:
         now = utcnow()
         with self.near_dups.lock:
             shas = [r.sha256 for r, _k, _p in batch]
-            with self._sessions() as session:
-                present = set(session.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas))))
-            results: list[bool] = []
-            rows: list[tuple[ImageRow, LabelTaskRow | None, int, str]] = []
+            with self._engine.connect() as conn:
+                present = set(conn.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas))))
+                # Erased meanwhile (between the upload's replay check and now): never stored.
+                erased = set(conn.scalars(
+                    select(TombstoneRow.sha256).where(TombstoneRow.sha256.in_(shas))))
+            raise_for = erased - present
+            results: list[bool | str] = []
+            rows: list[dict] = []
+            tasks: list[LabelTaskRow] = []
             for record, key, phash in batch:
+                if record.sha256 in raise_for:
+                    results.append(ERASED)
+                    continue
                 if record.sha256 in present:
                     results.append(False)
                     continue
                 present.add(record.sha256)
                 group = self.near_dups.group_for(record.sha256, phash)
-                rows.append((self._row(record, key, phash, group, now),
-                             _label_task(record, now) if record.source is Source.SHOPPER else None,
-                             phash, group))
+                rows.append(self._row_values(record, key, phash, group, now))
+                if record.source is Source.SHOPPER:
+                    tasks.append(_label_task(record, now))
                 self.near_dups.add(phash, group)  # later photos in this batch can join it
                 results.append(True)
+            if not rows:
+                return results
             try:
+                # One multi-row INSERT (no ORM unit of work per row), one commit (one fsync).
                 with self._sessions.begin() as session:
-                    for row, task, _p, _g in rows:
-                        session.add(row)
-                        if task is not None:
-                            session.add(task)
+                    session.execute(insert(ImageRow), rows)
+                    session.add_all(tasks)
             except IntegrityError:
                 # Another process recorded one of them first: fall back to one at a time.
                 self.near_dups.invalidate_locked()
                 results = []
                 for record, key, phash in batch:
-                    results.append(self._insert_one(record, key, phash, now))
+                    if record.sha256 in raise_for:
+                        results.append(ERASED)
+                    else:
+                        results.append(self._insert_one(record, key, phash, now))
         return results
 
     def _insert_one(self, record: PhotoRecord, key: str, phash: int, now) -> bool:  # type: ignore[no-untyped-def]
@@ -368,7 +444,7 @@ class ImageReceiver:
             with self._sessions.begin() as session:
                 if session.get(ImageRow, record.sha256) is not None:
                     return False
-                session.add(self._row(record, key, phash, group, now))
+                session.add(ImageRow(**self._row_values(record, key, phash, group, now)))
                 if record.source is Source.SHOPPER:
                     session.add(_label_task(record, now))
         except IntegrityError:
@@ -376,34 +452,34 @@ class ImageReceiver:
         self.near_dups.add(phash, group)
         return True
 
-    def _row(self, record: PhotoRecord, key: str, phash: int, group: str, now) -> ImageRow:  # type: ignore[no-untyped-def]
+    def _row_values(self, record: PhotoRecord, key: str, phash: int, group: str, now) -> dict:  # type: ignore[no-untyped-def]
         labelled = record.source is Source.KIOSK and record.sku is not None
         quality = record.quality or None
         sharpness = quality.get("sharpness") if isinstance(quality, dict) else None
-        return ImageRow(
-            sha256=record.sha256,
-            key=key,
-            size=record.size,
-            width=record.width,
-            height=record.height,
-            site=record.site,
-            device=record.device,
-            source=record.source.value,
-            sku=record.sku,
-            captured_at=as_utc(record.captured_at),
-            received_at=as_utc(record.received_at),
-            stored_at=now,
-            edge_model_version=record.edge_model_version,
-            confidence=record.confidence,
-            top_guesses=[g.model_dump() for g in record.top_guesses],
-            split=stable_split(group, self._val_percent),
-            label_origin="scan" if labelled else None,
-            phash=f"{phash:016x}",
-            dup_group=group,
-            redaction=record.redaction,
-            quality=quality,
-            sharpness=float(sharpness) if isinstance(sharpness, int | float) else None,
-        )
+        return {
+            "sha256": record.sha256,
+            "key": key,
+            "size": record.size,
+            "width": record.width,
+            "height": record.height,
+            "site": record.site,
+            "device": record.device,
+            "source": record.source.value,
+            "sku": record.sku,
+            "captured_at": as_utc(record.captured_at),
+            "received_at": as_utc(record.received_at),
+            "stored_at": now,
+            "edge_model_version": record.edge_model_version,
+            "confidence": record.confidence,
+            "top_guesses": [g.model_dump() for g in record.top_guesses],
+            "split": stable_split(group, self._val_percent),
+            "label_origin": "scan" if labelled else None,
+            "phash": f"{phash:016x}",
+            "dup_group": group,
+            "redaction": record.redaction,
+            "quality": quality,
+            "sharpness": float(sharpness) if isinstance(sharpness, int | float) else None,
+        }
 
 
 def _settle(future) -> None:  # type: ignore[no-untyped-def]
@@ -423,7 +499,7 @@ class GroupCommit:
         self._queue: list[_Slot] = []
         self._leading = False
 
-    def submit(self, item: object) -> bool:
+    def submit(self, item: object) -> object:
         slot = _Slot(item)
         with self._mutex:
             self._queue.append(slot)
@@ -447,7 +523,7 @@ class GroupCommit:
         slot.done.wait()
         if slot.error is not None:
             raise slot.error
-        return bool(slot.result)
+        return slot.result
 
 
 class _Slot:
@@ -455,7 +531,7 @@ class _Slot:
 
     def __init__(self, item: object) -> None:
         self.item = item
-        self.result: bool | None = None
+        self.result: object = None
         self.error: BaseException | None = None
         self.done = threading.Event()
 

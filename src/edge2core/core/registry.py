@@ -19,7 +19,7 @@ also written to the object store (``models/signatures/<version>-<sha16>.json``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,11 +27,17 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import ModelPublished, calibrated_threshold, utcnow
+from edge2core.common.events import (
+    ArtifactPointer,
+    ModelPublished,
+    calibrated_threshold,
+    utcnow,
+)
 from edge2core.common.images import sha256_hex
 from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
 from edge2core.common.signing import SignatureError, Signer, verify, verify_artifact
+from edge2core.core.deployments import DeploySink, NoSites
 from edge2core.core.schema import ModelRow
 
 log = get_logger(__name__)
@@ -62,6 +68,14 @@ class ModelInfo(BaseModel):
     lineage: dict[str, Any] = Field(default_factory=dict)
     signature: dict[str, Any] | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
+    canary_sites: list[str] = Field(default_factory=list)
+
+    def pointer(self, kind: str) -> ArtifactPointer | None:
+        ref = self.artifacts.get(kind)
+        if ref is None:
+            return None
+        return ArtifactPointer(sha256=ref.sha256, size=ref.size,
+                               url_path=f"/v1/models/{self.version}/artifact?kind={kind}")
 
     def published(self) -> ModelPublished:
         return ModelPublished(
@@ -71,6 +85,8 @@ class ModelInfo(BaseModel):
             classes=self.classes,
             url_path=f"/v1/models/{self.version}/artifact",
             recognised_threshold=calibrated_threshold(self.metrics),
+            head=self.pointer("head"),
+            backbone=self.pointer("backbone"),
         )
 
 
@@ -92,14 +108,14 @@ class ModelRegistry:
         self,
         store: ObjectStore,
         sessions: sessionmaker[Session],
-        on_production: Callable[[ModelPublished], None] = lambda _m: None,
+        sites: DeploySink | None = None,
         *,
         signer: Signer | None = None,
         gate: GateCheck | None = None,
     ) -> None:
         self._store = store
         self._sessions = sessions
-        self._on_production = on_production
+        self.sites: DeploySink = sites or NoSites()
         self.signer = signer
         self.gate = gate
 
@@ -202,13 +218,17 @@ class ModelRegistry:
         force: bool = False,
         reason: str = "",
         use_gate: bool = True,
+        sites: Sequence[str] = (),
     ) -> ModelInfo:
-        """Move ``version`` to ``stage`` (``production`` by default; ``canary``; or
-        ``candidate`` to take a canary back).  Canary and production go through the gate
+        """Move ``version`` to ``stage`` (``production`` by default; ``canary`` on ``sites``;
+        or ``candidate`` to take a canary back).  Canary and production go through the gate
         (against the current production model) unless there is none, it is this model, or
         ``force`` (which needs a ``reason``)."""
         if stage not in ("candidate", "canary", "production"):
             raise ValueError(f"cannot promote to {stage!r}; use retire() or rollback()")
+        sites = sorted(set(sites))
+        if (stage == "canary") != bool(sites):
+            raise ValueError("a canary names the sites it runs on (and only a canary does)")
         if force and not reason.strip():
             raise ValueError("--force needs a reason (it is logged and kept in the model's history)")
         target = self.get(version)
@@ -229,6 +249,7 @@ class ModelRegistry:
                 log.warning("promotion gate overridden", version=version, stage=stage, reason=reason,
                             reasons=getattr(report, "reasons", None))
         now = utcnow().isoformat()
+        canary = self.canary()
         with self._sessions.begin() as session:
             row = session.get(ModelRow, version)
             if row is None:
@@ -243,13 +264,33 @@ class ModelRegistry:
             row.stage = stage
             self._append_history(row, {"at": now, "stage": stage, "from": previous, "reason": reason,
                                        "forced": bool(force),
+                                       **({"sites": sites} if sites else {}),
                                        **({"gate": _dump(report)} if report is not None else {})})
         info = self.get(version)
         if force:
             log.warning("model promoted with --force", version=version, stage=stage, reason=reason)
-        if stage == "production":
-            self._on_production(info.published())
+        self._tell_sites(info, canary)
         return info
+
+    def _tell_sites(self, info: ModelInfo, canary_before: ModelInfo | None) -> None:
+        """Publish a stage change: the fleet target first, then canary targets, then drop the
+        canary targets that ended, so a canary site never steps back to the old fleet model
+        on its way to the new one."""
+        if info.stage == "production":
+            self.sites.production(info.published())
+        canary_now = self.canary()
+        if info.stage == "canary" and canary_now is not None:
+            self.sites.canary(info.published(), canary_now.canary_sites)
+        kept = set(canary_now.canary_sites) if canary_now is not None else set()
+        ended = [s for s in (canary_before.canary_sites if canary_before else []) if s not in kept]
+        self.sites.end_canary(ended)
+
+    def desired_for(self, site: str) -> ModelInfo | None:
+        """The model a site should run: the canary if it targets the site, else production."""
+        canary = self.canary()
+        if canary is not None and site in canary.canary_sites:
+            return canary
+        return self.production()
 
     def rollback(self, reason: str = "", to: int | None = None) -> ModelInfo:
         """Retire the production model and put back ``to`` (default: the most recent former
@@ -276,10 +317,11 @@ class ModelRegistry:
         info = self.get(target.version)
         log.warning("model rolled back", to=target.version,
                     retired=current.version if current else None, reason=reason)
-        self._on_production(info.published())
+        self.sites.production(info.published())
         return info
 
     def retire(self, version: int, reason: str = "") -> ModelInfo:
+        before = self.get(version)
         with self._sessions.begin() as session:
             row = session.get(ModelRow, version)
             if row is None:
@@ -288,6 +330,8 @@ class ModelRegistry:
                 raise ValueError("the production model cannot be retired directly; roll back instead")
             row.stage = "retired"
             self._append_history(row, {"at": utcnow().isoformat(), "stage": "retired", "reason": reason})
+        if before.stage == "canary":
+            self.sites.end_canary(before.canary_sites)
         return self.get(version)
 
     # ------------------------------------------------------------------ reading
@@ -407,7 +451,15 @@ def _info(row: ModelRow) -> ModelInfo:
         lineage=reserved.get("lineage") or {},
         signature=reserved.get("signature"),
         history=reserved.get("history") or [],
+        canary_sites=_canary_sites(row.stage, reserved.get("history") or []),
     )
+
+
+def _canary_sites(stage: str, history: list[dict[str, Any]]) -> list[str]:
+    if stage != "canary":
+        return []
+    last = next((h for h in reversed(history) if h.get("stage") == "canary"), {})
+    return list(last.get("sites") or [])
 
 
 def sha256_of(data: bytes) -> str:

@@ -77,6 +77,12 @@ class ProductRow(Base):
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16), default="active")
     description: Mapped[str] = mapped_column(String(4000), default="")
+    # Catalogue (issue 7): promotions as `Promotion` JSON records, the catalogue image's
+    # object key, and when the record was made and last changed.
+    promotions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    image_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class LabelTaskRow(Base):
@@ -134,3 +140,15 @@ class QuarantineRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """One thing the automation or a person did (catalogue change, model promotion, ...)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)  # e.g. catalogue.retired
+    subject: Mapped[str] = mapped_column(String(200), index=True)  # e.g. a SKU, a model version
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
 import uvicorn
-from nats.aio.client import Client as NatsClient
 
-from edge2core.common.events import MODELS_SUBJECT, ModelPublished
+from edge2core.common.products import Product
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.common.signing import Signer
@@ -18,28 +18,13 @@ from edge2core.core import storage
 from edge2core.core.api import CoreServices, create_core_app
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetStore
+from edge2core.core.deployments import CatalogueFeed, DeploySink, SiteBoard, open_buckets
 from edge2core.core.gate import ModelGate
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
 from edge2core.core.trainer import Trainer
 
 log = get_logger(__name__)
-
-
-class ModelAnnouncer:
-    """Tells every edge site, over NATS, which model version is now in production.
-
-    Called from worker threads (training runs in one), so it hands the publish to the loop.
-    """
-
-    def __init__(self, client: NatsClient, loop: asyncio.AbstractEventLoop) -> None:
-        self._client = client
-        self._loop = loop
-
-    def __call__(self, published: ModelPublished) -> None:
-        payload = published.model_dump_json().encode()
-        asyncio.run_coroutine_threadsafe(self._client.publish(MODELS_SUBJECT, payload), self._loop)
-        log.info("model announced", version=published.version)
 
 
 def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
@@ -55,16 +40,21 @@ def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
 
 
 def build_core_services(
-    settings: CoreSettings, announcer: ModelAnnouncer | None = None
+    settings: CoreSettings,
+    sites: DeploySink | None = None,
+    on_catalogue_change: Callable[[list[Product]], None] | None = None,
 ) -> CoreServices:
+    """The core's parts; `sites` and `on_catalogue_change` reach the edge sites (KV buckets),
+    left out where no broker runs (tools, tests of the parts)."""
     sessions = storage.database(settings)  # Alembic upgrade to the newest schema
     store = storage.object_store(settings)  # local directory or S3, by object_store_url
     datasets = DatasetStore(store, sessions)
-    registry = ModelRegistry(store, sessions, announcer or (lambda _m: None),
+    catalogue = Catalogue(sessions, on_change=on_catalogue_change)
+    registry = ModelRegistry(store, sessions, sites,
                              signer=Signer.load_or_create(settings.data_dir / "keys"))
     trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
                       cache_dir=settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings",
-                      catalogue=Catalogue(sessions))
+                      catalogue=catalogue)
     registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
     return CoreServices(
         store=store,
@@ -75,11 +65,24 @@ def build_core_services(
         ),
         datasets=datasets,
         registry=registry,
-        catalogue=Catalogue(sessions),
+        catalogue=catalogue,
         trainer=trainer,
         site_tokens=settings.site_tokens,
         retention_days=settings.retention_days,
     )
+
+
+def publish_desired_state(
+    services: CoreServices, board: SiteBoard, feed: CatalogueFeed
+) -> None:
+    """At start, make the KV buckets say what the database says (blocking: a worker thread)."""
+    registry = services.registry
+    canary = registry.canary()
+    production = registry.production()
+    board.sync(production.published() if production else None,
+               canary.published() if canary else None,
+               canary.canary_sites if canary else [])
+    feed.sync(services.catalogue.list())
 
 
 async def serve_core(settings: CoreSettings) -> None:
@@ -87,11 +90,10 @@ async def serve_core(settings: CoreSettings) -> None:
     server.start()  # in this thread: the server is tied to the thread that starts it
     client = await nats.connect(server.client_url, max_reconnect_attempts=-1)
     try:
-        services = build_core_services(
-            settings, ModelAnnouncer(client, asyncio.get_running_loop())
-        )
-        if (current := services.registry.production()) is not None:
-            await client.publish(MODELS_SUBJECT, current.published().model_dump_json().encode())
+        deploy, catalogue = await open_buckets(client.jetstream())
+        board, feed = SiteBoard(deploy), CatalogueFeed(catalogue)
+        services = build_core_services(settings, board, feed)
+        await asyncio.to_thread(publish_desired_state, services, board, feed)
         app = create_core_app(services)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.http_port, log_config=None, access_log=False

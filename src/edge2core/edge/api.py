@@ -8,7 +8,7 @@ from datetime import datetime
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
@@ -16,12 +16,18 @@ from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.images import ImageRejected, RejectReason
 from edge2core.common.metrics import DEVICES_REFUSED, PHOTOS_REJECTED, mount_metrics
 from edge2core.edge.devices import DeviceRefused, DeviceRegistry, DeviceRole
-from edge2core.edge.gateway import DEVICE_ERRORS, Gateway, MissingField, error_reason
-from edge2core.edge.inference import Answer, NoModel
+from edge2core.edge.gateway import (
+    DEVICE_ERRORS,
+    RECOGNITION_ERRORS,
+    Gateway,
+    MissingField,
+    error_reason,
+)
+from edge2core.edge.inference import Answer
 from edge2core.edge.spool import SpoolFull
 
 _STATUS = {"too_large": 413, "unsupported_format": 415, "not_an_image": 415, "spool_full": 507,
-           "no_model": 503, "wrong_site": 403, "unknown_device": 401, "revoked_device": 403,
+           "no_model": 503, "overloaded": 503, "wrong_site": 403, "unknown_device": 401, "revoked_device": 403,
            "wrong_device": 403, "wrong_role": 403}
 _UPLOAD_DOC = {
     "requestBody": {
@@ -159,14 +165,17 @@ def create_edge_app(
         device: str | None = Query(None, description="the asking device (default: the token's)"),
         request_id: str | None = Query(None),
         authorization: str = Header(""),
-    ) -> JSONResponse | Answer:
+    ) -> Response:
         try:
             sender = identify(devices, authorization, device, None, anonymous="http-anonymous")
             data = await read_photo(request, max_bytes)
             capture = meta(Source.SHOPPER, sender, None, None, request_id)
-            return await run_in_threadpool(gateway.recognize, data, capture, "http")
-        except DEVICE_ERRORS + (NoModel, MissingPhoto) as exc:
+            # On the shared inference pool (as MQTT requests are), not on a thread of its own.
+            answer = await gateway.recognize_async(data, capture, "http")
+        except RECOGNITION_ERRORS + (MissingPhoto,) as exc:
             return refusal(exc)
+        # The same bytes an MQTT answer carries; serialised once (no re-validation).
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.exception_handler(ValidationError)
     @app.exception_handler(RequestValidationError)

@@ -33,6 +33,9 @@ class CatalogueReplica:
     def get(self, sku: str) -> Product | None:
         return self._products.get(sku)
 
+    def list(self) -> list[Product]:
+        return sorted(self._products.values(), key=lambda p: p.sku)
+
     def is_sellable(self, sku: str) -> bool:
         product = self._products.get(sku)
         return product is None or product.status != ProductStatus.RETIRED

@@ -14,7 +14,6 @@ from edge2core.common.events import (
     META_HEADER,
     ModelPublished,
     PhotoRecord,
-    calibrated_threshold,
 )
 from edge2core.common.fsutil import move_durable
 from edge2core.common.products import Product
@@ -166,22 +165,18 @@ class CoreClient:
             raise TransientUploadError(f"core answered {response.status_code}")
         raise RejectedUpload(response.status_code, response.text)
 
-    async def production_model(self) -> ModelPublished | None:
-        response = await self._http.get("/v1/models/production")
+    async def desired_model(self, site: str) -> ModelPublished | None:
+        """What the core wants `site` to run (a canary on it, else production), or None."""
+        response = await self._http.get(f"/v1/sites/{site or '-'}/model")
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        body = response.json()
-        return ModelPublished(
-            version=body["version"],
-            sha256=body["sha256"],
-            size=body["size"],
-            classes=body["classes"],
-            url_path=f"/v1/models/{body['version']}/artifact",
-            recognised_threshold=calibrated_threshold(body.get("metrics") or {}),
-        )
+        return ModelPublished.model_validate(response.json())
 
     async def download_model(self, model: ModelPublished, dest: Path) -> Path:
+        return await self.download(model.url_path, model.sha256, dest, f"model {model.version}")
+
+    async def download(self, url_path: str, sha256: str, dest: Path, what: str = "artefact") -> Path:
         """Stream to `<dest>.part`, resuming what an earlier attempt left there, verify the
         sha256 of the whole file, then move it into place."""
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +188,7 @@ class CoreClient:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
         headers = {"Range": f"bytes={have}-"} if have else {}
-        async with self._http.stream("GET", model.url_path, headers=headers) as response:
+        async with self._http.stream("GET", url_path, headers=headers) as response:
             if have and response.status_code != 206:  # the core sent the whole file again
                 digest, have = hashlib.sha256(), 0
             if response.status_code not in (200, 206):
@@ -204,11 +199,9 @@ class CoreClient:
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-        if digest.hexdigest() != model.sha256:
+        if digest.hexdigest() != sha256:
             part.unlink(missing_ok=True)
-            raise ArtifactMismatch(
-                f"model {model.version} hashes to {digest.hexdigest()}, expected {model.sha256}"
-            )
+            raise ArtifactMismatch(f"{what} hashes to {digest.hexdigest()}, expected {sha256}")
         move_durable(part, dest)
         return dest
 

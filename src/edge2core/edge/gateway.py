@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +22,7 @@ from edge2core.common.logging import get_logger
 from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
 from edge2core.edge.devices import DeviceRefused
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
+from edge2core.edge.inference_pool import InferencePool, Overloaded
 from edge2core.edge.intake import Intake, IntakeReceipt, WrongSite
 from edge2core.edge.mqtt_door import Publish
 from edge2core.edge.spool import SpoolFull
@@ -54,6 +55,8 @@ def error_reason(exc: Exception) -> str:
         return "spool_full"
     if isinstance(exc, NoModel):
         return "no_model"
+    if isinstance(exc, Overloaded):
+        return "overloaded"
     if isinstance(exc, DeviceRefused):
         return exc.reason
     return "malformed"
@@ -70,10 +73,21 @@ def capture_meta(info: topics.TopicInfo, header: dict[str, Any], source: Source)
     )
 
 
+# Errors of a recognition request that are answered to the device (not bugs of ours).
+RECOGNITION_ERRORS = DEVICE_ERRORS + (NoModel, Overloaded)
+
+# Called with the answer, or with the request's error, once it is known.
+AnswerCallback = Callable[[Answer | None, BaseException | None], None]
+
+
 class Gateway:
-    def __init__(self, intake: Intake, recognizer: Recognizer) -> None:
+    def __init__(
+        self, intake: Intake, recognizer: Recognizer, pool: InferencePool | None = None
+    ) -> None:
         self.intake = intake
         self.recognizer = recognizer
+        # Every recognition, HTTP or MQTT, runs on this one bounded pool.
+        self.pool = pool if pool is not None else InferencePool(recognizer)
         # Spooling an unsure shopper photo must not delay the shopper's answer.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2c-keep")
 
@@ -83,7 +97,30 @@ class Gateway:
         return self.intake.accept(data, meta, door=door)
 
     def recognize(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
-        answer = self.recognizer.recognize(data, request_id=meta.request_id)
+        """Blocking: waits for the pool's answer."""
+        return self._answered(self.pool.recognize_sync(data, meta.request_id), data, meta, door)
+
+    async def recognize_async(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
+        """For the event loop: no thread waits for the answer."""
+        return self._answered(await self.pool.recognize(data, meta.request_id), data, meta, door)
+
+    def recognize_then(
+        self, data: bytes, meta: CaptureMeta, door: str, then: AnswerCallback
+    ) -> None:
+        """Non-blocking (paho's network thread): `then` runs on the pool's worker thread.
+        Raises Overloaded at once when the queue is full."""
+
+        def done(future: Future[Answer]) -> None:
+            try:
+                answer = self._answered(future.result(), data, meta, door)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                then(None, exc)
+                return
+            then(answer, None)
+
+        self.pool.submit(data, meta.request_id).add_done_callback(done)
+
+    def _answered(self, answer: Answer, data: bytes, meta: CaptureMeta, door: str) -> Answer:
         RECOGNITION_SECONDS.observe(answer.latency_ms / 1000)
         RECOGNITIONS.labels(door=door, outcome="recognised" if answer.recognised else "unsure").inc()
         if not answer.recognised:
@@ -103,6 +140,7 @@ class Gateway:
             log.warning("could not keep an unrecognised photo", error=repr(exc))
 
     def close(self) -> None:
+        self.pool.close(wait=True)
         self._background.shutdown(wait=True)
 
 
@@ -116,21 +154,48 @@ class MqttHandlers:
         return self._handle(msg, publish, Source.KIOSK, self._capture)
 
     def on_recognize(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
-        return self._handle(msg, publish, Source.SHOPPER, self._recognize)
+        """Non-blocking: run it on the network thread of a QoS 0 door."""
+        info: topics.TopicInfo | None = None
+        header: dict[str, Any] = {}
+        try:
+            info = topics.parse_topic(msg.topic)
+            env = envelope.decode(msg.payload)
+            header = env.header
+            meta = capture_meta(info, header, Source.SHOPPER)
+            self._recognize(msg, info, header, meta, env.image, publish)
+        except RECOGNITION_ERRORS as exc:
+            _refuse(msg, info, header, exc, publish)
+        return True
 
     def _capture(self, _info: topics.TopicInfo, meta: CaptureMeta, image: bytes, _p: Publish) -> None:
         self._gateway.capture(image, meta, door="mqtt")
 
     def _recognize(
-        self, info: topics.TopicInfo, meta: CaptureMeta, image: bytes, publish: Publish
+        self,
+        msg: mqtt.MQTTMessage,
+        info: topics.TopicInfo,
+        header: dict[str, Any],
+        meta: CaptureMeta,
+        image: bytes,
+        publish: Publish,
     ) -> None:
-        if not meta.request_id:
+        """Hands the photo to the inference pool and returns at once; the pool's worker
+        publishes the answer (or the error) when it is known."""
+        request_id = meta.request_id
+        if not request_id:
             raise MissingField("a recognition request needs a 'request_id'")
-        answer = self._gateway.recognize(image, meta, door="mqtt")
-        publish(
-            topics.answer_topic(info.site, info.device, meta.request_id),
-            answer.model_dump_json().encode(),
-        )
+
+        def reply(answer: Answer | None, exc: BaseException | None) -> None:
+            if answer is not None:
+                publish(topics.answer_topic(info.site, info.device, request_id),
+                        answer.model_dump_json().encode())
+            elif isinstance(exc, RECOGNITION_ERRORS):
+                _refuse(msg, info, header, exc, publish)
+            else:
+                log.error("recognition failed", topic=msg.topic, error=repr(exc))
+                _refuse(msg, info, header, exc, publish, reason="internal_error")
+
+        self._gateway.recognize_then(image, meta, "mqtt", reply)
 
     def _handle(
         self,
@@ -161,10 +226,11 @@ def _refuse(
     msg: mqtt.MQTTMessage,
     info: topics.TopicInfo | None,
     header: dict[str, Any],
-    exc: Exception,
+    exc: BaseException,
     publish: Publish,
+    reason: str | None = None,
 ) -> None:
-    reason = error_reason(exc)
+    reason = reason or error_reason(exc)  # type: ignore[arg-type]
     PHOTOS_REJECTED.labels(door="mqtt", reason=reason).inc()
     log.info("MQTT message refused", topic=msg.topic, reason=reason, detail=str(exc)[:300])
     if info is None:

@@ -20,7 +20,14 @@ from edge2core.common.events import Guess
 from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
-from edge2core.common.preprocess import IMAGE_SIZE, preprocess
+from edge2core.common.products import Promotion, priced
+from edge2core.common.preprocess import (
+    IMAGE_SIZE,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    _resize_and_crop,
+    preprocess,
+)
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.golden import GoldenSet
 from edge2core.edge.live_watch import LiveWatch
@@ -56,13 +63,16 @@ class Answer(BaseModel):
     recognised: bool
     sku: str | None
     name: str | None
-    price: float | None
+    price: float | None  # the list price
     currency: str | None
     confidence: float
     top_k: list[Candidate]
     model_version: int
     latency_ms: float
     request_id: str | None = None
+    # The promotion valid now (from the site's catalogue replica) and the price with it.
+    promotion: Promotion | None = None
+    effective_price: float | None = None
 
 
 def load_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -155,12 +165,24 @@ class Recognizer:
                 f"below {self._min_golden_top1:.2f}"
             )
 
-    def tensor(self, data: bytes) -> np.ndarray:
-        """Decode at reduced size where the format allows, then the training preprocessing."""
+    def tensor(self, data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode at reduced size where the format allows, then the training preprocessing.
+
+        Returns a (1, 3, H, W) batch; with `out` (a C-contiguous float32 (3, H, W) view, e.g.
+        one row of a worker's reusable batch buffer) the pixels are written there instead of
+        into fresh arrays: the same numbers as `preprocess`, without its four temporaries.
+        """
         image, _fmt = open_checked(data, self._limits)
         with image:
             rgb = decode_rgb(image, reduce_to=IMAGE_SIZE)
-            return preprocess(rgb)[None]
+            if out is None:
+                return preprocess(rgb)[None]
+            pixels = np.asarray(_resize_and_crop(rgb))  # (H, W, 3) uint8
+            # (x - 127) / 128 in float32, exactly as `preprocess` computes it, HWC -> CHW.
+            np.subtract(pixels.transpose(2, 0, 1), np.float32(PIXEL_MEAN), out=out,
+                        dtype=np.float32)
+            np.divide(out, np.float32(PIXEL_STD), out=out)
+            return out[None]
 
     def recognize(self, data: bytes, request_id: str | None = None) -> Answer:
         start = time.perf_counter()
@@ -168,14 +190,39 @@ class Recognizer:
         if model is None:
             raise NoModel("no model loaded yet; the edge is waiting for one from the core")
         tensor = self.tensor(data)  # a bad photo is the sender's fault, not the model's
-        try:
-            probs = model.session.run(None, {model.input_name: tensor})[0][0]
-        except Exception:
-            self._judge(model, None)
-            raise
-        answer = self._answer(model, probs, start, request_id)
-        self._judge(model, answer.confidence)
+        answer = self.recognize_tensors(model, tensor, [start], [request_id])[0]
+        if isinstance(answer, Exception):
+            raise answer
         return answer
+
+    def recognize_tensors(
+        self,
+        model: LoadedModel,
+        batch: np.ndarray,
+        starts: list[float],
+        request_ids: list[str | None],
+    ) -> list[Answer | Exception]:
+        """One `session.run` over a batch of preprocessed photos (N, 3, H, W), all on `model`
+        (the one the caller read from `model` before preprocessing: a swap in between does not
+        mix versions in one batch). Every answer, or failure, is judged on its own, as a single
+        request would be. If a batch of several fails, each photo is retried alone so one bad
+        input fails only its own request."""
+        try:
+            probs = model.session.run(None, {model.input_name: batch})[0]
+        except Exception as exc:
+            if len(batch) > 1:
+                return [
+                    self.recognize_tensors(model, batch[i : i + 1], [starts[i]], [request_ids[i]])[0]
+                    for i in range(len(batch))
+                ]
+            self._judge(model, None)
+            return [exc]
+        answers: list[Answer | Exception] = []
+        for row, start, request_id in zip(probs, starts, request_ids, strict=True):
+            answer = self._answer(model, row, start, request_id)
+            self._judge(model, answer.confidence)
+            answers.append(answer)
+        return answers
 
     def _judge(self, model: LoadedModel, confidence: float | None) -> None:
         if self._watch.observe(model.version, confidence):
@@ -208,6 +255,7 @@ class Recognizer:
         best = top[0]
         recognised = best.confidence >= self.threshold(model)
         product = self._catalogue.get(best.sku) if recognised else None
+        promotion, price_now = priced(product) if product else (None, None)
         return Answer(
             recognised=recognised,
             sku=best.sku if recognised else None,
@@ -219,6 +267,8 @@ class Recognizer:
             model_version=model.version,
             latency_ms=(time.perf_counter() - start) * 1000,
             request_id=request_id,
+            promotion=promotion,
+            effective_price=price_now,
         )
 
     def _sellable(self, model: LoadedModel) -> np.ndarray:

@@ -1,25 +1,35 @@
-"""The model agent: converge this site to the core's production model, safely.
+"""The model agent: converge this site to the model the core wants it to run, safely.
 
-Learns of new versions from a NATS subject the core publishes on (carried over the leaf node);
-on start, on reconnect and on a slow timer it also asks the core directly, so a site that was
-offline when a version was announced still converges when the link returns.
+The desired model comes from the core's `e2c-deploy` KV bucket (this site's own key when a
+canary targets it, else `fleet`), watched across the leaf link and re-watched whenever the link
+returns; an HTTP check every `poll_s` is only a safety net for sites without a leaf link.
+Delivery is a delta when it can be: a site holding the version's backbone downloads the head
+alone (kilobytes), composes the full file locally and accepts it only if its sha256 is the
+registry's. Whatever path a file took, it is verified (sha256, Ed25519 signature, warm-up,
+smoke test on the site's golden photos) before it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 from pathlib import Path
 
-from nats.aio.client import Client as NatsClient
-
-from edge2core.common.events import MODELS_SUBJECT, ModelPublished
+from edge2core.common.events import (
+    CATALOGUE_BUCKET,
+    DEPLOY_BUCKET,
+    FLEET_KEY,
+    ModelPublished,
+    site_key,
+)
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import MODEL_SWAPS
+from edge2core.common.metrics import MODEL_DELIVERY_BYTES, MODEL_SWAPS
+from edge2core.common.products import Product
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import ModelLoadError, Recognizer
+from edge2core.edge.kv_follower import KvFollower, LeafLink, State
 from edge2core.edge.model_trust import ModelTrust, UntrustedModel
 
 log = get_logger(__name__)
@@ -43,7 +53,8 @@ class ModelAgent:
         catalogue: CatalogueReplica,
         models_dir: Path,
         *,
-        poll_s: float = 60.0,
+        site: str = "",
+        poll_s: float = 600.0,
         keep_versions: int = 3,
         trust: ModelTrust | None = None,
     ) -> None:
@@ -54,8 +65,11 @@ class ModelAgent:
         self._poll_s = poll_s
         self._keep = keep_versions
         self._trust = trust
+        self._site = site
         self._nudge = asyncio.Event()
         self._refused: set[str] = set()
+        self._desired: ModelPublished | None = None  # from the KV watch
+        self._kv_live = False  # the deploy bucket's watch has delivered its state
 
     def _artifact(self, model: ModelPublished) -> Path:
         return self._dir / f"{model.version}-{model.sha256[:16]}.onnx"
@@ -71,17 +85,22 @@ class ModelAgent:
         await self._load(model)
 
     async def reconcile(self) -> bool:
-        """Make the served model match the core's production model; True if it changed."""
-        desired = await self._core.production_model()
+        """Ask the core over HTTP what this site should run, and converge to it."""
+        desired = await self._core.desired_model(self._site)
+        if desired is not None and not self._kv_live:
+            await self._refresh_catalogue()  # no catalogue watch is running either
+        return await self.converge(desired)
+
+    async def converge(self, desired: ModelPublished | None) -> bool:
+        """Make the served model `desired`; True if it changed."""
         current = self._recognizer.model
         if desired is None or (current and current.sha256 == desired.sha256):
             return False
         if desired.sha256 in self._refused or desired.sha256 in self._recognizer.rolled_back:
             return False
-        await self._refresh_catalogue()
         path = self._artifact(desired)
         if not path.is_file():
-            await self._core.download_model(desired, path)
+            await self._fetch(desired, path)
         if self._trust is not None:
             try:
                 await self._trust.check(self._core, desired.version, path.read_bytes())
@@ -92,6 +111,53 @@ class ModelAgent:
                 log.error("model refused; the previous one keeps serving", error=str(exc))
                 return False
         return await self._load(desired)
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _backbone_path(self, sha256: str) -> Path:
+        return self._dir / "backbones" / f"{sha256}.onnx"
+
+    async def _fetch(self, model: ModelPublished, dest: Path) -> None:
+        """The full file at `dest`, verified: composed from backbone + head where possible."""
+        if model.head is not None and model.backbone is not None:
+            try:
+                if await self._fetch_delta(model, dest):
+                    return
+            except ImportError:
+                log.info("the onnx package is not installed: full downloads only")
+        await self._core.download_model(model, dest)
+        MODEL_DELIVERY_BYTES.labels(kind="full").inc(model.size)
+
+    async def _fetch_delta(self, model: ModelPublished, dest: Path) -> bool:
+        from edge2core.common.onnx_models import compose_onnx
+
+        assert model.head is not None and model.backbone is not None
+        backbone = self._backbone_path(model.backbone.sha256)
+        if not backbone.is_file():
+            await self._core.download(model.backbone.url_path, model.backbone.sha256, backbone)
+            MODEL_DELIVERY_BYTES.labels(kind="backbone").inc(model.backbone.size)
+        head = dest.with_suffix(".head")
+        await self._core.download(model.head.url_path, model.head.sha256, head)
+        MODEL_DELIVERY_BYTES.labels(kind="head").inc(model.head.size)
+        composed = await asyncio.to_thread(compose_onnx, backbone.read_bytes(), head.read_bytes())
+        head.unlink(missing_ok=True)
+        if hashlib.sha256(composed).hexdigest() != model.sha256:
+            # Another onnx version may serialise differently: not an attack, just no delta.
+            log.warning("composed model differs from the registry's; downloading it whole",
+                        version=model.version)
+            return False
+        write_atomic(dest, [composed])
+        self._prune_backbones(keep=model.backbone.sha256)
+        log.info("model delivered as a delta", version=model.version, head_bytes=model.head.size)
+        return True
+
+    def _prune_backbones(self, keep: str) -> None:
+        """The live model's backbone and the one before it (a rollback may need it)."""
+        files = sorted((self._dir / "backbones").glob("*.onnx"),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in files[2:]:
+            if path.stem != keep:
+                path.unlink(missing_ok=True)
 
     async def _load(self, model: ModelPublished) -> bool:
         try:
@@ -104,30 +170,87 @@ class ModelAgent:
             log.error("model refused; the previous one keeps serving", version=model.version,
                       error=str(exc))
             return False
-        write_atomic(self._pointer(), [model.model_dump_json().encode()])
+        self._point_at(model)
         log.info("model live", version=model.version, classes=len(model.classes))
         prune_models(self._dir, live=self._artifact(model), keep=self._keep)
         return True
 
+    def _point_at(self, model: ModelPublished) -> None:
+        write_atomic(self._pointer(), [model.model_dump_json().encode()])
+
+    def _follow_rollbacks(self) -> None:
+        """A live rollback (LiveWatch) swapped models under us: restart on the survivor."""
+        live = self._recognizer.model
+        if live is None or not self._pointer().is_file():
+            return
+        pointed = ModelPublished.model_validate_json(self._pointer().read_text())
+        if pointed.sha256 != live.sha256 and pointed.sha256 in self._recognizer.rolled_back:
+            for path in self._dir.glob(f"{live.version}-{live.sha256[:16]}.onnx"):
+                self._point_at(pointed.model_copy(update={
+                    "version": live.version, "sha256": live.sha256,
+                    "size": path.stat().st_size, "classes": list(live.classes),
+                    "recognised_threshold": live.threshold, "head": None, "backbone": None}))
+            self._refused.add(pointed.sha256)
+
     async def _refresh_catalogue(self) -> None:
         self._catalogue.replace(await self._core.products())
 
-    async def run(self, client: NatsClient) -> None:
-        async def on_announce(msg) -> None:  # noqa: ANN001 - nats-py's Msg
-            try:
-                log.info("model announced", version=json.loads(msg.data)["version"])
-            except (ValueError, KeyError):
-                log.warning("malformed model announcement ignored")
-            self._nudge.set()
+    # --- following the core ------------------------------------------------------------------
 
-        await client.subscribe(MODELS_SUBJECT, cb=on_announce)
-        while True:
+    async def on_deploy_state(self, state: State) -> None:
+        """The `e2c-deploy` bucket changed (or a watch delivered it whole)."""
+        self._kv_live = True
+        raw = state.get(site_key(self._site)) or state.get(FLEET_KEY)
+        if raw is None:
+            return
+        try:
+            desired = ModelPublished.model_validate_json(raw)
+        except ValueError:
+            log.error("malformed desired model in the deploy bucket; ignored")
+            return
+        if self._desired is None or desired.sha256 != self._desired.sha256:
+            log.info("desired model", version=desired.version,
+                     target="canary" if site_key(self._site) in state else "fleet")
+        self._desired = desired
+        self._nudge.set()
+
+    async def on_catalogue_state(self, state: State) -> None:
+        products = []
+        for key, raw in state.items():
             try:
-                await self.reconcile()
-            except Exception as exc:  # the link may be down: keep serving, try again later
-                log.warning("model reconcile failed", error=repr(exc))
-            self._nudge.clear()
-            try:
-                await asyncio.wait_for(self._nudge.wait(), self._poll_s)
-            except TimeoutError:
-                pass
+                products.append(Product.model_validate_json(raw))
+            except ValueError:
+                log.error("malformed product in the catalogue bucket; ignored", key=key)
+        self._catalogue.replace(products)
+
+    async def run(self, js: object | None = None, link: LeafLink | None = None) -> None:
+        """Follow the core's buckets (when `js`, a JetStream context on the core's domain, is
+        given) and converge; ask over HTTP at start and every `poll_s` as a safety net."""
+        followers = []
+        if js is not None:
+            followers = [
+                asyncio.create_task(KvFollower(js, DEPLOY_BUCKET, self.on_deploy_state, link=link).run()),
+                asyncio.create_task(KvFollower(js, CATALOGUE_BUCKET, self.on_catalogue_state, link=link).run()),
+            ]
+        last_http = -float("inf")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    wait_s = self._poll_s if self._kv_live else min(self._poll_s, 30.0)
+                    if loop.time() - last_http >= wait_s:
+                        last_http = loop.time()
+                        await self.reconcile()
+                    else:
+                        await self.converge(self._desired)
+                    self._follow_rollbacks()
+                except Exception as exc:  # the link may be down: keep serving, try again
+                    log.warning("model reconcile failed", error=repr(exc))
+                self._nudge.clear()
+                try:
+                    await asyncio.wait_for(self._nudge.wait(), 5.0)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in followers:
+                task.cancel()

@@ -34,7 +34,9 @@ from edge2core.edge.forwarder import EventSink, Forwarder
 from edge2core.edge.gateway import Gateway, MqttHandlers
 from edge2core.edge.golden import GoldenSet
 from edge2core.edge.inference import Recognizer
+from edge2core.edge.inference_pool import InferencePool
 from edge2core.edge.intake import Intake
+from edge2core.edge.kv_follower import LeafLink
 from edge2core.edge.model_agent import ModelAgent
 from edge2core.edge.model_trust import ModelTrust
 from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
@@ -175,9 +177,11 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         allow_unsigned=settings.allow_unsigned_models,
     )
     agent = ModelAgent(
-        core, recognizer, catalogue, data / "models", poll_s=settings.model_poll_s, trust=trust
+        core, recognizer, catalogue, data / "models", site=settings.site,
+        poll_s=settings.model_poll_s, trust=trust,
     )
-    return EdgeParts(spool, catalogue, recognizer, Gateway(intake, recognizer), core, forwarder, agent)
+    gateway = Gateway(intake, recognizer, InferencePool.for_settings(recognizer, settings))
+    return EdgeParts(spool, catalogue, recognizer, gateway, core, forwarder, agent)
 
 
 def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
@@ -207,6 +211,9 @@ def start_doors(
     subs = topics.subscriptions(settings.site)
     handlers = MqttHandlers(gateway)
     # Two connections, two network threads: a burst of captures never delays an answer.
+    # Captures: QoS 1, persistent session, acked once spooled. Recognition requests: QoS 0 on a
+    # clean session (worthless after a restart), handed from the network thread straight to
+    # the gateway's inference pool, which HTTP requests share.
     doors = [
         MqttDoor(endpoint, f"e2c-{settings.site}-capture", [subs["kiosk"]], handlers.on_capture),
         MqttDoor(
@@ -214,7 +221,7 @@ def start_doors(
             f"e2c-{settings.site}-recognize",
             [subs["shopper"]],
             handlers.on_recognize,
-            workers=settings.recognize_workers,
+            qos=0,
         ),
     ]
     for door in doors:
@@ -279,12 +286,18 @@ async def serve_edge(settings: EdgeSettings) -> None:
     parts = build_edge_parts(settings, await event_sink(client, settings.site))
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
+    # The core's desired state (model per site, catalogue) lives in its JetStream domain,
+    # reached over the leaf link; the link's ups and downs are read off our own broker.
+    link = LeafLink(server.config.monitor_url) if settings.core_leaf_url else None
+    core_js = client.jetstream(domain=settings.core_jetstream_domain) if link else None
     tasks = [
         asyncio.create_task(supervised("forwarder", parts.forwarder.run), name="forwarder"),
         asyncio.create_task(
-            supervised("model-agent", lambda: parts.agent.run(client)), name="model-agent"
+            supervised("model-agent", lambda: parts.agent.run(core_js, link)), name="model-agent"
         ),
     ]
+    if link is not None:
+        tasks.append(asyncio.create_task(supervised("leaf-link", link.run), name="leaf-link"))
     if access.devices is not None:
         tasks += [
             asyncio.create_task(

@@ -1,0 +1,114 @@
+"""Follow a JetStream KV bucket of the core from an edge site, through link outages.
+
+The watch runs on the site's own broker, across its leaf link to the core's JetStream domain.
+A watch does not survive the link going down, so the site's broker is watched too (its
+monitoring endpoint lists leaf connections): each time the link comes back the watch is made
+again, and the first thing a new watch delivers is the bucket's current state. A site that was
+offline for a day therefore converges within a second of the link returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import nats.errors
+
+from edge2core.common.logging import get_logger
+
+log = get_logger(__name__)
+
+State = dict[str, bytes]
+
+
+class LeafLink:
+    """Counts the times this site's broker (re)connected its leaf link to the core."""
+
+    def __init__(self, monitor_url: str, every_s: float = 1.0) -> None:
+        self._url = monitor_url.rstrip("/") + "/leafz"
+        self._every_s = every_s
+        self.generation = 0
+        self.up = False
+        self._seen: frozenset[tuple[str, int]] = frozenset()
+
+    def observe(self, leafs: list[dict[str, Any]]) -> None:
+        """Pure: a new generation when the set of leaf connections is new and not empty."""
+        current = frozenset((str(leaf.get("ip")), int(leaf.get("port") or 0)) for leaf in leafs)
+        if current and current != self._seen:
+            self.generation += 1
+            log.info("leaf link to the core is up", generation=self.generation)
+        if not current and self.up:
+            log.warning("leaf link to the core is down; serving from local state")
+        self.up, self._seen = bool(current), current
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    response = await http.get(self._url)
+                    self.observe(response.json().get("leafs") or [])
+                await asyncio.sleep(self._every_s)
+
+
+class KvFollower:
+    """Calls `apply(state)` with the bucket's whole state (key -> value) once a watch has
+    delivered it, then after every change. Deleted keys leave the state."""
+
+    def __init__(
+        self,
+        js: Any,
+        bucket: str,
+        apply: Callable[[State], Awaitable[None]],
+        *,
+        link: LeafLink | None = None,
+        resync_s: float = 600.0,
+        retry_s: float = 2.0,
+    ) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._apply = apply
+        self._link = link
+        self._resync_s = resync_s
+        self._retry_s = retry_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                kv = await self._js.key_value(self._bucket)
+                watcher = await kv.watchall()
+            except Exception as exc:  # the core, or the link to it, is not there yet
+                log.debug("cannot watch yet", bucket=self._bucket, error=repr(exc))
+                await asyncio.sleep(self._retry_s)
+                continue
+            try:
+                await self._follow(watcher)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+    async def _follow(self, watcher: Any) -> None:
+        """Until the link comes back (a new generation) or `resync_s` pass."""
+        generation = self._link.generation if self._link else 0
+        state: State = {}
+        live = False  # the initial values have all arrived
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._resync_s
+        while loop.time() < deadline:
+            if self._link is not None and self._link.generation != generation:
+                log.info("re-watching after the link came back", bucket=self._bucket)
+                return
+            try:
+                entry = await watcher.updates(timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None:  # the end of the initial values
+                live = True
+            elif entry.operation in ("DEL", "PURGE"):
+                state.pop(entry.key, None)
+            else:
+                state[entry.key] = entry.value
+            if live:
+                await self._apply(dict(state))
