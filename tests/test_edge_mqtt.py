@@ -231,6 +231,41 @@ def test_shopper_over_websockets_gets_an_answer(
     assert shopper.ask(trained_model.held_out(1)[0], timeout=WAIT).body["sku"] == sku(1)
 
 
+def test_mqtt_and_http_give_the_same_answer_from_one_pool(
+    make_site: Callable[..., Site], trained_model: TrainedModel  # noqa: F811
+) -> None:
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from edge2core.edge.api import create_edge_app
+
+    site = make_site()
+    assert site.gateway is not None
+    capture_door, recognize_door = site.doors
+    # Captures: QoS 1 (acked once spooled); requests: QoS 0, nothing kept for a restart.
+    assert capture_door.granted_qos == [1] and recognize_door.granted_qos == [0]
+    for door in site.doors:
+        sock = door.client.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    shopper = site.shopper("phone-same")
+    http = TestClient(create_edge_app(site.gateway, site.name, dict, 8_000_000))
+    served_before = site.gateway.pool.batched_requests
+    for product in range(3):
+        photo = trained_model.held_out(product)[1]
+        over_mqtt = shopper.ask(photo, timeout=WAIT)
+        assert over_mqtt.error is False, over_mqtt.body
+        response = http.post("/v1/recognize", content=photo, params={"device": "phone-same"})
+        assert response.status_code == 200
+        over_http = response.json()
+        for body in (over_mqtt.body, over_http):
+            body.pop("latency_ms")
+            body.pop("request_id")
+        assert over_mqtt.body == over_http and over_http["sku"] == sku(product)
+    # Both doors' requests ran on the gateway's one pool.
+    assert site.gateway.pool.batched_requests - served_before == 6
+
+
 JPEG = render_photo(0, 3)
 
 BAD_CAPTURES = [

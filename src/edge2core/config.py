@@ -80,6 +80,27 @@ class PromotionGate(BaseModel):
         "default: the candidate's dataset version")
 
 
+class AutomationPolicy(BaseModel):
+    """`[core.automation]`: when the core retrains and how it rolls out, without a person."""
+
+    enabled: bool = True
+    new_product_min_photos: int = Field(default=30, ge=2)
+    new_product_min_devices: int = Field(default=2, ge=1)
+    min_photos_per_class: int = Field(default=4, ge=2, description="products with fewer stay out")
+    drift_window: int = Field(default=20, ge=2, description="latest kiosk captures per product")
+    drift_min_photos: int = Field(default=8, ge=1, description="fewer recent captures: not judged")
+    drift_below: float = Field(
+        default=0.35, ge=0, le=1,
+        description="mean production confidence in a product's own class under which it drifts")
+    full_retrain_every_s: float = Field(default=24 * 3600, gt=0)
+    full_retrain_min_new_photos: int = Field(default=500, ge=1)
+    canary_sites: list[str] = Field(default_factory=list, description="empty: straight to the fleet")
+    canary_soak_s: float = Field(default=30.0, ge=0)
+    canary_timeout_s: float = Field(default=300.0, gt=0)
+    check_every_s: float = Field(default=2.0, gt=0, description="also woken by arrivals")
+    train_params: dict[str, Any] = Field(default_factory=dict)
+
+
 class CoreSettings(_Settings):
     """The core: receiver, datasets, training, registry, catalogue."""
 
@@ -104,6 +125,7 @@ class CoreSettings(_Settings):
     val_percent: int = Field(default=20, ge=0, le=90)
     training_threads: int = Field(default=0, description="torch threads; 0 = all cores")
     gate: PromotionGate = Field(default_factory=PromotionGate)
+    automation: AutomationPolicy = Field(default_factory=AutomationPolicy)
     embedding_cache_dir: Path | None = Field(default=None, description="default: data_dir/cache/embeddings")
     # Object store, resumable uploads, datasets, governance (issue 4).
     object_store_url: str | None = Field(

@@ -117,6 +117,24 @@ FLEET_KEY = "fleet"
 CATALOGUE_BUCKET = "e2c-catalogue"
 
 
+class SiteModelReport(BaseModel):
+    """Edge -> core: what a site did with a model version (canary health, audit)."""
+
+    site: str
+    version: int
+    sha256: str
+    state: str  # live | refused | rolled_back
+    reason: str = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
+def site_report_subject(site: str) -> str:
+    return f"e2c.sites.{site}.model"
+
+
+SITE_REPORTS = "e2c.sites.*.model"
+
+
 def site_key(site: str) -> str:
     """A site's own desired model (a canary); absent, the site follows FLEET_KEY."""
     return f"site.{site}"

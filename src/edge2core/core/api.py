@@ -16,13 +16,17 @@ from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES, mount_metrics
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.api_catalogue import catalogue_router
+from edge2core.core.api_automation import automation_router
 from edge2core.core.api_models import models_router
+from edge2core.core.audit import AuditLog
+from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
 from edge2core.core.receiver import ImageReceiver, UploadError
 from edge2core.core.routes import core_routes
 from edge2core.core.registry import ModelInfo, ModelRegistry
 from edge2core.core.schema import ImageRow
+from edge2core.core.site_reports import SiteReports
 from edge2core.core.trainer import Trainer
 
 
@@ -37,6 +41,9 @@ class CoreServices:
     trainer: Trainer
     site_tokens: dict[str, str]
     retention_days: dict[str, int] = field(default_factory=dict)
+    audit: AuditLog | None = None
+    reports: SiteReports | None = None
+    loop: LearningLoop | None = None
 
 
 class TrainRequest(BaseModel):
@@ -192,6 +199,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
             background=BackgroundTask(handle.close),
         )
 
+    app.include_router(automation_router(services))
     app.include_router(catalogue_router(services))  # products, promotions, images, audit
     app.include_router(models_router(services))  # registry: compare, promote, rollback, ...
     app.include_router(core_routes(services))  # uploads, datasets, labelling, governance

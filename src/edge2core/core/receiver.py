@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Engine, bindparam, insert, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,8 +45,15 @@ IN_MEMORY_MAX = 8 * 1024 * 1024
 # `_record`'s answer for a photo erased between its upload's replay check and its commit.
 ERASED = "erased"
 
-_IMAGE_BY_SHA = select(ImageRow.key, ImageRow.size).where(ImageRow.sha256 == bindparam("sha"))
-_TOMBSTONE_BY_SHA = select(TombstoneRow.sha256).where(TombstoneRow.sha256 == bindparam("sha"))
+# The photo's row, else a row of NULLs if it was erased, else nothing: one round trip.
+_IMAGE_OR_TOMBSTONE = union_all(
+    select(ImageRow.key, ImageRow.size).where(ImageRow.sha256 == bindparam("sha")),
+    select(null().label("key"), null().label("size")).where(
+        TombstoneRow.sha256 == bindparam("sha")),
+)
+_PRESENT = select(ImageRow.sha256).where(ImageRow.sha256.in_(bindparam("shas", expanding=True)))
+_ERASED = select(TombstoneRow.sha256).where(
+    TombstoneRow.sha256.in_(bindparam("shas", expanding=True)))
 
 # Refusals that say something is wrong with the photo itself (kept in quarantine with the reason),
 # as opposed to transport problems (hash or size mismatch) that a resend fixes.
@@ -177,6 +184,7 @@ class ImageReceiver:
         self.sessions = sessions
         self._sessions = sessions
         self._engine = sessions.kw["bind"]
+        self._wal = WalCommits.for_engine(self._engine)  # None unless SQLite in WAL mode
         self.max_bytes = max_bytes
         self._max_bytes = max_bytes
         self._val_percent = val_percent
@@ -192,9 +200,8 @@ class ImageReceiver:
     def existing(self, sha256: str) -> Receipt | None:
         # Plain SQL on a pooled connection (no ORM session): this runs once per upload.
         with self._engine.connect() as conn:
-            row = conn.execute(_IMAGE_BY_SHA, {"sha": sha256}).first()
-            erased = row is None and conn.execute(_TOMBSTONE_BY_SHA, {"sha": sha256}).first() is not None
-        if erased:
+            row = conn.execute(_IMAGE_OR_TOMBSTONE, {"sha": sha256}).first()
+        if row is not None and row.key is None:  # only a tombstone
             return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
         if row is None or not self._store.exists(row.key):
             return None
@@ -317,18 +324,24 @@ class ImageReceiver:
             refused()
             raise
         key = image_key(record.sha256)
-        stored = self.io.submit(put, key)
+        # The row goes to the group commit now; this thread writes the object meanwhile (its
+        # own fsyncs), then waits for the row. Whichever waiting thread finds no commit under
+        # way commits every queued row, so commits and object writes overlap.
+        pending = self._writer.enqueue((record, key, phash))
         try:
-            created = self._record(record, key, phash)  # False if a lost object came back
+            put(key)
         except BaseException:
-            _settle(stored)
+            try:
+                outcome = self._settled(pending)
+            except BaseException:  # noqa: BLE001 (the object write's failure is the one reported)
+                outcome = None
+            if outcome is True:
+                self._unrecord(record.sha256)
             failed()
             raise
         try:
-            stored.result()
+            created = self._settled(pending)  # False if a lost object came back
         except BaseException:
-            if created is True:
-                self._unrecord(record.sha256)
             failed()
             raise
         if created is ERASED:  # erased while it was on its way: acknowledged, not kept
@@ -383,6 +396,13 @@ class ImageReceiver:
                 row.last_at = now
                 row.reason, row.detail = exc.code, exc.detail[:1000]
 
+    def _settled(self, pending: _Slot) -> bool | str:
+        """Wait for a row handed to the group commit; durable when this returns."""
+        outcome, seq = self._writer.wait(pending)  # type: ignore[misc]
+        if seq and self._wal is not None:
+            self._wal.sync(seq)
+        return outcome
+
     def _record(self, record: PhotoRecord, key: str, phash: int) -> bool | str:
         """Insert the photo's row (and its labelling task); False if it was already there,
         `ERASED` if the photo was erased since the upload's replay check.
@@ -391,17 +411,21 @@ class ImageReceiver:
         which writes them all in one transaction (one fsync), then wakes them. The answer to
         each upload still waits for its own row to be durable.
         """
-        return self._writer.submit((record, key, phash))  # type: ignore[return-value]
+        outcome, seq = self._writer.submit((record, key, phash))  # type: ignore[misc]
+        if seq and self._wal is not None:
+            self._wal.sync(seq)  # the batch's commit is durable before anyone is told
+        return outcome
 
-    def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[bool | str]:
+    def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[tuple[bool | str, int]]:
+        """Per item: (outcome, seq); seq > 0 is the `WalCommits` commit to sync before
+        acknowledging it."""
         now = utcnow()
         with self.near_dups.lock:
             shas = [r.sha256 for r, _k, _p in batch]
             with self._engine.connect() as conn:
-                present = set(conn.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas))))
+                present = set(conn.scalars(_PRESENT, {"shas": shas}))
                 # Erased meanwhile (between the upload's replay check and now): never stored.
-                erased = set(conn.scalars(
-                    select(TombstoneRow.sha256).where(TombstoneRow.sha256.in_(shas))))
+                erased = set(conn.scalars(_ERASED, {"shas": shas}))
             raise_for = erased - present
             results: list[bool | str] = []
             rows: list[dict] = []
@@ -421,12 +445,14 @@ class ImageReceiver:
                 self.near_dups.add(phash, group)  # later photos in this batch can join it
                 results.append(True)
             if not rows:
-                return results
+                return [(r, 0) for r in results]
             try:
-                # One multi-row INSERT (no ORM unit of work per row), one commit (one fsync).
-                with self._sessions.begin() as session:
+                # One multi-row INSERT (no ORM unit of work per row), one commit.
+                writer = self._wal.sessions if self._wal is not None else self._sessions
+                with writer.begin() as session:
                     session.execute(insert(ImageRow), rows)
                     session.add_all(tasks)
+                seq = self._wal.committed() if self._wal is not None else 0
             except IntegrityError:
                 # Another process recorded one of them first: fall back to one at a time.
                 self.near_dups.invalidate_locked()
@@ -436,7 +462,8 @@ class ImageReceiver:
                         results.append(ERASED)
                     else:
                         results.append(self._insert_one(record, key, phash, now))
-        return results
+                seq = 0  # committed with synchronous=FULL
+        return [(r, seq) for r in results]
 
     def _insert_one(self, record: PhotoRecord, key: str, phash: int, now) -> bool:  # type: ignore[no-untyped-def]
         group = self.near_dups.group_for(record.sha256, phash)
@@ -482,12 +509,69 @@ class ImageReceiver:
         }
 
 
-def _settle(future) -> None:  # type: ignore[no-untyped-def]
-    """Wait for a side task before giving up, so no write lands after the refusal."""
-    try:
-        future.result()
-    except BaseException:  # noqa: BLE001, S110 (the first failure is the one reported)
-        pass
+class WalCommits:
+    """The receiver's batch commits on SQLite in WAL mode, made durable outside the write lock.
+
+    With `synchronous=FULL` SQLite fsyncs the WAL inside COMMIT, holding the write lock, so
+    the next batch waits for the disk twice (the fsync in flight, then its own). The
+    receiver's own connections use `synchronous=NORMAL` instead (the commit only writes the
+    WAL), and every upload then waits, before it is acknowledged, for an fsync of the WAL
+    file that started after its batch committed: the next batch commits while that fsync is
+    in flight, and one fsync covers every commit made before it began. An acknowledged row
+    is as durable as with FULL: its WAL frames are on disk, or a checkpoint already copied
+    them into the database file, which SQLite syncs before it reuses the WAL. A crash before
+    the fsync can lose rows that nobody was told about, as with FULL.
+    """
+
+    def __init__(self, url: str, wal: Path) -> None:
+        from edge2core.common.db import make_engine, make_sessionmaker
+
+        self.engine = make_engine(url, synchronous="NORMAL")
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.wal = wal
+        self._mutex = threading.Lock()
+        self._committed = 0  # batch commits made on `engine`
+        self._synced = 0  # of which known durable
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> WalCommits | None:
+        url = engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        if url.query:  # uri= and other options: keep SQLite's own FULL commits
+            return None
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if str(mode).lower() != "wal":
+            return None
+        database = Path(url.database).resolve()
+        return cls(f"sqlite:///{database}", Path(f"{database}-wal"))
+
+    def committed(self) -> int:
+        """Call right after a commit on `engine`: its sequence number for `sync`."""
+        with self._mutex:
+            self._committed += 1
+            return self._committed
+
+    def sync(self, seq: int) -> None:
+        """Return once commit `seq` is on disk (an fsync of the WAL begun after it)."""
+        with self._mutex:
+            if self._synced >= seq:
+                return
+            covered = self._committed
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:
+            # No WAL: the last connection checkpointed it into the database file (synced)
+            # and removed it.
+            pass
+        else:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with self._mutex:
+            self._synced = max(self._synced, covered)
 
 
 class GroupCommit:
@@ -500,30 +584,44 @@ class GroupCommit:
         self._leading = False
 
     def submit(self, item: object) -> object:
+        return self.wait(self.enqueue(item))
+
+    def enqueue(self, item: object) -> _Slot:
         slot = _Slot(item)
         with self._mutex:
             self._queue.append(slot)
-            lead = not self._leading
-            self._leading = True
-        if lead:
-            while True:
-                with self._mutex:
-                    batch, self._queue = self._queue, []
-                    if not batch:
-                        self._leading = False
-                        break
-                try:
-                    for s, result in zip(batch, self._commit([b.item for b in batch]), strict=True):
-                        s.result = result
-                except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
-                    for s in batch:
-                        s.error = exc
-                for s in batch:
-                    s.done.set()
-        slot.done.wait()
+        return slot
+
+    def wait(self, slot: _Slot) -> object:
+        """The item's result, committing the queue if no other thread is."""
+        while not slot.done.is_set():
+            with self._mutex:
+                lead = not self._leading
+                self._leading = True
+            if lead:
+                self._lead()
+            else:
+                # The leader drains the queue until it is empty, so it takes this slot.
+                slot.done.wait()
         if slot.error is not None:
             raise slot.error
         return slot.result
+
+    def _lead(self) -> None:
+        while True:
+            with self._mutex:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._leading = False
+                    return
+            try:
+                for s, result in zip(batch, self._commit([b.item for b in batch]), strict=True):
+                    s.result = result
+            except BaseException as exc:  # noqa: BLE001 (handed to every waiter)
+                for s in batch:
+                    s.error = exc
+            for s in batch:
+                s.done.set()
 
 
 class _Slot:

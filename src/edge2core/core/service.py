@@ -8,20 +8,26 @@ from pathlib import Path
 
 import nats
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 
+from edge2core.common.events import SITE_REPORTS, SiteModelReport
 from edge2core.common.products import Product
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.common.signing import Signer
-from edge2core.config import CoreSettings
+from edge2core.config import AutomationPolicy, CoreSettings
 from edge2core.core import storage
 from edge2core.core.api import CoreServices, create_core_app
+from edge2core.core.audit import AuditLog
+from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetStore
+from edge2core.core.drift import DriftWatch
 from edge2core.core.deployments import CatalogueFeed, DeploySink, SiteBoard, open_buckets
 from edge2core.core.gate import ModelGate
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
+from edge2core.core.site_reports import SiteReports
 from edge2core.core.trainer import Trainer
 
 log = get_logger(__name__)
@@ -56,6 +62,8 @@ def build_core_services(
                       cache_dir=settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings",
                       catalogue=catalogue)
     registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
+    loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer)
+    catalogue.on_change = _both(on_catalogue_change, lambda _products: loop.wake.set())
     return CoreServices(
         store=store,
         sessions=sessions,
@@ -69,7 +77,28 @@ def build_core_services(
         trainer=trainer,
         site_tokens=settings.site_tokens,
         retention_days=settings.retention_days,
+        audit=loop.audit,
+        reports=loop.reports,
+        loop=loop,
     )
+
+
+def learning_loop(policy: AutomationPolicy, sessions: sessionmaker[Session], catalogue: Catalogue,
+                  datasets: DatasetStore, registry: ModelRegistry, trainer: Trainer) -> LearningLoop:
+    drift = DriftWatch(sessions, trainer.score_model, window=policy.drift_window,
+                       min_photos=policy.drift_min_photos)
+    return LearningLoop(policy, sessions, catalogue, datasets, registry, trainer.train,
+                        AuditLog(sessions), SiteReports(), drift=drift)
+
+
+def _both(first: Callable[[list[Product]], None] | None,
+          second: Callable[[list[Product]], None]) -> Callable[[list[Product]], None]:
+    def call(products: list[Product]) -> None:
+        if first is not None:
+            first(products)
+        second(products)
+
+    return call
 
 
 def publish_desired_state(
@@ -85,6 +114,16 @@ def publish_desired_state(
     feed.sync(services.catalogue.list())
 
 
+def _on_site_report(reports: SiteReports):  # type: ignore[no-untyped-def]
+    async def on_report(msg) -> None:  # noqa: ANN001 - nats-py's Msg
+        try:
+            reports.record(SiteModelReport.model_validate_json(msg.data))
+        except ValueError:
+            log.warning("malformed site report ignored", subject=msg.subject)
+
+    return on_report
+
+
 async def serve_core(settings: CoreSettings) -> None:
     server = EmbeddedNats(core_nats_config(settings), work_dir=Path(settings.data_dir) / "nats")
     server.start()  # in this thread: the server is tied to the thread that starts it
@@ -94,6 +133,8 @@ async def serve_core(settings: CoreSettings) -> None:
         board, feed = SiteBoard(deploy), CatalogueFeed(catalogue)
         services = build_core_services(settings, board, feed)
         await asyncio.to_thread(publish_desired_state, services, board, feed)
+        await client.subscribe(SITE_REPORTS, cb=_on_site_report(services.reports))
+        tasks = [asyncio.create_task(services.loop.run())] if settings.automation.enabled else []
         app = create_core_app(services)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.http_port, log_config=None, access_log=False
@@ -101,5 +142,7 @@ async def serve_core(settings: CoreSettings) -> None:
         log.info("core up", http=settings.http_url, nats=server.client_url)
         await uvicorn.Server(config).serve()
     finally:
+        for task in tasks:
+            task.cancel()
         await client.drain()
         server.stop()

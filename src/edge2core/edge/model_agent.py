@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edge2core.common.events import (
@@ -20,6 +21,7 @@ from edge2core.common.events import (
     DEPLOY_BUCKET,
     FLEET_KEY,
     ModelPublished,
+    SiteModelReport,
     site_key,
 )
 from edge2core.common.fsutil import write_atomic
@@ -57,6 +59,7 @@ class ModelAgent:
         poll_s: float = 600.0,
         keep_versions: int = 3,
         trust: ModelTrust | None = None,
+        reporter: Callable[[SiteModelReport], Awaitable[None]] | None = None,
     ) -> None:
         self._core = core
         self._recognizer = recognizer
@@ -66,6 +69,7 @@ class ModelAgent:
         self._keep = keep_versions
         self._trust = trust
         self._site = site
+        self.reporter = reporter
         self._nudge = asyncio.Event()
         self._refused: set[str] = set()
         self._desired: ModelPublished | None = None  # from the KV watch
@@ -109,6 +113,7 @@ class ModelAgent:
                 self._refused.add(desired.sha256)
                 MODEL_SWAPS.labels(outcome="untrusted").inc()
                 log.error("model refused; the previous one keeps serving", error=str(exc))
+                await self._report(desired, "refused", str(exc))
                 return False
         return await self._load(desired)
 
@@ -169,22 +174,35 @@ class ModelAgent:
             self._refused.add(model.sha256)
             log.error("model refused; the previous one keeps serving", version=model.version,
                       error=str(exc))
+            await self._report(model, "refused", str(exc))
             return False
         self._point_at(model)
         log.info("model live", version=model.version, classes=len(model.classes))
         prune_models(self._dir, live=self._artifact(model), keep=self._keep)
+        await self._report(model, "live")
         return True
 
     def _point_at(self, model: ModelPublished) -> None:
         write_atomic(self._pointer(), [model.model_dump_json().encode()])
 
-    def _follow_rollbacks(self) -> None:
-        """A live rollback (LiveWatch) swapped models under us: restart on the survivor."""
+    async def _report(self, model: ModelPublished, state: str, reason: str = "") -> None:
+        if self.reporter is None:
+            return
+        try:
+            await self.reporter(SiteModelReport(site=self._site, version=model.version,
+                                                 sha256=model.sha256, state=state, reason=reason))
+        except Exception as exc:  # a report is informative; the model state is the truth
+            log.warning("site report not sent", error=repr(exc))
+
+    async def _follow_rollbacks(self) -> None:
+        """A live rollback (LiveWatch) swapped models under us: restart on the survivor, say
+        so to the core, and never load the rolled-back version again."""
         live = self._recognizer.model
         if live is None or not self._pointer().is_file():
             return
         pointed = ModelPublished.model_validate_json(self._pointer().read_text())
         if pointed.sha256 != live.sha256 and pointed.sha256 in self._recognizer.rolled_back:
+            await self._report(pointed, "rolled_back", "live watch: confidence fell off or runs failed")
             for path in self._dir.glob(f"{live.version}-{live.sha256[:16]}.onnx"):
                 self._point_at(pointed.model_copy(update={
                     "version": live.version, "sha256": live.sha256,
@@ -243,7 +261,7 @@ class ModelAgent:
                         await self.reconcile()
                     else:
                         await self.converge(self._desired)
-                    self._follow_rollbacks()
+                    await self._follow_rollbacks()
                 except Exception as exc:  # the link may be down: keep serving, try again
                     log.warning("model reconcile failed", error=repr(exc))
                 self._nudge.clear()

@@ -96,6 +96,7 @@ class MqttDoor:
         # With workers, handlers run off the network thread; without, in order on it.
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=client_id) if workers else None
         self._subscribed = threading.Event()
+        self.granted_qos: list[int] = []
         persistent = qos > 0
         self.client = make_client(endpoint, client_id, persistent=persistent, manual_ack=persistent)
         self.client.on_connect = self._on_connect
@@ -128,7 +129,11 @@ class MqttDoor:
         # Resubscribe on every (re)connect; the broker may have lost our session.
         client.subscribe([(topic, self._qos) for topic in self._topics])
 
-    def _on_subscribe(self, *_args: object) -> None:
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, _mid: int, reason_codes: list, _p: object
+    ) -> None:
+        # What the broker granted, one per topic (0, 1, or >= 0x80 for a refusal).
+        self.granted_qos = [getattr(rc, "value", rc) for rc in reason_codes]
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:

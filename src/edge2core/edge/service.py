@@ -13,7 +13,12 @@ import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from edge2core.common import topics
-from edge2core.common.events import PhotoForwarded, events_subject
+from edge2core.common.events import (
+    PhotoForwarded,
+    SiteModelReport,
+    events_subject,
+    site_report_subject,
+)
 from edge2core.common.images import DecodeLimits
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
@@ -243,6 +248,15 @@ async def event_sink(client: NatsClient, site: str) -> EventSink:
     return publish
 
 
+def site_reporter(client: NatsClient) -> Callable[[SiteModelReport], Awaitable[None]]:
+    """Tell the core (over the leaf link) what this site did with a model version."""
+
+    async def report(event: SiteModelReport) -> None:
+        await client.publish(site_report_subject(event.site), event.model_dump_json().encode())
+
+    return report
+
+
 async def supervised(name: str, run: Callable[[], Awaitable[None]], delay_s: float = 2.0) -> None:
     """Keep a background loop alive: a bug in one pass must not silently stop forwarding."""
     while True:
@@ -284,6 +298,7 @@ async def serve_edge(settings: EdgeSettings) -> None:
         **({"user": internal.user, "password": internal.password} if internal else {}),
     )
     parts = build_edge_parts(settings, await event_sink(client, settings.site))
+    parts.agent.reporter = site_reporter(client)
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
     # The core's desired state (model per site, catalogue) lives in its JetStream domain,
