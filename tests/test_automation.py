@@ -45,6 +45,8 @@ def test_a_new_product_needs_enough_photos_from_enough_devices() -> None:
 def test_triggers_in_order_bootstrap_new_retired_drift_scheduled() -> None:
     first = decide(inputs(in_model=frozenset(), trainable=3), POLICY)
     assert first is not None and first.trigger == "bootstrap"
+    arriving = inputs(in_model=frozenset(), trainable=3, since_last_photo_s=1.0)
+    assert decide(arriving, POLICY) is None  # photos still arriving: wait for a pause
     assert decide(inputs(in_model=frozenset(), trainable=1), POLICY) is None
     retired = decide(inputs(retired=frozenset({"B", "Z"})), POLICY)
     assert retired is not None and (retired.trigger, retired.skus) == ("retired", ("B",))
@@ -153,7 +155,7 @@ def core(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     from edge2core.core.service import build_core_services
 
     policy = AutomationPolicy(new_product_min_photos=2 * PER_CLASS, new_product_min_devices=2,
-                              min_photos_per_class=4)
+                              min_photos_per_class=4, bootstrap_quiet_s=0)
     settings = CoreSettings(data_dir=tmp_path_factory.mktemp("core"), automation=policy)
     sites = RecordedSites()
     services = build_core_services(settings, sites)

@@ -87,6 +87,8 @@ class AutomationPolicy(BaseModel):
     new_product_min_photos: int = Field(default=30, ge=2)
     new_product_min_devices: int = Field(default=2, ge=1)
     min_photos_per_class: int = Field(default=4, ge=2, description="products with fewer stay out")
+    bootstrap_quiet_s: float = Field(
+        default=5.0, ge=0, description="the first model waits until arrivals pause this long")
     drift_window: int = Field(default=20, ge=2, description="latest kiosk captures per product")
     drift_min_photos: int = Field(default=8, ge=1, description="fewer recent captures: not judged")
     drift_below: float = Field(

@@ -18,6 +18,7 @@ from edge2core.common.objectstore import ObjectStore
 from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_automation import automation_router
 from edge2core.core.api_models import models_router
+from edge2core.core.api_uploads import ImagePutFastPath
 from edge2core.core.audit import AuditLog
 from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
@@ -106,6 +107,9 @@ def create_core_app(services: CoreServices) -> FastAPI:
     def image_head(sha256: str) -> Response:
         found = services.receiver.existing(sha256)
         return Response(status_code=200 if found else 404)
+
+    # Well-formed one-shot uploads skip the framework (same answers; see ImagePutFastPath).
+    app.add_middleware(ImagePutFastPath, services=services)
 
     @app.put("/v1/images/{sha256}")
     async def upload_image(

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES
@@ -198,3 +201,84 @@ def uploads_router(services: CoreServices) -> APIRouter:
         return Response(status_code=204, headers=_tus_headers())
 
     return router
+
+
+class ImagePutFastPath:
+    """ASGI middleware: `PUT /v1/images/<sha256>` straight to the receiver.
+
+    The one-shot upload is the core's hot path. Requests that carry a valid photo record for
+    the URL's id (and, where site tokens are set, the site's token) are handled here, without
+    the framework's routing, dependency solving and its thread hop; the answers are those of
+    the FastAPI route (`create_core_app`), which still serves every other request, including
+    uploads with a missing or invalid record or a bad token (so their errors are its own).
+    """
+
+    PREFIX = "/v1/images/"
+
+    def __init__(self, app: ASGIApp, services: CoreServices) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "PUT"
+            or not scope["path"].startswith(self.PREFIX)
+            or (record := self._record(scope)) is None
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            receipt = await self.services.receiver.receive(record, _body(receive))
+        except UploadError as exc:
+            CORE_IMAGES.labels(outcome=exc.code).inc()
+            response = JSONResponse({"error": exc.code, "detail": exc.detail},
+                                    status_code=exc.status, headers=exc.headers)
+        else:
+            CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
+            response = JSONResponse(
+                {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
+                 "created": receipt.created, "erased": receipt.erased},
+                status_code=201 if receipt.created else 200,
+            )
+        await response(scope, receive, send)
+
+    def _record(self, scope: Scope) -> PhotoRecord | None:
+        """The request's photo record if the fast path may take it, else None."""
+        sha256 = scope["path"][len(self.PREFIX):]
+        if "/" in sha256:
+            return None
+        meta = authorization = None
+        for name, value in scope["headers"]:  # the first of each, as the route reads them
+            if name == _META_NAME and meta is None:
+                meta = value
+            elif name == b"authorization" and authorization is None:
+                authorization = value
+        if meta is None:
+            return None
+        try:
+            record = PhotoRecord.model_validate_json(meta.decode("latin-1"))
+        except ValidationError:
+            return None
+        if record.sha256 != sha256:
+            return None
+        tokens = self.services.site_tokens
+        if tokens and (authorization or b"").decode("latin-1") != f"Bearer {tokens.get(record.site)}":
+            return None
+        return record
+
+
+_META_NAME = META_HEADER.lower().encode("latin-1")
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk (as `Request.stream()`)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            if chunk := message.get("body", b""):
+                yield chunk
+            if not message.get("more_body", False):
+                return
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()

@@ -27,13 +27,13 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source
+from edge2core.common.events import Source, utcnow
 from edge2core.common.logging import get_logger
 from edge2core.common.products import ProductStatus
 from edge2core.config import AutomationPolicy
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue import Catalogue
-from edge2core.core.datasets import DatasetQuery, DatasetStore
+from edge2core.core.datasets import DatasetQuery, DatasetStore, as_utc
 from edge2core.core.registry import GateBlocked, ModelInfo, ModelRegistry
 from edge2core.core.schema import ImageRow
 from edge2core.core.site_reports import SiteReports
@@ -59,6 +59,7 @@ class LoopInputs:
     new_photos: int  # labelled photos stored since the production model's dataset
     since_full_s: float  # since the last full retrain (inf: never)
     trainable: int = 0  # active products with enough photos to learn
+    since_last_photo_s: float = float("inf")  # since the newest labelled photo arrived
     blocked: frozenset[str] = frozenset()  # SKUs whose last rollout was stopped
 
 
@@ -71,7 +72,8 @@ class Decision:
 
 
 def decide(inputs: LoopInputs, policy: AutomationPolicy) -> Decision | None:
-    if not inputs.in_model and inputs.trainable >= 2 and "bootstrap" not in inputs.blocked:
+    if (not inputs.in_model and inputs.trainable >= 2 and "bootstrap" not in inputs.blocked
+            and inputs.since_last_photo_s >= policy.bootstrap_quiet_s):
         return Decision("fast", "bootstrap",
                         f"no model yet; {inputs.trainable} products have enough photos")
     ready = sorted(sku for sku, data in inputs.pending.items()
@@ -110,6 +112,13 @@ def kiosk_counts(sessions: sessionmaker[Session], skus: Sequence[str]) -> dict[s
     with sessions() as session:
         found = {sku: ProductData(n, d) for sku, n, d in session.execute(stmt)}
     return {sku: found.get(sku, ProductData(0, 0)) for sku in skus}
+
+
+def newest_photo_age_s(sessions: sessionmaker[Session]) -> float:
+    with sessions() as session:
+        newest = session.scalar(select(func.max(ImageRow.stored_at)).where(ImageRow.sku.is_not(None)))
+    newest = as_utc(newest)
+    return (utcnow() - newest).total_seconds() if newest else float("inf")
 
 
 def photos_since(sessions: sessionmaker[Session], since: datetime) -> int:
@@ -159,6 +168,7 @@ class LearningLoop:
             new_photos=photos_since(self.sessions, since) if since else 0,
             since_full_s=time.monotonic() - self._last_full,
             trainable=len(self._training_skus(())),
+            since_last_photo_s=newest_photo_age_s(self.sessions),
             blocked=frozenset(self.blocked),
         )
 
