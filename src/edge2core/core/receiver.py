@@ -450,7 +450,7 @@ class ImageReceiver:
                 # One multi-row INSERT (no ORM unit of work per row), one commit.
                 writer = self._wal.sessions if self._wal is not None else self._sessions
                 with writer.begin() as session:
-                    session.execute(insert(ImageRow), rows)
+                    session.execute(insert(ImageRow.__table__), rows)  # Core: no ORM bulk layer
                     session.add_all(tasks)
                 seq = self._wal.committed() if self._wal is not None else 0
             except IntegrityError:
