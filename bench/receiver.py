@@ -3,6 +3,8 @@
 1. Receiver: 8 concurrent edge uploaders (the edge's real `CoreClient`) send prepared photos to
    the real core app (uvicorn, its own process; SQLite + local object store), which hashes,
    fsyncs, re-checks privacy, computes the perceptual hash, stores and records each one. The
+   core runs as `edge2core core up` runs it: uvicorn with its defaults, which pick httptools
+   and uvloop when installed (the `core` extra installs them); one process. The
    baseline writes the same bytes straight into a local object store of the same kind on the
    same disk (fsync'd atomic writes, 8 threads), in the same run. Repeats alternate the two.
    Main case: prepared phone photos (1024x768 JPEG, ~150 KB); also reported: 348 px grocery

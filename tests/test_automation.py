@@ -258,3 +258,23 @@ def test_drift_scores_only_captures_after_the_model(tmp_path: Path) -> None:
 
     watch = DriftWatch(sessions, score, window=5, min_photos=3)
     assert watch(model, ["A", "B"]) == {"A": pytest.approx(0.2)}  # B has only 2 recent photos
+
+
+@needs_grocery
+def test_the_loop_over_http(core) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from edge2core.core.api import create_core_app
+
+    client = TestClient(create_core_app(core))
+    core.loop.blocked.add("SKU-TEST")
+    dry = client.get("/v1/automation/decision").json()
+    assert set(dry["inputs"]) >= {"pending", "in_model", "retired", "blocked"}
+    assert "SKU-TEST" in dry["inputs"]["blocked"]
+    assert "SKU-TEST" in client.post("/v1/automation/retry").json()["cleared"]
+    assert core.loop.blocked == set()
+    core.loop.reports.record(report("store-7", core.registry.production().version))
+    assert client.get("/v1/sites").json()["sites"]["store-7"]["state"] == "live"
+    why = client.get("/v1/sites/store-7/why").json()
+    assert why["model"] == core.registry.production().version
+    assert why["reported"]["site"] == "store-7" and why["audit"][0]["kind"] == "model.trained"

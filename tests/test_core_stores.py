@@ -467,3 +467,57 @@ def test_real_jpeg_round_trips_through_the_store(store: LocalObjectStore) -> Non
     [key] = store.list("images/")
     with Image.open(io.BytesIO(store.get(key))) as image:
         assert image.size == (120, 80)
+
+
+async def test_upload_erased_while_on_its_way_is_not_kept(receiver, store, sessions, jpeg) -> None:
+    """A tombstone written between the replay check and the commit still wins."""
+    from datetime import UTC, datetime
+
+    from edge2core.core.schema import TombstoneRow
+
+    record = record_for(jpeg)
+    real_existing = receiver.existing
+
+    def existing_then_erased(sha256: str):  # type: ignore[no-untyped-def]
+        found = real_existing(sha256)
+        with sessions.begin() as session:
+            session.add(TombstoneRow(sha256=sha256, erasure_id=1, erased_at=datetime.now(UTC)))
+        return found
+
+    receiver.existing = existing_then_erased
+    receipt = await receiver.receive(record, chunks(jpeg))
+    assert (receipt.created, receipt.erased) == (False, True)
+    assert stored_keys(store) == [] and staged_files(store) == []
+    assert image_rows(sessions) == 0
+
+
+async def test_concurrent_uploads_are_all_durable_and_recorded(receiver, store, sessions) -> None:
+    """Group commit: many uploads at once, each answered after its object and its row."""
+    import asyncio
+
+    photos = [distinct_jpeg(200 + n) for n in range(24)]
+    receipts = await asyncio.gather(*(
+        receiver.receive(record_for(data), chunks(data)) for data in photos))
+    assert all(r.created for r in receipts)
+    assert image_rows(sessions) == len(set(photos))
+    for data in photos:
+        assert store.get(image_key(hashlib.sha256(data).hexdigest())) == data
+
+
+def test_wal_commits_only_for_sqlite_files_in_wal_mode(tmp_path: Path) -> None:
+    from edge2core.common.db import make_engine
+    from edge2core.core.receiver import WalCommits
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'core.db'}")
+    wal = WalCommits.for_engine(engine)
+    assert wal is not None and wal.wal == (tmp_path / "core.db-wal").resolve()
+    with wal.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL elsewhere
+    seq = wal.committed()
+    wal.sync(seq)
+    wal.sync(seq)  # already covered: no second fsync needed
+    assert WalCommits.for_engine(make_engine("sqlite://")) is None
+    wal.engine.dispose()
+    engine.dispose()

@@ -408,3 +408,48 @@ async def test_client_picks_one_shot_or_resumable_and_classifies_refusals(core: 
     await client.aclose()
     assert core.rows() == 2
     assert core.upload_files() == []
+
+
+def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Well-formed PUTs take the fast path (ImagePutFastPath); malformed ones reach the
+    FastAPI route: both answer with the same statuses and bodies."""
+    from edge2core.core import api_uploads
+
+    taken: list[str] = []
+    original = api_uploads.ImagePutFastPath._record
+
+    def spy(self, scope):  # type: ignore[no-untyped-def]
+        record = original(self, scope)
+        taken.append("fast" if record is not None else "route")
+        return record
+
+    monkeypatch.setattr(api_uploads.ImagePutFastPath, "_record", spy)
+    data = noisy_jpeg(11)
+    record = record_for(data)
+    url = f"/v1/images/{record.sha256}"
+    meta = {"X-E2C-Meta": record.model_dump_json()}
+    put = core.http.put(url, content=data, headers=meta)
+    assert put.status_code == 201
+    assert put.json() == {"sha256": record.sha256, "key": image_key(record.sha256),
+                          "size": len(data), "created": True, "erased": False}
+    assert core.services.store.get(image_key(record.sha256)) == data
+    replay = core.http.put(url, content=data, headers=meta)
+    assert (replay.status_code, replay.json()["created"]) == (200, False)
+    # Refusals from the receiver: same JSON as the route's exception handler.
+    other = noisy_jpeg(12)
+    wrong = record_for(other, size=len(data))
+    mismatch = core.http.put(f"/v1/images/{wrong.sha256}", content=data,
+                             headers={"X-E2C-Meta": wrong.model_dump_json()})
+    assert mismatch.status_code == 422 and mismatch.json()["error"] == "hash_mismatch"
+    assert taken == ["fast", "fast", "fast"]
+    # Malformed requests go to the route and keep its answers.
+    missing = core.http.put(url, content=data)
+    assert missing.status_code == 422 and isinstance(missing.json()["detail"], list)
+    bad = core.http.put(url, content=data, headers={"X-E2C-Meta": "{"})
+    assert (bad.status_code, bad.json()["error"]) == (400, "bad_metadata")
+    ids = core.http.put(f"/v1/images/{wrong.sha256}", content=data, headers=meta)
+    assert (ids.status_code, ids.json()["error"]) == (400, "bad_metadata")
+    token = core.http.put(url, content=data, headers={**meta, "Authorization": "Bearer tok-2"})
+    assert (token.status_code, token.json()["error"]) == (401, "unauthorized")
+    assert taken[3:] == ["route"] * 4
+    assert core.rows() == 1

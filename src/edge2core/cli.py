@@ -15,8 +15,9 @@ from rich.table import Table
 from edge2core import __version__
 from edge2core.common.logging import configure_logging
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
-from edge2core.core.cli_datasets import datasets_app
+from edge2core.core.cli_automation import loop_app
 from edge2core.core.cli_catalogue import catalogue_app
+from edge2core.core.cli_datasets import datasets_app
 from edge2core.core.cli_models import eval_command, models_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(edge_app, name="edge")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(loop_app, name="loop")
 app.command("eval", help="Score an image list with a registered or local ONNX model.")(eval_command)
 
 ConfigOpt = Annotated[

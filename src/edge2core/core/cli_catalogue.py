@@ -21,45 +21,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from edge2core.core.cli_http import JsonOpt, UrlOpt, call
 
 catalogue_app = typer.Typer(
     help="The product catalogue: list, add, change, retire, import, promote.",
     no_args_is_help=True,
 )
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="The core's HTTP URL (default from settings).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who makes the change (audit log).")]
-
-
-def _base(url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    from edge2core.config import CoreSettings
-
-    return CoreSettings().http_url
-
-
-def _call(method: str, url: str | None, path: str, **kw: Any) -> Any:
-    base = _base(url)
-    try:
-        response = httpx.request(method, f"{base}{path}", timeout=kw.pop("timeout", 60), **kw)
-    except httpx.HTTPError as exc:
-        typer.echo(f"cannot reach the core at {base}: {exc}. Is `edge2core core up` running?",
-                   err=True)
-        raise typer.Exit(1) from exc
-    if response.status_code >= 400:
-        try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
-        typer.echo(body if isinstance(body, str) else json.dumps(body, indent=2), err=True)
-        raise typer.Exit(2 if response.status_code < 500 else 1)
-    return response.json()
 
 
 def _by(by: str | None) -> dict[str, str]:
@@ -70,7 +43,7 @@ def _upload_image(url: str | None, path: Path) -> str:
     if not path.is_file():
         typer.echo(f"no image file {path}", err=True)
         raise typer.Exit(2)
-    return _call("POST", url, "/v1/products/images", content=path.read_bytes(),
+    return call("POST", url, "/v1/products/images", content=path.read_bytes(),
                  headers={"Content-Type": "application/octet-stream"})["key"]
 
 
@@ -101,7 +74,7 @@ def list_products(
     as_json: JsonOpt = False,
 ) -> None:
     """Every product (by SKU), with its price and the promotions it has."""
-    products = _call("GET", url, "/v1/products", params={"status": status} if status else None)
+    products = call("GET", url, "/v1/products", params={"status": status} if status else None)
     if as_json:
         typer.echo(json.dumps(products, indent=2))
         return
@@ -124,7 +97,7 @@ def list_products(
 @catalogue_app.command("show")
 def show(sku: str, url: UrlOpt = None) -> None:
     """One product as JSON."""
-    _print(_call("GET", url, f"/v1/products/{sku}"), True)
+    _print(call("GET", url, f"/v1/products/{sku}"), True)
 
 
 @catalogue_app.command("add")
@@ -146,7 +119,7 @@ def add(
                             "coarse": coarse, "description": description, "status": status}
     if image is not None:
         body["image_key"] = _upload_image(url, image)
-    _print(_call("POST", url, "/v1/products", json=body, params=_by(by)), as_json)
+    _print(call("POST", url, "/v1/products", json=body, params=_by(by)), as_json)
 
 
 @catalogue_app.command("change")
@@ -172,7 +145,7 @@ def change(
     if not body:
         typer.echo("nothing to change: give at least one option", err=True)
         raise typer.Exit(2)
-    _print(_call("PATCH", url, f"/v1/products/{sku}", json=body, params=_by(by)), as_json)
+    _print(call("PATCH", url, f"/v1/products/{sku}", json=body, params=_by(by)), as_json)
 
 
 @catalogue_app.command("retire")
@@ -184,7 +157,7 @@ def retire(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop selling a product: edge sites stop answering it as soon as they hear of it."""
-    _print(_call("POST", url, f"/v1/products/{sku}/retire", json={"reason": reason},
+    _print(call("POST", url, f"/v1/products/{sku}/retire", json={"reason": reason},
                  params=_by(by)), as_json)
 
 
@@ -204,13 +177,13 @@ def promote(
 ) -> None:
     """Add or replace a promotion of a product (or withdraw it with --remove)."""
     if remove:
-        product = _call("DELETE", url, f"/v1/products/{sku}/promotions/{promotion_id}",
+        product = call("DELETE", url, f"/v1/products/{sku}/promotions/{promotion_id}",
                         params=_by(by))
     else:
         body = {"id": promotion_id, "kind": kind, "value": value, "label": label,
                 "starts_at": _time(starts) or datetime.now(UTC).isoformat(),
                 "ends_at": _time(ends)}
-        product = _call("POST", url, f"/v1/products/{sku}/promotions", json=body, params=_by(by))
+        product = call("POST", url, f"/v1/products/{sku}/promotions", json=body, params=_by(by))
     _print(product, as_json)
 
 
@@ -238,12 +211,12 @@ def import_grocery(
     for entry in entries:
         record = entry.product.model_dump(mode="json", exclude={"updated_at"})
         if entry.image_path is not None:
-            image = _call("POST", url, "/v1/products/images", content=entry.image_path.read_bytes(),
+            image = call("POST", url, "/v1/products/images", content=entry.image_path.read_bytes(),
                           headers={"Content-Type": "application/octet-stream"})
             record["image_key"] = image["key"]
             stored += image["created"]
         products.append(record)
-    report = _call("POST", url, "/v1/products/import", params=_by(by), timeout=300,
+    report = call("POST", url, "/v1/products/import", params=_by(by), timeout=300,
                    json={"products": products, "source": str(root.resolve())})
     report["images_stored"] = stored
     report["missing_images"] = [e.product.sku for e in entries if e.image_path is None]
@@ -266,5 +239,5 @@ def audit(
     params: dict[str, Any] = {"kind_prefix": kind, "limit": limit}
     if sku:
         params["subject"] = sku
-    for event in _call("GET", url, "/v1/audit", params=params):
+    for event in call("GET", url, "/v1/audit", params=params):
         typer.echo(json.dumps(event))

@@ -20,36 +20,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge2core.core.cli_http import JsonOpt, UrlOpt, call, core_url
+
 models_app = typer.Typer(help="The model registry: list, show, compare, promote, roll back.",
                          no_args_is_help=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="The core's HTTP URL (default from settings).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _base(url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    from edge2core.config import CoreSettings
-
-    return CoreSettings().http_url
 
 
 def _call(method: str, url: str | None, path: str, **kw: Any) -> Any:
-    base = _base(url)
-    try:
-        response = httpx.request(method, f"{base}{path}", timeout=kw.pop("timeout", 60), **kw)
-    except httpx.HTTPError as exc:
-        typer.echo(f"cannot reach the core at {base}: {exc}. Is `edge2core core up` running?", err=True)
-        raise typer.Exit(1) from exc
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        typer.echo(json.dumps(body, indent=2) if not isinstance(body, str) else body, err=True)
-        raise typer.Exit(2 if response.status_code == 409 else 1)
-    return response.json()
+    """Exit code 2 means the gate blocked it (409); other refusals exit 1."""
+    return call(method, url, path, refused_exit=lambda status: 2 if status == 409 else 1, **kw)
 
 
 def _fmt(value: Any) -> str:
@@ -282,7 +262,7 @@ def eval_command(
     elif model.isdigit():
         import hashlib
 
-        base = _base(url)
+        base = core_url(url)
         suffix = "artifact" if kind == "full" else f"artifacts/{kind}"
         try:
             response = httpx.get(f"{base}/v1/models/{int(model)}/{suffix}", timeout=300).raise_for_status()
