@@ -4,9 +4,7 @@ a site's rollback, a retired product taken out of the model, and the audit trail
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -16,13 +14,17 @@ import pytest
 from PIL import Image
 
 from edge2core.common.events import ModelPublished, SiteModelReport, utcnow
-from edge2core.common.objectstore import image_key
 from edge2core.common.products import Product, ProductStatus
 from edge2core.config import AutomationPolicy, CoreSettings
 from edge2core.core.automation import Decision, LoopInputs, ProductData, decide
 from edge2core.core.schema import ImageRow
 from edge2core.core.site_reports import SiteReports, judge
+from tests.grocery import DATASET, needs_grocery, photos_of, sku, store_kiosk  # noqa: F401
 from tests.recorded_sites import RecordedSites
+
+KNOWN = (4, 30, 45)  # products of the first model
+NEW = 63  # a product that arrives later
+PER_CLASS = 10
 
 POLICY = AutomationPolicy(new_product_min_photos=30, new_product_min_devices=2)
 
@@ -87,43 +89,6 @@ def test_await_version_waits_for_reports_and_times_out() -> None:
 
 
 # --------------------------------------------------------------------------- real runs
-
-REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
-KNOWN = (4, 30, 45)  # products of the first model
-NEW = 63  # a product that arrives later
-PER_CLASS = 10
-
-needs_grocery = pytest.mark.skipif(not (DATASET / "train.txt").is_file(),
-                                   reason=f"grocery dataset not found at {DATASET}")
-
-
-def sku(i: int) -> str:
-    return f"SKU-{i:04d}"
-
-
-def photos_of(fine: int, split: str, n: int) -> list[bytes]:
-    out = []
-    for line in (DATASET / f"{split}.txt").read_text().splitlines():
-        if line.strip() and int(line.split(",")[1]) == fine and len(out) < n:
-            out.append((DATASET / line.split(",")[0].strip()).read_bytes())
-    return out
-
-
-def store_kiosk(services, photos: Sequence[bytes], product: str, split: str) -> None:  # type: ignore[no-untyped-def]
-    """As the receiver records them: kiosk captures from two devices, labelled by the scan."""
-    with services.sessions.begin() as session:
-        for i, data in enumerate(photos):
-            digest = hashlib.sha256(data).hexdigest()
-            if session.get(ImageRow, digest) is not None:
-                continue
-            services.store.put(image_key(digest), data)
-            session.add(ImageRow(
-                sha256=digest, key=image_key(digest), size=len(data), width=348, height=348,
-                site="store-1", device=f"kiosk-{i % 2}", source="kiosk", sku=product,
-                received_at=utcnow(), stored_at=utcnow(), top_guesses=[], split=split,
-                label_origin="scan"))
-
 
 def reencoded(photos: Sequence[bytes]) -> list[bytes]:
     """The same pictures as other bytes (mislabelled captures of another product)."""

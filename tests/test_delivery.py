@@ -38,6 +38,8 @@ from helpers_model import (  # noqa: F401 (fixtures)
     tweaked_copy,
 )
 from tests.backends import CoreServer
+from tests.grocery import needs_grocery, photos_of, store_kiosk
+from tests.grocery import sku as sku_of
 from tests.recorded_sites import RecordedSites
 
 WAIT = 20.0
@@ -327,3 +329,39 @@ def test_product_keys_are_valid_kv_keys() -> None:
         key = product_key(sku_)
         assert re.fullmatch(r"[-/_=.a-zA-Z0-9]+", key), key
     assert product_key("café crème") != product_key("cafe creme")
+
+
+@needs_grocery
+async def test_a_new_product_is_learned_and_answered_at_the_edge(world: World) -> None:
+    """The whole loop on real photos: the first model by itself, then a new product's
+    captures trigger a retrain that reaches both sites, which answer it; retired, it is
+    never answered again."""
+    core, site = world.core, world.sites["store-1"]
+    loop = core.loop
+    loop.policy = loop.policy.model_copy(update={
+        "new_product_min_photos": 16, "bootstrap_quiet_s": 0, "train_params": {"int8": False}})
+    known, new = (4, 30, 45), 63
+    for i in known:
+        await world.call(core.catalogue.add, Product(sku=sku_of(i), name=f"product {i}", price=1.0))
+        store_kiosk(core, photos_of(i, "train", 10), sku_of(i), "train")
+        store_kiosk(core, photos_of(i, "val", 3), sku_of(i), "val")
+    first = await world.call(loop.step)
+    await until(lambda: site.version == first.version, "the first model at the edge", 60)
+
+    await world.call(core.catalogue.add, Product(
+        sku=sku_of(new), name="new product", price=3.2, status=ProductStatus.PENDING_DATA))
+    store_kiosk(core, photos_of(new, "train", 16), sku_of(new), "train")
+    learned = await world.call(loop.step)
+    assert learned is not None and sku_of(new) in learned.classes
+    await until(lambda: all(s.version == learned.version for s in world.sites.values()),
+                "the new model at both sites", 60)
+    await until(lambda: site.catalogue.get(sku_of(new)).status == ProductStatus.ACTIVE,
+                "the product active at the edge")
+    held_out = photos_of(new, "val", 4)
+    answers = [site.recognizer.recognize(photo) for photo in held_out]
+    assert sum(a.top_k[0].sku == sku_of(new) for a in answers) >= len(held_out) // 2 + 1
+    assert next(a for a in answers if a.sku == sku_of(new)).price == 3.2
+
+    await world.call(core.catalogue.retire, sku_of(new), "recalled")
+    await until(lambda: not site.catalogue.is_sellable(sku_of(new)), "the retirement at the edge")
+    assert all(site.recognizer.recognize(photo).sku != sku_of(new) for photo in held_out)

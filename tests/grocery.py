@@ -1,0 +1,46 @@
+"""Grocery photos for tests that train real models (skipped where the dataset is absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from edge2core.common.events import utcnow
+from edge2core.common.objectstore import image_key
+from edge2core.core.schema import ImageRow
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
+needs_grocery = pytest.mark.skipif(not (DATASET / "train.txt").is_file(),
+                                   reason=f"grocery dataset not found at {DATASET}")
+
+
+def sku(i: int) -> str:
+    return f"SKU-{i:04d}"
+
+
+def photos_of(fine: int, split: str, n: int) -> list[bytes]:
+    out = []
+    for line in (DATASET / f"{split}.txt").read_text().splitlines():
+        if line.strip() and int(line.split(",")[1]) == fine and len(out) < n:
+            out.append((DATASET / line.split(",")[0].strip()).read_bytes())
+    return out
+
+
+def store_kiosk(services, photos: Sequence[bytes], product: str, split: str) -> None:  # type: ignore[no-untyped-def]
+    """As the receiver records them: kiosk captures from two devices, labelled by the scan."""
+    with services.sessions.begin() as session:
+        for i, data in enumerate(photos):
+            digest = hashlib.sha256(data).hexdigest()
+            if session.get(ImageRow, digest) is not None:
+                continue
+            services.store.put(image_key(digest), data)
+            session.add(ImageRow(
+                sha256=digest, key=image_key(digest), size=len(data), width=348, height=348,
+                site="store-1", device=f"kiosk-{i % 2}", source="kiosk", sku=product,
+                received_at=utcnow(), stored_at=utcnow(), top_guesses=[], split=split,
+                label_origin="scan"))
