@@ -408,13 +408,10 @@ class ImageReceiver:
         `ERASED` if the photo was erased since the upload's replay check.
 
         Group commit: concurrent uploads hand their rows to whichever thread is committing,
-        which writes them all in one transaction (one fsync), then wakes them. The answer to
-        each upload still waits for its own row to be durable.
+        which writes them all in one transaction, then wakes them. The answer to each upload
+        still waits for its own row to be durable (`_settled`).
         """
-        outcome, seq = self._writer.submit((record, key, phash))  # type: ignore[misc]
-        if seq and self._wal is not None:
-            self._wal.sync(seq)  # the batch's commit is durable before anyone is told
-        return outcome
+        return self._settled(self._writer.enqueue((record, key, phash)))
 
     def _commit(self, batch: list[tuple[PhotoRecord, str, int]]) -> list[tuple[bool | str, int]]:
         """Per item: (outcome, seq); seq > 0 is the `WalCommits` commit to sync before
