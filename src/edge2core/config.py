@@ -75,6 +75,8 @@ class PromotionGate(BaseModel):
     max_top1_drop: float = Field(default=0.01, ge=0.0, le=1.0)
     max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
     min_class_support: int = Field(default=1, ge=1, description="classes with fewer eval photos are not checked")
+    min_photo_drop: int = Field(
+        default=2, ge=1, description="a drop counts only if at least this many photos (net) went wrong")
     eval_dataset: int | None = Field(
         default=None, description="dataset version whose val split is the frozen evaluation set; "
         "default: the candidate's dataset version")
