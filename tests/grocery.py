@@ -31,8 +31,9 @@ def photos_of(fine: int, split: str, n: int) -> list[bytes]:
     return out
 
 
-def store_kiosk(services, photos: Sequence[bytes], product: str, split: str) -> None:  # type: ignore[no-untyped-def]
-    """As the receiver records them: kiosk captures from two devices, labelled by the scan."""
+def store_kiosk(services, photos: Sequence[bytes], product: str, split: str,  # type: ignore[no-untyped-def]
+                site: str = "store-1", devices: int = 2) -> None:
+    """As the receiver records them: kiosk captures from `devices` kiosks, labelled by the scan."""
     with services.sessions.begin() as session:
         for i, data in enumerate(photos):
             digest = hashlib.sha256(data).hexdigest()
@@ -41,6 +42,6 @@ def store_kiosk(services, photos: Sequence[bytes], product: str, split: str) -> 
             services.store.put(image_key(digest), data)
             session.add(ImageRow(
                 sha256=digest, key=image_key(digest), size=len(data), width=348, height=348,
-                site="store-1", device=f"kiosk-{i % 2}", source="kiosk", sku=product,
+                site=site, device=f"kiosk-{i % devices}", source="kiosk", sku=product,
                 received_at=utcnow(), stored_at=utcnow(), top_guesses=[], split=split,
                 label_origin="scan"))

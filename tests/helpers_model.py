@@ -61,6 +61,17 @@ def tweaked_copy(model: bytes, note: str) -> bytes:
     return proto.SerializeToString()
 
 
+def training_photos() -> tuple[list[Image.Image], list[int]]:
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    for p in range(PRODUCTS):
+        for i in TRAIN_PHOTOS:
+            with Image.open(io.BytesIO(render_photo(p, i))) as im:
+                images.append(im.convert("RGB"))
+            labels.append(p)
+    return images, labels
+
+
 _lock = threading.Lock()
 _built: TrainedModel | None = None
 
@@ -76,13 +87,7 @@ def build_model(out_dir: Path) -> TrainedModel:
         from edge2core.core.export import export_onnx
         from edge2core.core.training import embed, train_head
 
-        images: list[Image.Image] = []
-        labels: list[int] = []
-        for p in range(PRODUCTS):
-            for i in TRAIN_PHOTOS:
-                with Image.open(io.BytesIO(render_photo(p, i))) as im:
-                    images.append(im.convert("RGB"))
-                labels.append(p)
+        images, labels = training_photos()
         backbone = load_backbone()
         classes = [sku(p) for p in range(PRODUCTS)]
         head = train_head(embed(backbone, images), np.array(labels, dtype=np.int64), classes, seed=0)
@@ -130,12 +135,7 @@ def build_split_model() -> SplitModel:
         from edge2core.core.export import export_backbone_onnx, head_onnx
         from edge2core.core.training import embed, train_head
 
-        images, labels = [], []
-        for p in range(PRODUCTS):
-            for i in TRAIN_PHOTOS:
-                with Image.open(io.BytesIO(render_photo(p, i))) as im:
-                    images.append(im.convert("RGB"))
-                labels.append(p)
+        images, labels = training_photos()
         backbone = load_backbone()
         features = embed(backbone, images)
         classes = [sku(p) for p in range(PRODUCTS)]

@@ -196,3 +196,56 @@ def test_a_live_model_whose_confidence_falls_off_is_rolled_back(
     assert recognizer.model is not None and recognizer.model.version == 1  # ...then rolled back
     assert "2" * 64 in recognizer.rolled_back
     assert recognizer.recognize(photos[0]).model_version == 1
+
+
+async def test_after_a_live_rollback_the_agent_restarts_on_the_survivor_and_reports_it(
+    tmp_path: Path, trained_model: TrainedModel  # noqa: F811
+) -> None:
+    """The restart pointer must not name a rolled-back version, and the core must hear of it."""
+    import shutil
+
+    from edge2core.common.events import ModelPublished, SiteModelReport
+    from edge2core.edge.core_client import CoreClient
+    from edge2core.edge.live_watch import LiveWatch, WatchPolicy
+    from edge2core.edge.model_agent import ModelAgent
+
+    models = tmp_path / "models"
+    models.mkdir()
+    catalogue = CatalogueReplica(tmp_path / "catalogue.json")
+    catalogue.replace(list(trained_model.products))
+    recognizer = Recognizer(catalogue, watch=LiveWatch(WatchPolicy(window=8)))
+    reports: list[SiteModelReport] = []
+
+    async def report(event: SiteModelReport) -> None:
+        reports.append(event)
+
+    client = CoreClient("http://127.0.0.1:9")  # never reached: everything is local
+    agent = ModelAgent(client, recognizer, catalogue, models, site="store-1", reporter=report)
+    v1 = ModelPublished(version=1, sha256=trained_model.sha256, size=len(trained_model.data),
+                        classes=list(trained_model.classes), url_path="/v1/models/1/artifact")
+    shutil.copy(trained_model.path, models / f"1-{v1.sha256[:16]}.onnx")
+    v2_path = _unsure_copy(trained_model.path, tmp_path / "v2.onnx")
+    v2 = v1.model_copy(update={"version": 2, "sha256": "2" * 64, "url_path": "/v1/models/2/artifact"})
+    shutil.copy(v2_path, models / f"2-{v2.sha256[:16]}.onnx")
+    try:
+        photos = [p for product in range(3) for p in trained_model.held_out(product)]
+        assert await agent.converge(v1)
+        for photo in photos[:8]:  # v1's confidence is the yardstick
+            recognizer.recognize(photo)
+        assert await agent.converge(v2)
+        assert [(r.version, r.state) for r in reports] == [(1, "live"), (2, "live")]
+        for photo in photos[:8]:
+            recognizer.recognize(photo)
+        assert recognizer.model.version == 1  # the live watch rolled v2 back
+
+        await agent._follow_rollbacks()
+        pointer = ModelPublished.model_validate_json((models / "current.json").read_text())
+        assert (pointer.version, pointer.sha256) == (1, v1.sha256)
+        assert (reports[-1].version, reports[-1].state) == (2, "rolled_back")
+        assert await agent.converge(v2) is False  # never loaded again
+
+        fresh = Recognizer(catalogue)
+        await ModelAgent(client, fresh, catalogue, models).load_last_good()
+        assert fresh.model is not None and fresh.model.version == 1
+    finally:
+        await client.aclose()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.grocery import store_kiosk
 from tests.recorded_sites import RecordedSites
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,22 +51,9 @@ def sku(i: int) -> str:
 
 
 def add_photos(services, lines, split: str) -> None:
-    from edge2core.common.events import utcnow
-    from edge2core.common.objectstore import image_key
-    from edge2core.core.schema import ImageRow
-
-    with services.sessions.begin() as session:
-        for rel, fine, _coarse in lines:
-            data = (DATASET / rel).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if session.get(ImageRow, digest) is not None:
-                continue
-            services.store.put(image_key(digest), data)
-            session.add(ImageRow(
-                sha256=digest, key=image_key(digest), size=len(data), width=348, height=348,
-                site="s1", device="kiosk-1", source="kiosk", sku=sku(fine), captured_at=None,
-                received_at=utcnow(), stored_at=utcnow(), top_guesses=[], split=split,
-                label_origin="scan"))
+    for fine in sorted({fine for _rel, fine, _coarse in lines}):
+        photos = [(DATASET / rel).read_bytes() for rel, f, _c in lines if f == fine]
+        store_kiosk(services, photos, sku(fine), split, site="s1", devices=1)
 
 
 @pytest.fixture(scope="module")
