@@ -93,6 +93,7 @@ class AutomationPolicy(BaseModel):
         default=5.0, ge=0, description="the first model waits until arrivals pause this long")
     drift_window: int = Field(default=20, ge=2, description="latest kiosk captures per product")
     drift_min_photos: int = Field(default=8, ge=1, description="fewer recent captures: not judged")
+    drift_every_s: float = Field(default=60.0, ge=0, description="how often drift is scored")
     drift_below: float = Field(
         default=0.35, ge=0, le=1,
         description="mean production confidence in a product's own class under which it drifts")
@@ -102,6 +103,7 @@ class AutomationPolicy(BaseModel):
     canary_soak_s: float = Field(default=30.0, ge=0)
     canary_timeout_s: float = Field(default=300.0, gt=0)
     check_every_s: float = Field(default=2.0, gt=0, description="also woken by arrivals")
+    min_step_gap_s: float = Field(default=0.5, ge=0, description="arrivals within it: one look")
     train_params: dict[str, Any] = Field(default_factory=dict)
 
 

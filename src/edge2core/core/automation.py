@@ -149,6 +149,7 @@ class LearningLoop:
     wake: threading.Event = field(default_factory=threading.Event)
     blocked: set[str] = field(default_factory=set)
     _last_full: float = field(default=float("-inf"))
+    _drift_cache: tuple[float, int, dict[str, float]] = (float("-inf"), 0, {})
 
     def inputs(self) -> LoopInputs:
         products = self.catalogue.list()
@@ -156,9 +157,7 @@ class LearningLoop:
         retired = frozenset(p.sku for p in products if p.status == ProductStatus.RETIRED)
         production = self.registry.production()
         in_model = frozenset(production.classes) if production else frozenset()
-        drifting = {}
-        if production is not None and self.drift is not None:
-            drifting = self.drift(production, sorted(in_model - retired))
+        drifting = self._drifting(production, sorted(in_model - retired))
         since = self.datasets.get(production.dataset_version).created_at if production else None
         return LoopInputs(
             pending=kiosk_counts(self.sessions, pending),
@@ -171,6 +170,17 @@ class LearningLoop:
             since_last_photo_s=newest_photo_age_s(self.sessions),
             blocked=frozenset(self.blocked),
         )
+
+    def _drifting(self, production: ModelInfo | None, skus: list[str]) -> dict[str, float]:
+        """Scoring recent captures costs embeddings: at most every `drift_every_s` per model."""
+        if production is None or self.drift is None:
+            return {}
+        at, version, found = self._drift_cache
+        if version == production.version and time.monotonic() - at < self.policy.drift_every_s:
+            return found
+        found = self.drift(production, skus)
+        self._drift_cache = (time.monotonic(), production.version, found)
+        return found
 
     def step(self) -> ModelInfo | None:
         """One look at the state; a run if a trigger fires. Blocking (a worker thread)."""
@@ -271,6 +281,7 @@ class LearningLoop:
         """Look at the state when woken (an arrival, a catalogue change) or every few seconds."""
         while True:
             await asyncio.to_thread(self.wake.wait, self.policy.check_every_s)
+            await asyncio.sleep(self.policy.min_step_gap_s)  # a burst of arrivals, one look
             self.wake.clear()
             try:
                 await asyncio.to_thread(self.step)

@@ -194,6 +194,8 @@ class ImageReceiver:
         self.io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="e2c-receiver")
         self._writer = GroupCommit(self._commit)
         self.uploads = ResumableUploads(self, expiry_s=upload_expiry_s)
+        # Told of every newly stored photo (the learning loop wakes on arrivals); must be quick.
+        self.on_stored: Callable[[PhotoRecord], None] = lambda _record: None
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -347,6 +349,7 @@ class ImageReceiver:
         if created is ERASED:  # erased while it was on its way: acknowledged, not kept
             self._store.delete(key)
             return Receipt(sha256=record.sha256, key="", size=0, created=False, erased=True)
+        self.on_stored(record)
         return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
 
     def _unrecord(self, sha256: str) -> None:

@@ -64,13 +64,15 @@ def build_core_services(
     registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
     loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer)
     catalogue.on_change = _both(on_catalogue_change, lambda _products: loop.wake.set())
+    receiver = ImageReceiver(
+        store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
+        near_dup_bits=settings.near_dup_bits, upload_expiry_s=settings.upload_expiry_s,
+    )
+    receiver.on_stored = lambda record: loop.wake.set() if record.sku else None
     return CoreServices(
         store=store,
         sessions=sessions,
-        receiver=ImageReceiver(
-            store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
-            near_dup_bits=settings.near_dup_bits, upload_expiry_s=settings.upload_expiry_s,
-        ),
+        receiver=receiver,
         datasets=datasets,
         registry=registry,
         catalogue=catalogue,
