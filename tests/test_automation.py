@@ -54,10 +54,15 @@ def test_triggers_in_order_bootstrap_new_retired_drift_scheduled() -> None:
     assert retired is not None and (retired.trigger, retired.skus) == ("retired", ("B",))
     drift = decide(inputs(drifting={"A": 0.2}), POLICY)
     assert drift is not None and drift.trigger == "drift" and "0.20" in drift.reason
-    due = dict(since_full_s=POLICY.full_retrain_every_s)
+    due = dict(since_full_s=POLICY.full_retrain_every_s, hour_utc=2)
     assert decide(inputs(**due, new_photos=POLICY.full_retrain_min_new_photos - 1), POLICY) is None
     scheduled = decide(inputs(**due, new_photos=POLICY.full_retrain_min_new_photos), POLICY)
     assert scheduled is not None and (scheduled.path, scheduled.trigger) == ("full", "scheduled")
+    daytime = dict(due, hour_utc=14, new_photos=10 * POLICY.full_retrain_min_new_photos)
+    assert decide(inputs(**daytime), POLICY) is None  # only in the night window
+    overnight = POLICY.model_copy(update={"full_retrain_hours_utc": (22, 3)})
+    assert decide(inputs(**dict(daytime, hour_utc=23)), overnight).trigger == "scheduled"
+    assert decide(inputs(**daytime), overnight) is None
     both = decide(inputs(pending={"N": ProductData(40, 2)}, retired=frozenset({"B"})), POLICY)
     assert both is not None and both.trigger == "new_product"
 

@@ -97,7 +97,9 @@ class AutomationPolicy(BaseModel):
     drift_below: float = Field(
         default=0.35, ge=0, le=1,
         description="mean production confidence in a product's own class under which it drifts")
-    full_retrain_every_s: float = Field(default=24 * 3600, gt=0)
+    full_retrain_every_s: float = Field(default=20 * 3600, gt=0)
+    full_retrain_hours_utc: tuple[int, int] = Field(
+        default=(1, 5), description="[start, end) hours (UTC) a scheduled full retrain may start in")
     full_retrain_min_new_photos: int = Field(default=500, ge=1)
     canary_sites: list[str] = Field(default_factory=list, description="empty: straight to the fleet")
     canary_soak_s: float = Field(default=30.0, ge=0)

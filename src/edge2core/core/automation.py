@@ -57,8 +57,9 @@ class LoopInputs:
     retired: frozenset[str]
     drifting: dict[str, float]  # sku -> mean confidence in its own class, below drift_below
     new_photos: int  # labelled photos stored since the production model's dataset
-    since_full_s: float  # since the last full retrain (inf: never)
+    since_full_s: float  # since the last full retrain (or the first model, if none was full)
     trainable: int = 0  # active products with enough photos to learn
+    hour_utc: int = 0  # now, for the scheduled retrain's window
     since_last_photo_s: float = float("inf")  # since the newest labelled photo arrived
     blocked: frozenset[str] = frozenset()  # SKUs whose last rollout was stopped
 
@@ -93,7 +94,9 @@ def decide(inputs: LoopInputs, policy: AutomationPolicy) -> Decision | None:
         detail = ", ".join(f"{s} (mean confidence {inputs.drifting[s]:.2f})" for s in drifting)
         return Decision("fast", "drift", f"recent captures drift from their class: {detail}",
                         tuple(drifting))
-    if (inputs.since_full_s >= policy.full_retrain_every_s
+    start, end = policy.full_retrain_hours_utc
+    in_window = start <= inputs.hour_utc < end if start <= end else not end <= inputs.hour_utc < start
+    if (in_window and inputs.since_full_s >= policy.full_retrain_every_s
             and inputs.new_photos >= policy.full_retrain_min_new_photos):
         return Decision("full", "scheduled",
                         f"{inputs.new_photos} new photos since the production model's dataset")
@@ -148,7 +151,6 @@ class LearningLoop:
     drift: Callable[[ModelInfo, list[str]], dict[str, float]] | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     blocked: set[str] = field(default_factory=set)
-    _last_full: float = field(default=float("-inf"))
     _drift_cache: tuple[float, int, dict[str, float]] = (float("-inf"), 0, {})
 
     def inputs(self) -> LoopInputs:
@@ -165,11 +167,20 @@ class LearningLoop:
             retired=retired,
             drifting={s: c for s, c in drifting.items() if c < self.policy.drift_below},
             new_photos=photos_since(self.sessions, since) if since else 0,
-            since_full_s=time.monotonic() - self._last_full,
+            since_full_s=self._since_full_s(),
+            hour_utc=utcnow().hour,
             trainable=len(self._training_skus(())),
             since_last_photo_s=newest_photo_age_s(self.sessions),
             blocked=frozenset(self.blocked),
         )
+
+    def _since_full_s(self) -> float:
+        """Since the newest full-path model, or the first model when none was full (so a
+        restart or a young deployment does not start a long run at once)."""
+        models = self.registry.list()
+        full = [m.created_at for m in models if m.params.get("path") == "full"]
+        since = max(full) if full else min((m.created_at for m in models), default=None)
+        return (utcnow() - as_utc(since)).total_seconds() if since else 0.0
 
     def _drifting(self, production: ModelInfo | None, skus: list[str]) -> dict[str, float]:
         """Scoring recent captures costs embeddings: at most every `drift_every_s` per model."""
@@ -199,8 +210,6 @@ class LearningLoop:
         result = self.train(dataset.version, path=decision.path, register=True, promote=False,
                             params=self.policy.train_params)
         model: ModelInfo = result.model
-        if decision.path == "full":
-            self._last_full = time.monotonic()
         self.audit.record("model.trained", f"model:{model.version}", trigger=decision.trigger,
                           reason=decision.reason, dataset_version=dataset.version,
                           dataset_sha256=dataset.manifest_sha256, classes=len(model.classes),
