@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from edge2core.core.api import create_core_app
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.cli_datasets import datasets_app
 from edge2core.core.datasets import DatasetQuery, DatasetStore
+from edge2core.core.embeddings import EmbeddingCache
 from edge2core.core.governance import EraseRequest, Governance
 from edge2core.core.labelling import (
     LabelConflict,
@@ -36,15 +38,18 @@ from tests.test_datasets import T0, chunks, ingest, make_receiver, record_for
 
 
 @pytest.fixture
-async def core(backend: Backend):  # type: ignore[no-untyped-def]
+async def core(backend: Backend, tmp_path: Path):  # type: ignore[no-untyped-def]
     receiver = make_receiver(backend.store, backend.sessions)
     ids = await ingest(receiver)
     catalogue = Catalogue(backend.sessions)
     catalogue.upsert([Product(sku=s, name=s, price=1.0) for s in ("SKU-A", "SKU-B", "SKU-C")])
     queue = LabellingQueue(backend.sessions, catalogue)
+    cache = EmbeddingCache(tmp_path / "embeddings")
     governance = Governance(backend.store, backend.sessions, uploads=receiver.uploads,
-                            on_erased=receiver.near_dups.invalidate,
+                            on_erased=lambda erased: (receiver.near_dups.invalidate(),
+                                                      cache.purge(erased)),
                             retention_days={"shopper": 30})
+    governance.cache = cache
     return backend, receiver, ids, queue, governance, catalogue
 
 
@@ -131,6 +136,9 @@ async def test_erasure_by_device_really_removes(core) -> None:  # type: ignore[n
     before = datasets.build(DatasetQuery())
     queue.confirm(ids[6])
     gone = [ids[1], ids[3]]  # kiosk-a
+    for backbone in ("bb-1", "bb-2"):  # derived data: embeddings under two backbones
+        governance.cache.add(backbone, [ids[2], ids[1]], np.ones((2, 4), dtype=np.float32))
+        governance.cache.add(backbone, [ids[3]], np.ones((1, 4), dtype=np.float32))
     report = governance.erase(EraseRequest(site="store-1", device="kiosk-a", reason="request 7"))
     assert report.images == 2 and report.finished_at is not None
     for sha in gone:
@@ -144,6 +152,10 @@ async def test_erasure_by_device_really_removes(core) -> None:  # type: ignore[n
         assert log.criteria == {"site": "store-1", "device": "kiosk-a"}
     everything = {image_key(ids[s]) for s in ids} - {image_key(s) for s in gone}
     assert set(backend.store.list("images/")) == everything
+    for cache in (governance.cache, EmbeddingCache(governance.cache.root)):  # memory and disk
+        for backbone in ("bb-1", "bb-2"):
+            found, missing = cache.lookup(backbone, [ids[2], *gone])
+            assert list(found) == [ids[2]] and missing == gone
 
     # A copy still waiting in an edge spool is acknowledged but not stored again.
     data = noisy_jpeg(1)

@@ -148,6 +148,7 @@ class CoreSettings(_Settings):
     retention_days: dict[str, int] = Field(
         default_factory=dict, description="source -> days kept, e.g. {shopper = 30}"
     )
+    retention_every_s: float = Field(default=6 * 3600, gt=0, description="how often `core up` applies it")
 
     @property
     def resolved_database_url(self) -> str:

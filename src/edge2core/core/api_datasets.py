@@ -46,7 +46,8 @@ def governance_for(services: CoreServices) -> Governance:
         services.sessions,
         retention_days=services.retention_days,
         uploads=services.receiver.uploads,
-        on_erased=services.receiver.near_dups.invalidate,
+        on_erased=lambda ids: (services.receiver.near_dups.invalidate(),
+                               services.trainer.cache.purge(ids)),
     )
 
 

@@ -179,8 +179,15 @@ def erase(
         raise typer.Exit(2)
     settings = _settings(config, data_dir, database_url)
     store, sessions, _datasets = _parts(settings)
-    report = Governance(store, sessions).erase(request)
+    report = Governance(store, sessions, on_erased=_embedding_cache(settings).purge).erase(request)
     _echo_json(report.model_dump(mode="json"))
+
+
+def _embedding_cache(settings):  # type: ignore[no-untyped-def]
+    """The core's embedding cache: erased photos' embeddings go with them."""
+    from edge2core.core.embeddings import EmbeddingCache
+
+    return EmbeddingCache(settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings")
 
 
 @datasets_app.command("retention")
@@ -191,7 +198,8 @@ def retention(data_dir: DataDirOpt = None, database_url: DbOpt = None,
 
     settings = _settings(config, data_dir, database_url)
     store, sessions, _datasets = _parts(settings)
-    reports = Governance(store, sessions, retention_days=settings.retention_days).apply_retention()
+    reports = Governance(store, sessions, retention_days=settings.retention_days,
+                         on_erased=_embedding_cache(settings).purge).apply_retention()
     _echo_json([r.model_dump(mode="json") for r in reports])
 
 

@@ -151,6 +151,42 @@ class EmbeddingCache:
             return np.zeros((0, 1280), dtype=np.float32), 0
         return np.stack([found[i] for i in ids]).astype(np.float32, copy=False), len(missing)
 
+    def purge(self, ids: Sequence[str]) -> int:
+        """Forget these photos' embeddings under every backbone, on disk too (right to
+        erasure: derived data goes with the photo). Returns how many vectors were dropped."""
+        gone = set(ids)
+        dropped = 0
+        if not gone or not self.root.is_dir():
+            return 0
+        with self._lock:
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                dropped += self._purge_folder(folder, gone)
+                if (index := self._loaded.get(folder.name)) is not None:
+                    for i in gone:
+                        index.pop(i, None)
+        return dropped
+
+    @staticmethod
+    def _purge_folder(folder: Path, gone: set[str]) -> int:
+        dropped = 0
+        for shard in sorted(folder.glob("*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    ids, vectors = z["ids"], z["vectors"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                continue  # unreadable: never served either (see _index)
+            keep = np.array([str(i) not in gone for i in ids.tolist()], dtype=bool)
+            if keep.all():
+                continue
+            dropped += int((~keep).sum())
+            if keep.any():
+                buf = io.BytesIO()
+                np.savez(buf, ids=ids[keep], vectors=vectors[keep])
+                write_atomic(shard, [buf.getvalue()])
+            else:
+                shard.unlink()
+        return dropped
+
     def count(self, backbone_version: str) -> int:
         with self._lock:
             return len(self._index(backbone_version))

@@ -77,7 +77,7 @@ class Governance:
         *,
         retention_days: dict[str, int] | None = None,
         uploads: object | None = None,
-        on_erased: Callable[[], None] = lambda: None,
+        on_erased: Callable[[list[str]], None] = lambda _ids: None,
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -92,7 +92,7 @@ class Governance:
             session.add(log)
             session.flush()
             log_id = log.id
-        erased = 0
+        erased: list[str] = []
         while batch := self._next_batch(request):
             for _sha, key in batch:
                 self._store.delete(key)  # objects first: a rerun finds the rows and finishes
@@ -107,17 +107,17 @@ class Governance:
                     now = utcnow()
                     session.add_all(TombstoneRow(sha256=s, erasure_id=log_id, erased_at=now)
                                     for s in shas if s not in known)
-            erased += len(batch)
+            erased += shas
         quarantined = self._erase_quarantine(request)
         discarded = self._discard_uploads(request)
         with self._sessions.begin() as session:
             log = session.get(ErasureRow, log_id)
             assert log is not None
-            log.images = erased
+            log.images = len(erased)
             log.finished_at = utcnow()
             report = _report(log)
         if erased or quarantined:
-            self._on_erased()
+            self._on_erased(erased)
         report.uploads_discarded = discarded
         return report
 

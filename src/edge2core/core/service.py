@@ -116,6 +116,21 @@ def publish_desired_state(
     feed.sync(services.catalogue.list())
 
 
+async def apply_retention_every(services: CoreServices, every_s: float) -> None:
+    """The retention rules, at start and then every `every_s`: no cron job to forget."""
+    from edge2core.core.api_datasets import governance_for
+
+    while True:
+        try:
+            reports = await asyncio.to_thread(governance_for(services).apply_retention)
+            erased = sum(r.images for r in reports)
+            if erased:
+                log.info("retention applied", images=erased)
+        except Exception:
+            log.exception("retention failed; trying again later")
+        await asyncio.sleep(every_s)
+
+
 def _on_site_report(reports: SiteReports):  # type: ignore[no-untyped-def]
     async def on_report(msg) -> None:  # noqa: ANN001 - nats-py's Msg
         try:
@@ -137,6 +152,8 @@ async def serve_core(settings: CoreSettings) -> None:
         await asyncio.to_thread(publish_desired_state, services, board, feed)
         await client.subscribe(SITE_REPORTS, cb=_on_site_report(services.reports))
         tasks = [asyncio.create_task(services.loop.run())] if settings.automation.enabled else []
+        if settings.retention_days:
+            tasks.append(asyncio.create_task(apply_retention_every(services, settings.retention_every_s)))
         app = create_core_app(services)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.http_port, log_config=None, access_log=False
