@@ -365,3 +365,19 @@ async def test_a_new_product_is_learned_and_answered_at_the_edge(world: World) -
     await world.call(core.catalogue.retire, sku_of(new), "recalled")
     await until(lambda: not site.catalogue.is_sellable(sku_of(new)), "the retirement at the edge")
     assert all(site.recognizer.recognize(photo).sku != sku_of(new) for photo in held_out)
+
+
+def test_rolling_back_to_the_canary_ends_its_site_targets(tmp_path: Path) -> None:
+    from edge2core.common.objectstore import LocalObjectStore
+    from edge2core.core import storage
+
+    sessions = storage.database(CoreSettings(data_dir=tmp_path))
+    sites = RecordedSites()
+    registry = ModelRegistry(LocalObjectStore(tmp_path / "objects"), sessions, sites)
+    register(registry, b"model one")
+    v2 = register(registry, b"model two", promote=False)
+    registry.promote(v2.version, stage="canary", sites=["s1"])
+    registry.rollback("the canary is better", to=v2.version)
+    assert sites.targets == {} and registry.canary() is None
+    v3 = register(registry, b"model three")
+    assert sites.version_at("s1") == v3.version == registry.desired_for("s1").version

@@ -237,8 +237,8 @@ class EdgeSettings(_Settings):
         "error 'overloaded')",
     )
     model_poll_s: float = Field(
-        default=600.0, gt=0,
-        description="HTTP check of the desired model: a safety net beside the KV watch",
+        default=30.0, gt=0,
+        description="HTTP check of the desired model while no KV watch has spoken (no leaf link)",
     )
     model_public_key: str | None = Field(
         default=None, description="base64 Ed25519 key models must be signed with; else pinned"

@@ -78,7 +78,12 @@ class KvBucket:
             return False
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self._timeout_s)
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self._timeout_s)
+        except TimeoutError:
+            future.cancel()  # a late write must not land after a newer one
+            raise
 
     def _write(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self._on_loop():  # called on the loop itself: waiting here would deadlock it

@@ -207,6 +207,10 @@ class ImageReceiver:
             return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
         if row is None or not self._store.exists(row.key):
             return None
+        if self._wal is not None:
+            # The row may be another upload's, committed but not yet fsync'd: a replay is
+            # acknowledged only once that row is on disk too.
+            self._wal.sync(self._wal.latest())
         return Receipt(sha256=sha256, key=row.key, size=row.size, created=False)
 
     # --- one-shot upload (PUT /v1/images/<sha256>) -------------------------------------------
@@ -445,7 +449,9 @@ class ImageReceiver:
                 self.near_dups.add(phash, group)  # later photos in this batch can join it
                 results.append(True)
             if not rows:
-                return [(r, 0) for r in results]
+                # Present rows may be another batch's, committed but not yet synced.
+                latest = self._wal.latest() if self._wal is not None else 0
+                return [(r, latest if r is False else 0) for r in results]
             try:
                 # One multi-row INSERT (no ORM unit of work per row), one commit.
                 writer = self._wal.sessions if self._wal is not None else self._sessions
@@ -532,6 +538,7 @@ class WalCommits:
         self._mutex = threading.Lock()
         self._committed = 0  # batch commits made on `engine`
         self._synced = 0  # of which known durable
+        self._dir_synced_for = -1  # inode of the WAL file whose directory entry was synced
 
     @classmethod
     def for_engine(cls, engine: Engine) -> WalCommits | None:
@@ -553,6 +560,11 @@ class WalCommits:
             self._committed += 1
             return self._committed
 
+    def latest(self) -> int:
+        """The newest commit made so far (what a reader may already see)."""
+        with self._mutex:
+            return self._committed
+
     def sync(self, seq: int) -> None:
         """Return once commit `seq` is on disk (an fsync of the WAL begun after it)."""
         with self._mutex:
@@ -568,10 +580,23 @@ class WalCommits:
         else:
             try:
                 os.fsync(fd)
+                self._sync_dir_once(os.fstat(fd).st_ino)
             finally:
                 os.close(fd)
         with self._mutex:
             self._synced = max(self._synced, covered)
+
+    def _sync_dir_once(self, inode: int) -> None:
+        """A WAL file SQLite (re)created must also be named durably: fsync its directory
+        once per new file, as SQLite's FULL mode would."""
+        if inode == self._dir_synced_for:
+            return
+        fd = os.open(self.wal.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._dir_synced_for = inode
 
 
 class GroupCommit:

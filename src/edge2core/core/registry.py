@@ -19,6 +19,7 @@ also written to the object store (``models/signatures/<version>-<sha16>.json``).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -116,6 +117,7 @@ class ModelRegistry:
         self._store = store
         self._sessions = sessions
         self.sites: DeploySink = sites or NoSites()
+        self._lock = threading.RLock()
         self.signer = signer
         self.gate = gate
 
@@ -248,28 +250,30 @@ class ModelRegistry:
                     raise GateBlocked(version, report)
                 log.warning("promotion gate overridden", version=version, stage=stage, reason=reason,
                             reasons=getattr(report, "reasons", None))
-        now = utcnow().isoformat()
-        canary = self.canary()
-        with self._sessions.begin() as session:
-            row = session.get(ModelRow, version)
-            if row is None:
-                raise LookupError(f"model version {version} does not exist")
-            if stage in ("production", "canary"):
-                for other in session.scalars(select(ModelRow).where(ModelRow.stage == stage)):
-                    if other.version != version:
-                        other.stage = "archived" if stage == "production" else "candidate"
-                        self._append_history(other, {"at": now, "stage": other.stage,
-                                                     "reason": f"replaced by {version}"})
-            previous = row.stage
-            row.stage = stage
-            self._append_history(row, {"at": now, "stage": stage, "from": previous, "reason": reason,
-                                       "forced": bool(force),
-                                       **({"sites": sites} if sites else {}),
-                                       **({"gate": _dump(report)} if report is not None else {})})
-        info = self.get(version)
-        if force:
-            log.warning("model promoted with --force", version=version, stage=stage, reason=reason)
-        self._tell_sites(info, canary)
+        # One change at a time, published in the order it was made.
+        with self._lock:
+            now = utcnow().isoformat()
+            canary = self.canary()
+            with self._sessions.begin() as session:
+                row = session.get(ModelRow, version)
+                if row is None:
+                    raise LookupError(f"model version {version} does not exist")
+                if stage in ("production", "canary"):
+                    for other in session.scalars(select(ModelRow).where(ModelRow.stage == stage)):
+                        if other.version != version:
+                            other.stage = "archived" if stage == "production" else "candidate"
+                            self._append_history(other, {"at": now, "stage": other.stage,
+                                                         "reason": f"replaced by {version}"})
+                previous = row.stage
+                row.stage = stage
+                self._append_history(row, {"at": now, "stage": stage, "from": previous, "reason": reason,
+                                           "forced": bool(force),
+                                           **({"sites": sites} if sites else {}),
+                                           **({"gate": _dump(report)} if report is not None else {})})
+            info = self.get(version)
+            if force:
+                log.warning("model promoted with --force", version=version, stage=stage, reason=reason)
+            self._tell_sites(info, canary)
         return info
 
     def _tell_sites(self, info: ModelInfo, canary_before: ModelInfo | None) -> None:
@@ -295,14 +299,24 @@ class ModelRegistry:
     def rollback(self, reason: str = "", to: int | None = None) -> ModelInfo:
         """Retire the production model and put back ``to`` (default: the most recent former
         production model).  No gate: a rollback is the emergency exit."""
-        current = self.production()
-        candidates = [m for m in self.list() if m.stage == "archived"]
-        if to is not None:
-            target = self.get(to)
-        else:
-            if not candidates:
-                raise LookupError("no former production model to roll back to")
-            target = max(candidates, key=lambda m: (_since(m), m.version))
+        with self._lock:
+            current = self.production()
+            candidates = [m for m in self.list() if m.stage == "archived"]
+            if to is not None:
+                target = self.get(to)
+            else:
+                if not candidates:
+                    raise LookupError("no former production model to roll back to")
+                target = max(candidates, key=lambda m: (_since(m), m.version))
+            canary = self.canary()
+            self._rollback_rows(current, target, reason)
+            info = self.get(target.version)
+            log.warning("model rolled back", to=target.version,
+                        retired=current.version if current else None, reason=reason)
+            self._tell_sites(info, canary)
+        return info
+
+    def _rollback_rows(self, current: ModelInfo | None, target: ModelInfo, reason: str) -> None:
         now = utcnow().isoformat()
         with self._sessions.begin() as session:
             if current is not None and current.version != target.version:
@@ -314,13 +328,12 @@ class ModelRegistry:
             row.stage = "production"
             self._append_history(row, {"at": now, "stage": "production", "from": previous,
                                        "reason": f"rollback: {reason}"})
-        info = self.get(target.version)
-        log.warning("model rolled back", to=target.version,
-                    retired=current.version if current else None, reason=reason)
-        self.sites.production(info.published())
-        return info
 
     def retire(self, version: int, reason: str = "") -> ModelInfo:
+        with self._lock:
+            return self._retire(version, reason)
+
+    def _retire(self, version: int, reason: str) -> ModelInfo:
         before = self.get(version)
         with self._sessions.begin() as session:
             row = session.get(ModelRow, version)

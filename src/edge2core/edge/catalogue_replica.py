@@ -23,12 +23,14 @@ class CatalogueReplica:
             }
 
     def replace(self, products: list[Product]) -> None:
-        """Swap in the core's full catalogue and persist it for offline restarts."""
-        payload = json.dumps([p.model_dump(mode="json") for p in products]).encode()
-        write_atomic(self._path, [payload])
+        """Swap in the core's full catalogue, then persist it for offline restarts: answers
+        use the new prices and retirements even if the disk write fails (it is retried with
+        the next change; the caller hears of the failure)."""
         with self._lock:
             self._products = {p.sku: p for p in products}
             self.revision += 1
+        payload = json.dumps([p.model_dump(mode="json") for p in products]).encode()
+        write_atomic(self._path, [payload])
 
     def get(self, sku: str) -> Product | None:
         return self._products.get(sku)

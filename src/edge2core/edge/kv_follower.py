@@ -76,6 +76,8 @@ class KvFollower:
 
     async def run(self) -> None:
         while True:
+            # Read before the watch is made: a link that flaps meanwhile makes a new watch.
+            generation = self._link.generation if self._link else 0
             try:
                 kv = await self._js.key_value(self._bucket)
                 watcher = await kv.watchall()
@@ -84,14 +86,16 @@ class KvFollower:
                 await asyncio.sleep(self._retry_s)
                 continue
             try:
-                await self._follow(watcher)
+                await self._follow(watcher, generation)
+            except Exception:  # applying failed (a full disk?): never stop following
+                log.exception("following the bucket failed; watching again", bucket=self._bucket)
+                await asyncio.sleep(self._retry_s)
             finally:
                 with contextlib.suppress(Exception):
                     await watcher.stop()
 
-    async def _follow(self, watcher: Any) -> None:
+    async def _follow(self, watcher: Any, generation: int) -> None:
         """Until the link comes back (a new generation) or `resync_s` pass."""
-        generation = self._link.generation if self._link else 0
         state: State = {}
         live = False  # the initial values have all arrived
         loop = asyncio.get_running_loop()

@@ -16,6 +16,8 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
+
 from edge2core.common.events import (
     CATALOGUE_BUCKET,
     DEPLOY_BUCKET,
@@ -56,7 +58,7 @@ class ModelAgent:
         models_dir: Path,
         *,
         site: str = "",
-        poll_s: float = 600.0,
+        poll_s: float = 30.0,
         keep_versions: int = 3,
         trust: ModelTrust | None = None,
         reporter: Callable[[SiteModelReport], Awaitable[None]] | None = None,
@@ -74,6 +76,7 @@ class ModelAgent:
         self._refused: set[str] = set()
         self._desired: ModelPublished | None = None  # from the KV watch
         self._kv_live = False  # the deploy bucket's watch has delivered its state
+        self._no_delta: set[str] = set()  # versions whose delta failed: full downloads
 
     def _artifact(self, model: ModelPublished) -> Path:
         return self._dir / f"{model.version}-{model.sha256[:16]}.onnx"
@@ -124,12 +127,17 @@ class ModelAgent:
 
     async def _fetch(self, model: ModelPublished, dest: Path) -> None:
         """The full file at `dest`, verified: composed from backbone + head where possible."""
-        if model.head is not None and model.backbone is not None:
+        if model.head is not None and model.backbone is not None and model.sha256 not in self._no_delta:
             try:
                 if await self._fetch_delta(model, dest):
                     return
+            except httpx.TransportError:
+                raise  # the link: try again later, resuming the delta where it stopped
             except ImportError:
                 log.info("the onnx package is not installed: full downloads only")
+            except Exception as exc:  # any other trouble with the delta: the full file is the reference
+                log.warning("delta delivery failed; downloading the full model", error=repr(exc))
+            self._no_delta.add(model.sha256)
         await self._core.download_model(model, dest)
         MODEL_DELIVERY_BYTES.labels(kind="full").inc(model.size)
 
@@ -141,7 +149,7 @@ class ModelAgent:
         if not backbone.is_file():
             await self._core.download(model.backbone.url_path, model.backbone.sha256, backbone)
             MODEL_DELIVERY_BYTES.labels(kind="backbone").inc(model.backbone.size)
-        head = dest.with_suffix(".head")
+        head = dest.with_name(f"{dest.stem}-head.bin")  # its own .part, apart from the full file's
         await self._core.download(model.head.url_path, model.head.sha256, head)
         MODEL_DELIVERY_BYTES.labels(kind="head").inc(model.head.size)
         composed = await asyncio.to_thread(compose_onnx, backbone.read_bytes(), head.read_bytes())
@@ -243,7 +251,8 @@ class ModelAgent:
 
     async def run(self, js: object | None = None, link: LeafLink | None = None) -> None:
         """Follow the core's buckets (when `js`, a JetStream context on the core's domain, is
-        given) and converge; ask over HTTP at start and every `poll_s` as a safety net."""
+        given) and converge; until a watch has spoken (no leaf link, core not reachable yet)
+        ask over HTTP every `poll_s` instead."""
         followers = []
         if js is not None:
             followers = [
@@ -255,8 +264,9 @@ class ModelAgent:
         try:
             while True:
                 try:
-                    wait_s = self._poll_s if self._kv_live else min(self._poll_s, 30.0)
-                    if loop.time() - last_http >= wait_s:
+                    # The HTTP answer only stands in while no watch has spoken: with both, a
+                    # stale one could swap models back and forth.
+                    if not self._kv_live and loop.time() - last_http >= self._poll_s:
                         last_http = loop.time()
                         await self.reconcile()
                     else:
