@@ -228,6 +228,9 @@ def test_drift_scores_only_captures_after_the_model(tmp_path: Path) -> None:
 
     watch = DriftWatch(sessions, score, window=5, min_photos=3)
     assert watch(model, ["A", "B"]) == {"A": pytest.approx(0.2)}  # B has only 2 recent photos
+    assert len(watch.recent(model, ["A"])["A"]) == 5  # the newest `window` of A
+    crowded = DriftWatch(sessions, score, window=2, min_photos=2)
+    assert set(crowded.recent(model, ["A", "B"])) == {"A", "B"}  # A's many photos crowd out none
 
 
 @needs_grocery

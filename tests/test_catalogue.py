@@ -492,3 +492,20 @@ def test_edge_answer_carries_the_active_promotion(tmp_path: Path, trained_model:
     unsure.load(trained_model.path, version=1, sha256=trained_model.sha256)
     nothing = unsure.recognize(trained_model.held_out(1)[0])
     assert nothing.promotion is None and nothing.effective_price is None
+
+
+def test_rows_written_before_the_current_rules_still_load(tmp_path: Path) -> None:
+    from edge2core.config import CoreSettings
+    from edge2core.core import storage
+    from edge2core.core.schema import ProductRow
+
+    sessions = storage.database(CoreSettings(data_dir=tmp_path))
+    with sessions.begin() as session:  # as an older core could write it
+        session.add(ProductRow(sku="old sku/1", name="Old", coarse="", price=1.5, currency="eur",
+                               status="active", description="", promotions=[],
+                               created_at=datetime.now(UTC), updated_at=datetime.now(UTC)))
+    catalogue = Catalogue(sessions)
+    [old] = catalogue.list()
+    assert (old.sku, old.currency, old.price) == ("old sku/1", "eur", 1.5)
+    with pytest.raises(InvalidProduct):  # its next change must meet the rules
+        catalogue.change("old sku/1", price=2.0)

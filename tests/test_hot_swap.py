@@ -244,8 +244,14 @@ async def test_after_a_live_rollback_the_agent_restarts_on_the_survivor_and_repo
         assert (reports[-1].version, reports[-1].state) == (2, "rolled_back")
         assert await agent.converge(v2) is False  # never loaded again
 
+        await agent._follow_rollbacks()
+        assert len(reports) == 3  # reported once
+
+        # A restarted site serves v1 and still will not take v2, though the core may say so.
         fresh = Recognizer(catalogue)
-        await ModelAgent(client, fresh, catalogue, models).load_last_good()
+        restarted = ModelAgent(client, fresh, catalogue, models)
+        await restarted.load_last_good()
         assert fresh.model is not None and fresh.model.version == 1
+        assert await restarted.converge(v2) is False and fresh.model.version == 1
     finally:
         await client.aclose()

@@ -453,3 +453,16 @@ def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.Mon
     assert (token.status_code, token.json()["error"]) == (401, "unauthorized")
     assert taken[3:] == ["route"] * 4
     assert core.rows() == 1
+
+
+def test_a_site_without_a_token_is_never_admitted() -> None:
+    from edge2core.core.site_tokens import site_token_ok
+
+    tokens = {"store-1": "s3cret"}
+    assert site_token_ok({}, "anywhere", None)  # development: no tokens configured
+    assert site_token_ok(tokens, "store-1", "Bearer s3cret")
+    assert site_token_ok(tokens, None, "Bearer s3cret")  # an upload not known yet
+    assert not site_token_ok(tokens, "store-2", "Bearer None")  # no token for store-2
+    assert not site_token_ok(tokens, "store-2", "Bearer s3cret")  # another site's token
+    assert not site_token_ok(tokens, "store-1", "s3cret")
+    assert not site_token_ok(tokens, "store-1", None)

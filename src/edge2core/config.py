@@ -148,6 +148,7 @@ class CoreSettings(_Settings):
     retention_days: dict[str, int] = Field(
         default_factory=dict, description="source -> days kept, e.g. {shopper = 30}"
     )
+    kv_resync_s: float = Field(default=300.0, gt=0, description="re-publish desired state to KV")
     retention_every_s: float = Field(default=6 * 3600, gt=0, description="how often `core up` applies it")
 
     @property

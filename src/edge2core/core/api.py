@@ -15,8 +15,8 @@ from starlette.background import BackgroundTask
 from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES, mount_metrics
 from edge2core.common.objectstore import ObjectStore
-from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_automation import automation_router
+from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_models import models_router
 from edge2core.core.api_uploads import ImagePutFastPath
 from edge2core.core.audit import AuditLog
@@ -24,10 +24,11 @@ from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
 from edge2core.core.receiver import ImageReceiver, UploadError
-from edge2core.core.routes import core_routes
 from edge2core.core.registry import ModelInfo, ModelRegistry
+from edge2core.core.routes import core_routes
 from edge2core.core.schema import ImageRow
 from edge2core.core.site_reports import SiteReports
+from edge2core.core.site_tokens import site_token_ok
 from edge2core.core.trainer import Trainer
 
 
@@ -98,8 +99,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
             raise UploadError(400, "bad_metadata", f"{META_HEADER} is invalid: {exc}") from exc
         if record.sha256 != sha256:
             raise UploadError(400, "bad_metadata", "the URL and the metadata name different ids")
-        expected = services.site_tokens.get(record.site)
-        if services.site_tokens and authorization != f"Bearer {expected}":
+        if not site_token_ok(services.site_tokens, record.site, authorization):
             raise UploadError(401, "unauthorized", f"no valid token for site {record.site!r}")
         return record
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
-from edge2core.core.automation import decide
+from edge2core.core.automation import Busy, decide
 
 
 def automation_router(services: Any) -> APIRouter:
@@ -30,14 +30,16 @@ def automation_router(services: Any) -> APIRouter:
     @router.post("/v1/automation/step")
     async def step() -> dict[str, Any]:
         """Look at the state and run what it calls for, now (blocks until the rollout ends)."""
-        model = await run_in_threadpool(loop().step)
+        try:
+            model = await run_in_threadpool(lambda: loop().step(wait=False))
+        except Busy as exc:
+            raise HTTPException(409, f"{exc}; try again when it is done") from exc
         return {"model": model.model_dump(mode="json") if model else None}
 
     @router.post("/v1/automation/retry")
     def retry() -> dict[str, Any]:
         """Forget stopped rollouts, so their triggers may fire again (after a person looked)."""
-        cleared = sorted(loop().blocked)
-        loop().blocked.clear()
+        cleared, loop().blocked = sorted(loop().blocked), set()  # rebinding: no lock needed
         loop().wake.set()
         return {"cleared": cleared}
 

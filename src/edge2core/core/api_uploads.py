@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES
 from edge2core.core.receiver import UploadError
+from edge2core.core.site_tokens import site_token_ok
 from edge2core.core.uploads import TUS_EXTENSIONS, TUS_VERSION, ClientGone, UploadState
 
 if TYPE_CHECKING:
@@ -81,12 +82,8 @@ def uploads_router(services: CoreServices) -> APIRouter:
     uploads = services.receiver.uploads
 
     def authorize(site: str | None, authorization: str) -> None:
-        if not services.site_tokens:
-            return
-        if site is None:  # the upload is not known here: any site's valid token will do
-            if authorization in {f"Bearer {t}" for t in services.site_tokens.values()}:
-                return
-        elif authorization == f"Bearer {services.site_tokens.get(site)}":
+        # An upload not known here (site None): any site's valid token will do.
+        if site_token_ok(services.site_tokens, site, authorization):
             return
         raise UploadError(401, "unauthorized", f"no valid token for site {site!r}")
 
@@ -262,8 +259,8 @@ class ImagePutFastPath:
             return None
         if record.sha256 != sha256:
             return None
-        tokens = self.services.site_tokens
-        if tokens and (authorization or b"").decode("latin-1") != f"Bearer {tokens.get(record.site)}":
+        if not site_token_ok(self.services.site_tokens, record.site,
+                             (authorization or b"").decode("latin-1")):
             return None
         return record
 

@@ -138,6 +138,10 @@ class RolloutStopped(RuntimeError):
     pass
 
 
+class Busy(RuntimeError):
+    pass
+
+
 @dataclass
 class LearningLoop:
     policy: AutomationPolicy
@@ -152,6 +156,7 @@ class LearningLoop:
     wake: threading.Event = field(default_factory=threading.Event)
     blocked: set[str] = field(default_factory=set)
     _drift_cache: tuple[float, int, dict[str, float]] = (float("-inf"), 0, {})
+    running: threading.Lock = field(default_factory=threading.Lock)  # one step at a time
 
     def inputs(self) -> LoopInputs:
         products = self.catalogue.list()
@@ -193,12 +198,18 @@ class LearningLoop:
         self._drift_cache = (time.monotonic(), production.version, found)
         return found
 
-    def step(self) -> ModelInfo | None:
-        """One look at the state; a run if a trigger fires. Blocking (a worker thread)."""
-        decision = decide(self.inputs(), self.policy)
-        if decision is None:
-            return None
-        return self.execute(decision)
+    def step(self, *, wait: bool = True) -> ModelInfo | None:
+        """One look at the state; a run if a trigger fires. Blocking (a worker thread).
+        Steps never overlap; with `wait=False` a step already under way raises `Busy`."""
+        if not self.running.acquire(blocking=wait):
+            raise Busy("the learning loop is already running a step")
+        try:
+            decision = decide(self.inputs(), self.policy)
+            if decision is None:
+                return None
+            return self.execute(decision)
+        finally:
+            self.running.release()
 
     def execute(self, decision: Decision) -> ModelInfo | None:
         subject = ",".join(decision.skus) or decision.trigger

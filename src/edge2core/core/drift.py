@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import Source
@@ -39,17 +39,20 @@ class DriftWatch:
     def recent(self, model: ModelInfo, skus: Sequence[str]) -> dict[str, list[DatasetEntry]]:
         """Per product, its latest kiosk captures stored after `model` was registered."""
         c = ImageRow
-        stmt = (select(c.sha256, c.key, c.sku, c.split, c.site, c.device)
-                .where(c.source == Source.KIOSK.value, c.sku.in_(list(skus)),
-                       c.stored_at > as_utc(model.created_at))
-                .order_by(c.stored_at.desc()).limit(self._window * max(1, len(skus))))
+        # The newest `window` per product (a busy product must not crowd the others out).
+        newest = func.row_number().over(partition_by=c.sku, order_by=c.stored_at.desc()).label("n")
+        recent = (select(c.sha256, c.key, c.sku, c.split, c.site, c.device, newest)
+                  .where(c.source == Source.KIOSK.value, c.sku.in_(list(skus)),
+                         c.stored_at > as_utc(model.created_at))
+                  .subquery())
+        stmt = select(recent.c.sha256, recent.c.key, recent.c.sku, recent.c.split, recent.c.site,
+                      recent.c.device).where(recent.c.n <= self._window)
         with self._sessions() as session:
             rows = session.execute(stmt).all()
         out: dict[str, list[DatasetEntry]] = defaultdict(list)
         for sha, key, sku, split, site, device in rows:
-            if len(out[sku]) < self._window:
-                out[sku].append(DatasetEntry(sha256=sha, key=key, sku=sku, split=split, site=site,
-                                             device=device, source=Source.KIOSK))
+            out[sku].append(DatasetEntry(sha256=sha, key=key, sku=sku, split=split, site=site,
+                                         device=device, source=Source.KIOSK))
         return {sku: entries for sku, entries in out.items() if len(entries) >= self._min_photos}
 
     def __call__(self, model: ModelInfo, skus: Sequence[str]) -> dict[str, float]:

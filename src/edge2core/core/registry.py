@@ -117,7 +117,8 @@ class ModelRegistry:
         self._store = store
         self._sessions = sessions
         self.sites: DeploySink = sites or NoSites()
-        self._lock = threading.RLock()
+        # Held while a stage changes and is published (and while the sites are re-synced).
+        self.lock = threading.RLock()
         self.signer = signer
         self.gate = gate
 
@@ -251,7 +252,7 @@ class ModelRegistry:
                 log.warning("promotion gate overridden", version=version, stage=stage, reason=reason,
                             reasons=getattr(report, "reasons", None))
         # One change at a time, published in the order it was made.
-        with self._lock:
+        with self.lock:
             now = utcnow().isoformat()
             canary = self.canary()
             with self._sessions.begin() as session:
@@ -299,7 +300,7 @@ class ModelRegistry:
     def rollback(self, reason: str = "", to: int | None = None) -> ModelInfo:
         """Retire the production model and put back ``to`` (default: the most recent former
         production model).  No gate: a rollback is the emergency exit."""
-        with self._lock:
+        with self.lock:
             current = self.production()
             candidates = [m for m in self.list() if m.stage == "archived"]
             if to is not None:
@@ -330,7 +331,7 @@ class ModelRegistry:
                                        "reason": f"rollback: {reason}"})
 
     def retire(self, version: int, reason: str = "") -> ModelInfo:
-        with self._lock:
+        with self.lock:
             return self._retire(version, reason)
 
     def _retire(self, version: int, reason: str) -> ModelInfo:

@@ -10,7 +10,7 @@ import nats
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import SITE_REPORTS, SiteModelReport
+from edge2core.common.events import SITE_REPORTS, SiteModelReport, site_report_subject
 from edge2core.common.products import Product
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
@@ -106,14 +106,27 @@ def _both(first: Callable[[list[Product]], None] | None,
 def publish_desired_state(
     services: CoreServices, board: SiteBoard, feed: CatalogueFeed
 ) -> None:
-    """At start, make the KV buckets say what the database says (blocking: a worker thread)."""
+    """Make the KV buckets say what the database says (blocking: a worker thread), at start
+    and then now and again: a write lost to a broker hiccup is repaired."""
     registry = services.registry
-    canary = registry.canary()
-    production = registry.production()
-    board.sync(production.published() if production else None,
-               canary.published() if canary else None,
-               canary.canary_sites if canary else [])
-    feed.sync(services.catalogue.list())
+    with registry.lock:
+        canary = registry.canary()
+        production = registry.production()
+        board.sync(production.published() if production else None,
+                   canary.published() if canary else None,
+                   canary.canary_sites if canary else [])
+    with services.catalogue.publishing:
+        feed.sync(services.catalogue.list())
+
+
+async def resync_every(services: CoreServices, board: SiteBoard, feed: CatalogueFeed,
+                       every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(publish_desired_state, services, board, feed)
+        except Exception:
+            log.exception("re-syncing the KV buckets failed; trying again later")
 
 
 async def apply_retention_every(services: CoreServices, every_s: float) -> None:
@@ -134,9 +147,15 @@ async def apply_retention_every(services: CoreServices, every_s: float) -> None:
 def _on_site_report(reports: SiteReports):  # type: ignore[no-untyped-def]
     async def on_report(msg) -> None:  # noqa: ANN001 - nats-py's Msg
         try:
-            reports.record(SiteModelReport.model_validate_json(msg.data))
+            report = SiteModelReport.model_validate_json(msg.data)
         except ValueError:
             log.warning("malformed site report ignored", subject=msg.subject)
+            return
+        if msg.subject != site_report_subject(report.site):  # a site speaks for itself only
+            log.warning("site report for another site ignored", subject=msg.subject,
+                        site=report.site)
+            return
+        reports.record(report)
 
     return on_report
 
@@ -145,13 +164,16 @@ async def serve_core(settings: CoreSettings) -> None:
     server = EmbeddedNats(core_nats_config(settings), work_dir=Path(settings.data_dir) / "nats")
     server.start()  # in this thread: the server is tied to the thread that starts it
     client = await nats.connect(server.client_url, max_reconnect_attempts=-1)
+    tasks: list[asyncio.Task[None]] = []
     try:
         deploy, catalogue = await open_buckets(client.jetstream())
         board, feed = SiteBoard(deploy), CatalogueFeed(catalogue)
         services = build_core_services(settings, board, feed)
         await asyncio.to_thread(publish_desired_state, services, board, feed)
         await client.subscribe(SITE_REPORTS, cb=_on_site_report(services.reports))
-        tasks = [asyncio.create_task(services.loop.run())] if settings.automation.enabled else []
+        tasks.append(asyncio.create_task(resync_every(services, board, feed, settings.kv_resync_s)))
+        if settings.automation.enabled:
+            tasks.append(asyncio.create_task(services.loop.run()))
         if settings.retention_days:
             tasks.append(asyncio.create_task(apply_retention_every(services, settings.retention_every_s)))
         app = create_core_app(services)

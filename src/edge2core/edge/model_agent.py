@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -37,6 +38,16 @@ from edge2core.edge.kv_follower import KvFollower, LeafLink, State
 from edge2core.edge.model_trust import ModelTrust, UntrustedModel
 
 log = get_logger(__name__)
+
+
+def _read_refused(path: Path) -> set[str]:
+    try:
+        return {str(s) for s in json.loads(path.read_text())}
+    except FileNotFoundError:
+        return set()
+    except ValueError:
+        log.warning("unreadable list of refused models ignored", path=str(path))
+        return set()
 
 
 def prune_models(models_dir: Path, live: Path, keep: int) -> list[Path]:
@@ -73,7 +84,8 @@ class ModelAgent:
         self._site = site
         self.reporter = reporter
         self._nudge = asyncio.Event()
-        self._refused: set[str] = set()
+        # Versions refused or rolled back here, kept across restarts: never loaded again.
+        self._refused: set[str] = _read_refused(self._refused_path())
         self._desired: ModelPublished | None = None  # from the KV watch
         self._kv_live = False  # the deploy bucket's watch has delivered its state
         self._no_delta: set[str] = set()  # versions whose delta failed: full downloads
@@ -89,7 +101,8 @@ class ModelAgent:
         if not self._pointer().is_file():
             return
         model = ModelPublished.model_validate_json(self._pointer().read_text())
-        await self._load(model)
+        if model.sha256 not in self._refused:
+            await self._load(model)
 
     async def reconcile(self) -> bool:
         """Ask the core over HTTP what this site should run, and converge to it."""
@@ -113,7 +126,7 @@ class ModelAgent:
                 await self._trust.check(self._core, desired.version, path.read_bytes())
             except UntrustedModel as exc:
                 path.unlink(missing_ok=True)
-                self._refused.add(desired.sha256)
+                self._refuse(desired.sha256)
                 MODEL_SWAPS.labels(outcome="untrusted").inc()
                 log.error("model refused; the previous one keeps serving", error=str(exc))
                 await self._report(desired, "refused", str(exc))
@@ -179,7 +192,7 @@ class ModelAgent:
                 sha256=model.sha256, threshold=model.recognised_threshold,
             )
         except (ModelLoadError, FileNotFoundError) as exc:
-            self._refused.add(model.sha256)
+            self._refuse(model.sha256)
             log.error("model refused; the previous one keeps serving", version=model.version,
                       error=str(exc))
             await self._report(model, "refused", str(exc))
@@ -209,14 +222,25 @@ class ModelAgent:
         if live is None or not self._pointer().is_file():
             return
         pointed = ModelPublished.model_validate_json(self._pointer().read_text())
-        if pointed.sha256 != live.sha256 and pointed.sha256 in self._recognizer.rolled_back:
-            await self._report(pointed, "rolled_back", "live watch: confidence fell off or runs failed")
-            for path in self._dir.glob(f"{live.version}-{live.sha256[:16]}.onnx"):
-                self._point_at(pointed.model_copy(update={
-                    "version": live.version, "sha256": live.sha256,
-                    "size": path.stat().st_size, "classes": list(live.classes),
-                    "recognised_threshold": live.threshold, "head": None, "backbone": None}))
-            self._refused.add(pointed.sha256)
+        if (pointed.sha256 == live.sha256 or pointed.sha256 not in self._recognizer.rolled_back
+                or pointed.sha256 in self._refused):  # handled already
+            return
+        self._refuse(pointed.sha256)  # first: whatever fails below, never again
+        await self._report(pointed, "rolled_back", "live watch: confidence fell off or runs failed")
+        survivor = self._dir / f"{live.version}-{live.sha256[:16]}.onnx"
+        if survivor.is_file():
+            self._point_at(ModelPublished(
+                version=live.version, sha256=live.sha256, size=survivor.stat().st_size,
+                classes=list(live.classes), url_path=f"/v1/models/{live.version}/artifact",
+                recognised_threshold=live.threshold))
+
+    def _refused_path(self) -> Path:
+        return self._dir / "refused.json"
+
+    def _refuse(self, sha256: str) -> None:
+        self._refused.add(sha256)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._refused_path(), [json.dumps(sorted(self._refused)).encode()])
 
     async def _refresh_catalogue(self) -> None:
         self._catalogue.replace(await self._core.products())
