@@ -18,7 +18,7 @@ from edge2core.common.objectstore import ObjectStore
 from edge2core.core.api_automation import automation_router
 from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_models import models_router
-from edge2core.core.api_uploads import ImagePutFastPath
+from edge2core.core.api_uploads import ImagePutFastPath, receipt_response
 from edge2core.core.audit import AuditLog
 from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
@@ -115,13 +115,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
     async def upload_image(
         request: Request, record: PhotoRecord = Depends(photo_record)
     ) -> JSONResponse:
-        receipt = await services.receiver.receive(record, request.stream())
-        CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
-        return JSONResponse(
-            {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
-             "created": receipt.created, "erased": receipt.erased},
-            status_code=201 if receipt.created else 200,
-        )
+        return receipt_response(await services.receiver.receive(record, request.stream()))
 
     @app.get("/v1/stats")
     def stats() -> dict:

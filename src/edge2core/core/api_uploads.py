@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES
-from edge2core.core.receiver import UploadError
+from edge2core.core.receiver import Receipt, UploadError
 from edge2core.core.site_tokens import site_token_ok
 from edge2core.core.uploads import TUS_EXTENSIONS, TUS_VERSION, ClientGone, UploadState
 
@@ -200,6 +200,16 @@ def uploads_router(services: CoreServices) -> APIRouter:
     return router
 
 
+def receipt_response(receipt: Receipt) -> JSONResponse:
+    """The answer to a one-shot upload (counted), from the route or the fast path."""
+    CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
+    return JSONResponse(
+        {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
+         "created": receipt.created, "erased": receipt.erased},
+        status_code=201 if receipt.created else 200,
+    )
+
+
 class ImagePutFastPath:
     """ASGI middleware: `PUT /v1/images/<sha256>` straight to the receiver.
 
@@ -232,12 +242,7 @@ class ImagePutFastPath:
             response = JSONResponse({"error": exc.code, "detail": exc.detail},
                                     status_code=exc.status, headers=exc.headers)
         else:
-            CORE_IMAGES.labels(outcome="stored" if receipt.created else "replay").inc()
-            response = JSONResponse(
-                {"sha256": receipt.sha256, "key": receipt.key, "size": receipt.size,
-                 "created": receipt.created, "erased": receipt.erased},
-                status_code=201 if receipt.created else 200,
-            )
+            response = receipt_response(receipt)
         await response(scope, receive, send)
 
     def _record(self, scope: Scope) -> PhotoRecord | None:
