@@ -30,7 +30,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b --quick || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b" >&2; $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .e2c
