@@ -14,6 +14,14 @@ from pathlib import Path
 
 import nats
 import pytest
+from helpers_model import (  # noqa: F401 (fixtures)
+    SplitModel,
+    TrainedModel,
+    sku,
+    split_model,
+    trained_model,
+    tweaked_copy,
+)
 from prometheus_client import REGISTRY
 
 from edge2core.common.events import FLEET_KEY, ModelPublished, product_key, site_key
@@ -29,14 +37,6 @@ from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.kv_follower import LeafLink
 from edge2core.edge.model_agent import ModelAgent
-from helpers_model import (  # noqa: F401 (fixtures)
-    SplitModel,
-    TrainedModel,
-    sku,
-    split_model,
-    trained_model,
-    tweaked_copy,
-)
 from tests.backends import CoreServer
 from tests.grocery import needs_grocery, photos_of, store_kiosk
 from tests.grocery import sku as sku_of

@@ -90,8 +90,9 @@ def test_the_buffer_path_preprocesses_exactly_as_training_does(
         assert into.dtype == fresh.dtype == np.float32 and into.shape == fresh.shape
         assert np.array_equal(into, fresh)
     # ...and `fresh` is the shared preprocessing itself.
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(photo)) as image:
         image.draft("RGB", (224, 224))

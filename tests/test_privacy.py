@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from edge2core.common.images import metadata_found
-from edge2core.edge.faces import FaceDetectorUnavailable, FaceRedactor, load_default_detector
+from edge2core.edge.faces import (
+    FaceDetectorUnavailable,
+    FaceRedactor,
+    load_default_detector,
+)
 from edge2core.edge.prepare import PreparePolicy, prepare
 
 CITY = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "faces" / "city.jpg"

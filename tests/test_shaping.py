@@ -4,7 +4,12 @@ from datetime import datetime
 
 import pytest
 
-from edge2core.edge.shaping import TokenBucket, is_open, parse_windows, seconds_until_open
+from edge2core.edge.shaping import (
+    TokenBucket,
+    is_open,
+    parse_windows,
+    seconds_until_open,
+)
 
 
 class FakeClock:

@@ -456,7 +456,7 @@ def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.Mon
 
 
 def test_a_site_without_a_token_is_never_admitted() -> None:
-    from edge2core.core.site_tokens import site_token_ok
+    from edge2core.core.access import site_token_ok
 
     tokens = {"store-1": "s3cret"}
     assert site_token_ok({}, "anywhere", None)  # development: no tokens configured
@@ -466,3 +466,37 @@ def test_a_site_without_a_token_is_never_admitted() -> None:
     assert not site_token_ok(tokens, "store-2", "Bearer s3cret")  # another site's token
     assert not site_token_ok(tokens, "store-1", "s3cret")
     assert not site_token_ok(tokens, "store-1", None)
+
+
+def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from edge2core.config import CoreSettings
+    from edge2core.core.access import access_allowed
+    from edge2core.core.api import create_core_app
+    from edge2core.core.service import build_core_services
+
+    sites = {"store-1": "site-secret"}
+    allowed = lambda method, path, auth: access_allowed(  # noqa: E731
+        method, path, auth, admin_token="admin-secret", site_tokens=sites)
+    assert allowed("POST", "/v1/products", "Bearer admin-secret")
+    assert not allowed("POST", "/v1/products", "Bearer site-secret")  # sites cannot change it
+    assert allowed("GET", "/v1/sites/store-1/model", "Bearer site-secret")  # but may read
+    assert not allowed("GET", "/v1/models", None)
+    assert allowed("PUT", "/v1/images/" + "0" * 64, None)  # uploads: the site token, checked there
+    assert allowed("GET", "/healthz", None)
+    assert access_allowed("POST", "/v1/products", None, admin_token=None, site_tokens=sites)
+
+    services = build_core_services(CoreSettings(
+        data_dir=tmp_path, admin_token="admin-secret", site_tokens=sites))
+    client = TestClient(create_core_app(services))
+    product = {"sku": "SKU-1", "name": "Milk", "price": 1.0}
+    refused = client.post("/v1/products", json=product)
+    assert (refused.status_code, refused.json()["error"]) == (401, "unauthorized")
+    assert client.post("/v1/products", json=product,
+                       headers={"Authorization": "Bearer site-secret"}).status_code == 401
+    assert client.post("/v1/products", json=product,
+                       headers={"Authorization": "Bearer admin-secret"}).status_code == 201
+    listed = client.get("/v1/products", headers={"Authorization": "Bearer site-secret"})
+    assert [p["sku"] for p in listed.json()] == ["SKU-1"]
+    assert client.get("/healthz").status_code == 200

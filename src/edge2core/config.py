@@ -125,6 +125,9 @@ class CoreSettings(_Settings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in data_dir"
     )
+    admin_token: str | None = Field(
+        default=None, description="bearer token for changes through the API (and reads); "
+        "unset: the API is open (development)")
     site_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="site id -> bearer token for uploads; empty accepts any site (development)",

@@ -15,6 +15,7 @@ from starlette.background import BackgroundTask
 from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES, mount_metrics
 from edge2core.common.objectstore import ObjectStore
+from edge2core.core.access import AdminAccess, site_token_ok
 from edge2core.core.api_automation import automation_router
 from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_models import models_router
@@ -28,7 +29,6 @@ from edge2core.core.registry import ModelInfo, ModelRegistry
 from edge2core.core.routes import core_routes
 from edge2core.core.schema import ImageRow
 from edge2core.core.site_reports import SiteReports
-from edge2core.core.site_tokens import site_token_ok
 from edge2core.core.trainer import Trainer
 
 
@@ -43,6 +43,7 @@ class CoreServices:
     trainer: Trainer
     site_tokens: dict[str, str]
     retention_days: dict[str, int] = field(default_factory=dict)
+    admin_token: str | None = None
     audit: AuditLog | None = None
     reports: SiteReports | None = None
     loop: LearningLoop | None = None
@@ -110,6 +111,9 @@ def create_core_app(services: CoreServices) -> FastAPI:
 
     # Well-formed one-shot uploads skip the framework (same answers; see ImagePutFastPath).
     app.add_middleware(ImagePutFastPath, services=services)
+    # Outermost: who may read and change what (uploads keep their per-site tokens).
+    app.add_middleware(AdminAccess, admin_token=services.admin_token,
+                       site_tokens=services.site_tokens)
 
     @app.put("/v1/images/{sha256}")
     async def upload_image(

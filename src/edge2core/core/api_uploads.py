@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES
+from edge2core.core.access import site_token_ok
 from edge2core.core.receiver import Receipt, UploadError
-from edge2core.core.site_tokens import site_token_ok
 from edge2core.core.uploads import TUS_EXTENSIONS, TUS_VERSION, ClientGone, UploadState
 
 if TYPE_CHECKING:

@@ -13,6 +13,14 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="The core's HTTP URL (
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
+def admin_headers() -> dict[str, str]:
+    """The admin token from the core's settings (`E2C_CORE_ADMIN_TOKEN` or the TOML file)."""
+    from edge2core.config import CoreSettings
+
+    token = CoreSettings().admin_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def core_url(url: str | None) -> str:
     if url:
         return url.rstrip("/")
@@ -27,7 +35,9 @@ def call(method: str, url: str | None, path: str, *,
     when it refuses the request (4xx), printing the core's error body."""
     base = core_url(url)
     try:
-        response = httpx.request(method, f"{base}{path}", timeout=kw.pop("timeout", 60), **kw)
+        headers = {**admin_headers(), **kw.pop("headers", {})}
+        response = httpx.request(method, f"{base}{path}", timeout=kw.pop("timeout", 60),
+                                 headers=headers, **kw)
     except httpx.HTTPError as exc:
         typer.echo(f"cannot reach the core at {base}: {exc}. Is `edge2core core up` running?",
                    err=True)

@@ -47,6 +47,8 @@ from edge2core.common.onnx_models import (  # noqa: F401 (compose_onnx is part o
     INPUT_NAME,
     OUTPUT_NAME,
     compose_onnx,
+)
+from edge2core.common.onnx_models import (
     set_metadata as _set_metadata,
 )
 from edge2core.common.preprocess import IMAGE_SIZE, NORMALIZATION

@@ -11,9 +11,9 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import SITE_REPORTS, SiteModelReport, site_report_subject
-from edge2core.common.products import Product
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.common.products import Product
 from edge2core.common.signing import Signer
 from edge2core.config import AutomationPolicy, CoreSettings
 from edge2core.core import storage
@@ -22,8 +22,13 @@ from edge2core.core.audit import AuditLog
 from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetStore
+from edge2core.core.deployments import (
+    CatalogueFeed,
+    DeploySink,
+    SiteBoard,
+    open_buckets,
+)
 from edge2core.core.drift import DriftWatch
-from edge2core.core.deployments import CatalogueFeed, DeploySink, SiteBoard, open_buckets
 from edge2core.core.gate import ModelGate
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
@@ -78,6 +83,7 @@ def build_core_services(
         catalogue=catalogue,
         trainer=trainer,
         site_tokens=settings.site_tokens,
+        admin_token=settings.admin_token,
         retention_days=settings.retention_days,
         audit=loop.audit,
         reports=loop.reports,

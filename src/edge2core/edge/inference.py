@@ -20,7 +20,6 @@ from edge2core.common.events import Guess
 from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
-from edge2core.common.products import Promotion, priced
 from edge2core.common.preprocess import (
     IMAGE_SIZE,
     PIXEL_MEAN,
@@ -28,6 +27,7 @@ from edge2core.common.preprocess import (
     _resize_and_crop,
     preprocess,
 )
+from edge2core.common.products import Promotion, priced
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.golden import GoldenSet
 from edge2core.edge.live_watch import LiveWatch

@@ -1,0 +1,61 @@
+"""Who may use the core's HTTP API: per-site upload tokens and the admin token."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+
+def site_token_ok(tokens: Mapping[str, str], site: str | None, authorization: str | None) -> bool:
+    """True when no tokens are configured (development), or the header carries `site`'s token
+    (any site's, when `site` is None). A site without a token is never admitted."""
+    if not tokens:
+        return True
+    if not authorization or not authorization.startswith("Bearer "):
+        return False
+    presented = authorization.removeprefix("Bearer ")
+    candidates = tokens.values() if site is None else [tokens[site]] if site in tokens else []
+    return any(hmac.compare_digest(presented.encode(), t.encode()) for t in candidates)
+
+
+UPLOAD_PREFIXES = ("/v1/images/", "/v1/uploads")
+OPEN_PATHS = ("/healthz", "/metrics")
+
+
+def access_allowed(method: str, path: str, authorization: str | None, *, admin_token: str | None,
+                   site_tokens: Mapping[str, str]) -> bool:
+    """Pure: may this request reach the core's API? Uploads are left to the upload routes
+    (the site's own token); health and metrics are open; reads take the admin token or any
+    site's token (sites read their model and the catalogue); changes take the admin token.
+    With no admin token configured everything is open, as in development."""
+    if admin_token is None or path.startswith(UPLOAD_PREFIXES) or path in OPEN_PATHS:
+        return True
+    if site_token_ok({"admin": admin_token}, "admin", authorization):
+        return True
+    return method in ("GET", "HEAD") and bool(site_tokens) and site_token_ok(
+        site_tokens, None, authorization)
+
+
+class AdminAccess:
+    """ASGI middleware applying `access_allowed`; refusals are 401 with a JSON body."""
+
+    def __init__(self, app, admin_token: str | None, site_tokens: Mapping[str, str]) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self._admin = admin_token
+        self._sites = site_tokens
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"]
+                                  if k == b"authorization"), None)
+            if not access_allowed(scope["method"], scope["path"], authorization,
+                                  admin_token=self._admin, site_tokens=self._sites):
+                from starlette.responses import JSONResponse
+
+                response = JSONResponse(
+                    {"error": "unauthorized",
+                     "detail": "this needs the core's admin token (Authorization: Bearer ...); "
+                               "reads also take a site's token"}, status_code=401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
