@@ -259,6 +259,29 @@ async def test_leafnode_core_and_edge(tmp_path: Path) -> None:
             await nc.close()
 
 
+def test_only_sites_with_their_token_join_the_core_as_leaf_nodes(tmp_path: Path) -> None:
+    from edge2core.common.nats_server import NatsUser, leaf_url_with_credentials
+
+    core_cfg = NatsServerConfig.with_free_ports(
+        "core", tmp_path / "core-js", mqtt=False, websocket=False, leafnode=True,
+        jetstream_domain="core", leafnode_users=(NatsUser("store-1", "s3cret/+@"),))
+    assert "authorization" in render_config(core_cfg)
+
+    def edge(name: str, user: str, password: str) -> NatsServerConfig:
+        url = leaf_url_with_credentials(core_cfg.leafnode_url, user, password)
+        return NatsServerConfig.with_free_ports(
+            name, tmp_path / f"{name}-js", mqtt=False, websocket=False, jetstream_domain=name,
+            leafnode_remotes=(url,))
+
+    with EmbeddedNats(core_cfg, tmp_path / "core") as core:
+        with EmbeddedNats(edge("intruder", "store-1", "guess"), tmp_path / "intruder") as bad:
+            time.sleep(2.0)  # several reconnect attempts
+            assert core.leafnode_count() == 0 and bad.leafnode_count() == 0
+        with EmbeddedNats(edge("store1", "store-1", "s3cret/+@"), tmp_path / "good") as good:
+            good.wait_for_leafnodes(1)
+            core.wait_for_leafnodes(1)
+
+
 async def test_stop_leaves_no_process_and_restart_keeps_store(tmp_path: Path) -> None:
     cfg = NatsServerConfig.with_free_ports("restart", tmp_path / "js", mqtt=False, websocket=False)
     srv = EmbeddedNats(cfg, tmp_path / "run")

@@ -80,6 +80,8 @@ class NatsServerConfig:
     jetstream_domain: str | None = None
     leafnode_port: int | None = None  # core side: accept leaf connections
     leafnode_remotes: tuple[str, ...] = ()  # edge side: e.g. "nats-leaf://127.0.0.1:7422"
+    # Core side: only these may connect as leaf nodes (sites: id and token); empty: anyone.
+    leafnode_users: tuple[NatsUser, ...] = ()
     max_payload: int = _DEFAULT_MAX_PAYLOAD
     # How long the server waits for an MQTT QoS 1 ack before redelivering (nats default 30s).
     mqtt_ack_wait: str | None = None
@@ -98,6 +100,7 @@ class NatsServerConfig:
         leafnode: bool = False,
         jetstream_domain: str | None = None,
         leafnode_remotes: tuple[str, ...] = (),
+        leafnode_users: tuple[NatsUser, ...] = (),
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         mqtt_ack_wait: str | None = None,
         users: tuple[NatsUser, ...] = (),
@@ -114,6 +117,7 @@ class NatsServerConfig:
             leafnode_port=free_port(host) if leafnode else None,
             jetstream_domain=jetstream_domain,
             leafnode_remotes=tuple(leafnode_remotes),
+            leafnode_users=tuple(leafnode_users),
             max_payload=max_payload,
             mqtt_ack_wait=mqtt_ack_wait,
             users=users,
@@ -203,12 +207,26 @@ def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
         # Sites reach the core through whatever address they were given (NAT, a proxy, a
         # load balancer): never tell them to use the core's own listening address instead.
         lines += [f"  host: {_q(cfg.host)}", f"  port: {cfg.leafnode_port}", "  no_advertise: true"]
+        if cfg.leafnode_users:
+            lines += ["  authorization {", "    users: ["]
+            lines += [f"      {{ user: {_q(u.user)}, password: {_q(u.password)} }}"
+                      for u in cfg.leafnode_users]
+            lines += ["    ]", "  }"]
     if cfg.leafnode_remotes:
         lines.append("  remotes: [")
         lines += [f"    {{ url: {_q(url)} }}" for url in cfg.leafnode_remotes]
         lines.append("  ]")
     lines.append("}")
     return lines
+
+
+def leaf_url_with_credentials(url: str, user: str, password: str) -> str:
+    """`nats-leaf://host:port` -> `nats-leaf://user:password@host:port` (both quoted)."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
 
 
 def render_config(cfg: NatsServerConfig) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import SITE_REPORTS, SiteModelReport, site_report_subject
 from edge2core.common.logging import get_logger
-from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
+from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.common.products import Product
 from edge2core.common.signing import Signer
 from edge2core.config import AutomationPolicy, CoreSettings
@@ -47,6 +47,8 @@ def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
         http_port=settings.nats_http_port,
         jetstream_domain=settings.jetstream_domain,
         leafnode_port=settings.leafnode_port,
+        # With site tokens, a site's leaf link logs in as the site, with its upload token.
+        leafnode_users=tuple(NatsUser(site, token) for site, token in settings.site_tokens.items()),
     )
 
 

@@ -22,7 +22,12 @@ from edge2core.common.events import (
 from edge2core.common.images import DecodeLimits
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
-from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
+from edge2core.common.nats_server import (
+    EmbeddedNats,
+    NatsServerConfig,
+    NatsUser,
+    leaf_url_with_credentials,
+)
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.broker_watch import watch_auth_failures
@@ -77,6 +82,14 @@ def site_access(settings: EdgeSettings) -> SiteAccess:
     return SiteAccess(DeviceRegistry(settings.data_dir / "devices.json"), internal)
 
 
+def core_leaf_remote(settings: EdgeSettings) -> str:
+    """The leaf link logs in to the core as this site, with its upload token (if it has one)."""
+    assert settings.core_leaf_url
+    if not settings.token:
+        return settings.core_leaf_url
+    return leaf_url_with_credentials(settings.core_leaf_url, settings.site, settings.token)
+
+
 def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -> NatsServerConfig:
     return NatsServerConfig(
         name=f"e2c-edge-{settings.site}",
@@ -87,7 +100,7 @@ def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -
         mqtt_port=settings.mqtt_port,
         websocket_port=settings.mqtt_ws_port,
         jetstream_domain=settings.jetstream_domain,
-        leafnode_remotes=(settings.core_leaf_url,) if settings.core_leaf_url else (),
+        leafnode_remotes=(core_leaf_remote(settings),) if settings.core_leaf_url else (),
         users=access.users(settings.site) if access else (),
     )
 
