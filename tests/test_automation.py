@@ -251,3 +251,42 @@ def test_the_loop_over_http(core) -> None:  # type: ignore[no-untyped-def]
     why = client.get("/v1/sites/store-7/why").json()
     assert why["model"] == core.registry.production().version
     assert why["reported"]["site"] == "store-7" and why["audit"][0]["kind"] == "model.trained"
+
+
+def test_a_site_speaks_only_for_itself() -> None:
+    from edge2core.core.site_reports import report_trusted
+
+    tokens = {"s1": "t1", "s2": "t2"}
+    mine = report("s1", 3).signed("t1")
+    assert report_trusted(mine, "e2c.sites.s1.model", tokens)
+    assert not report_trusted(mine, "e2c.sites.s2.model", tokens)  # on another's subject
+    assert not report_trusted(report("s2", 3).signed("t1"), "e2c.sites.s2.model", tokens)
+    assert not report_trusted(report("s1", 3), "e2c.sites.s1.model", tokens)  # unsigned
+    forged = mine.model_copy(update={"state": "rolled_back"})
+    assert not report_trusted(forged, "e2c.sites.s1.model", tokens)
+    assert report_trusted(report("s9", 3), "e2c.sites.s9.model", {})  # no tokens: development
+
+
+class BrokenSites(RecordedSites):
+    def canary(self, model: ModelPublished, sites: Sequence[str]) -> None:
+        raise TimeoutError("the broker did not confirm the write")
+
+
+@needs_grocery
+def test_a_rollout_that_cannot_publish_stops_and_says_why(core) -> None:  # type: ignore[no-untyped-def]
+    loop = core.loop
+    production = core.registry.production().version
+    core.catalogue.add(Product(sku=sku(2), name="another", price=1.0,
+                               status=ProductStatus.PENDING_DATA))
+    store_kiosk(core, photos_of(2, "train", 2 * PER_CLASS), sku(2), "train")
+    loop.policy.canary_sites = ["store-1"]
+    core.registry.sites, gate, core.registry.gate = BrokenSites(), core.registry.gate, None
+    try:
+        assert loop.step() is None
+    finally:
+        loop.policy.canary_sites = []
+        core.registry.sites, core.registry.gate = RecordedSites(), gate
+    stopped = core.audit.query("rollout.stopped", limit=1)[0]
+    assert stopped.detail["stage"] == "publish" and "did not confirm" in stopped.detail["reasons"][0]
+    assert core.registry.get(int(stopped.subject.split(":")[1])).stage == "candidate"
+    assert core.registry.production().version == production and sku(2) in loop.blocked

@@ -509,3 +509,14 @@ def test_rows_written_before_the_current_rules_still_load(tmp_path: Path) -> Non
     assert (old.sku, old.currency, old.price) == ("old sku/1", "eur", 1.5)
     with pytest.raises(InvalidProduct):  # its next change must meet the rules
         catalogue.change("old sku/1", price=2.0)
+
+
+def test_a_site_reads_old_records_and_leaves_out_only_unreadable_ones() -> None:
+    from edge2core.common.products import read_products
+
+    old = {"sku": "old sku/1", "name": "Old", "price": 1.5, "currency": "eur", "status": "active",
+           "promotions": [{"id": "bad"}]}
+    good = Product(sku="SKU-2", name="Bread", price=2.0).model_dump(mode="json")
+    products = read_products([old, json.dumps(good).encode(), {"sku": "x"}, b"[not json"])
+    assert [p.sku for p in products] == ["old sku/1", "SKU-2"]
+    assert products[0].price == 1.5 and products[0].promotions == []

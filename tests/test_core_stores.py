@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from edge2core.common.events import ModelPublished, PhotoRecord, Source
 from edge2core.common.objectstore import LocalObjectStore, image_key
@@ -515,9 +515,13 @@ def test_wal_commits_only_for_sqlite_files_in_wal_mode(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL elsewhere
-    seq = wal.committed()
-    wal.sync(seq)
-    wal.sync(seq)  # already covered: no second fsync needed
+    assert wal.latest() == 0
+    with wal.committing() as commit:
+        with wal.sessions.begin() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+    assert commit.seq == 1 == wal.latest()
+    wal.sync(commit.seq)
+    wal.sync(commit.seq)  # already covered: no second fsync needed
     assert WalCommits.for_engine(make_engine("sqlite://")) is None
     wal.engine.dispose()
     engine.dispose()

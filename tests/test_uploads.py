@@ -477,18 +477,33 @@ def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
     from edge2core.core.service import build_core_services
 
     sites = {"store-1": "site-secret"}
+    admin = "admin-secret-0123456789"
     allowed = lambda method, path, auth: access_allowed(  # noqa: E731
-        method, path, auth, admin_token="admin-secret", site_tokens=sites)
-    assert allowed("POST", "/v1/products", "Bearer admin-secret")
-    assert not allowed("POST", "/v1/products", "Bearer site-secret")  # sites cannot change it
-    assert allowed("GET", "/v1/sites/store-1/model", "Bearer site-secret")  # but may read
+        method, path, auth, admin_token=admin, site_tokens=sites)
+    site, boss = "Bearer site-secret", f"Bearer {admin}"
+    photo = "/v1/images/" + "0" * 64
+    assert allowed("POST", "/v1/products", boss)
+    assert not allowed("POST", "/v1/products", site)  # sites cannot change it
+    for path in ("/v1/sites/store-1/model", "/v1/models/3/artifact", "/v1/models/3/signature",
+                 "/v1/signing-key", "/v1/catalogue/products"):
+        assert allowed("GET", path, site), path  # what an edge reads
+    assert not allowed("GET", "/v1/labelling/tasks", site)  # the rest is the admin's
+    assert not allowed("GET", "/v1/models/3/compare/2", site)
     assert not allowed("GET", "/v1/models", None)
-    assert allowed("PUT", "/v1/images/" + "0" * 64, None)  # uploads: the site token, checked there
+    assert allowed("PUT", photo, None)  # uploads: the site token, checked by the route
+    assert allowed("POST", "/v1/uploads/" + "0" * 64, None)
+    assert not allowed("GET", photo, None) and not allowed("GET", photo, site)  # photo bytes
+    assert allowed("GET", photo, boss) and allowed("HEAD", photo, site)
+    assert not allowed("HEAD", photo, None)
     assert allowed("GET", "/healthz", None)
     assert access_allowed("POST", "/v1/products", None, admin_token=None, site_tokens=sites)
+    with pytest.raises(ValueError, match="site_tokens"):
+        CoreSettings(data_dir=tmp_path, admin_token=admin)  # sites could not read their model
+    with pytest.raises(ValueError):
+        CoreSettings(data_dir=tmp_path, admin_token="", site_tokens=sites)  # no empty token
 
     services = build_core_services(CoreSettings(
-        data_dir=tmp_path, admin_token="admin-secret", site_tokens=sites))
+        data_dir=tmp_path, admin_token=admin, site_tokens=sites))
     client = TestClient(create_core_app(services))
     product = {"sku": "SKU-1", "name": "Milk", "price": 1.0}
     refused = client.post("/v1/products", json=product)
@@ -496,7 +511,8 @@ def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
     assert client.post("/v1/products", json=product,
                        headers={"Authorization": "Bearer site-secret"}).status_code == 401
     assert client.post("/v1/products", json=product,
-                       headers={"Authorization": "Bearer admin-secret"}).status_code == 201
-    listed = client.get("/v1/products", headers={"Authorization": "Bearer site-secret"})
+                       headers={"Authorization": boss}).status_code == 201
+    listed = client.get("/v1/catalogue/products", headers={"Authorization": site})
     assert [p["sku"] for p in listed.json()] == ["SKU-1"]
+    assert client.get("/v1/products", headers={"Authorization": site}).status_code == 401
     assert client.get("/healthz").status_code == 200

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -126,7 +126,8 @@ class CoreSettings(_Settings):
         default=None, description="SQLAlchemy URL; default: SQLite in data_dir"
     )
     admin_token: str | None = Field(
-        default=None, description="bearer token for changes through the API (and reads); "
+        default=None, min_length=16,
+        description="bearer token for the API beyond uploads and what sites read; "
         "unset: the API is open (development)")
     site_tokens: dict[str, str] = Field(
         default_factory=dict,
@@ -153,6 +154,13 @@ class CoreSettings(_Settings):
     )
     kv_resync_s: float = Field(default=300.0, gt=0, description="re-publish desired state to KV")
     retention_every_s: float = Field(default=6 * 3600, gt=0, description="how often `core up` applies it")
+
+    @model_validator(mode="after")
+    def _sites_can_read(self) -> CoreSettings:
+        if self.admin_token and not self.site_tokens:
+            raise ValueError("admin_token is set but site_tokens is empty: the sites could not "
+                             "read their model; give every site a token in site_tokens")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

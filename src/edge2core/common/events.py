@@ -126,6 +126,24 @@ class SiteModelReport(BaseModel):
     state: str  # live | refused | rolled_back
     reason: str = ""
     at: datetime = Field(default_factory=utcnow)
+    # HMAC-SHA256 of the rest with the site's token (where sites have tokens): a site can
+    # speak only for itself, even on the shared leaf link.
+    mac: str = ""
+
+    def signed(self, token: str) -> SiteModelReport:
+        return self.model_copy(update={"mac": self._mac(token)}) if token else self
+
+    def verify(self, token: str) -> bool:
+        import hmac
+
+        return hmac.compare_digest(self.mac, self._mac(token))
+
+    def _mac(self, token: str) -> str:
+        import hashlib
+        import hmac
+
+        body = self.model_dump_json(exclude={"mac"}).encode()
+        return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
 
 
 def site_report_subject(site: str) -> str:

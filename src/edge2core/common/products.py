@@ -7,12 +7,20 @@ active at a given time (`active_promotion`) and the price a shopper pays then
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # SKUs end up in URL paths, NATS subjects and KV keys: letters, digits, '-', '_', '.'.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -102,6 +110,45 @@ class Product(BaseModel):
     def content(self) -> dict[str, Any]:
         """The record without `updated_at`, as JSON values (for diffs and comparisons)."""
         return self.model_dump(mode="json", exclude={"updated_at"})
+
+
+def stored_product(fields: dict[str, Any]) -> Product:
+    """A product as the catalogue stored it: validated, or, for a record written under older,
+    looser rules (a SKU with a space, currency "eur"), taken as it is, so it stays sellable
+    until its next change (which must meet today's rules). Raises ValueError without a SKU,
+    a name, a price or a valid status."""
+    if not isinstance(fields, dict):
+        raise TypeError(f"a product is a JSON object, not {type(fields).__name__}")
+    try:
+        return Product.model_validate(fields)
+    except ValidationError:
+        sku, name, price = fields.get("sku"), fields.get("name"), fields.get("price")
+        if not (isinstance(sku, str) and sku and isinstance(name, str)
+                and isinstance(price, int | float)):
+            raise
+        promotions = []
+        for promo in fields.get("promotions") or []:
+            try:
+                promotions.append(Promotion.model_validate(promo))
+            except ValidationError:
+                continue  # an unreadable promotion is no promotion
+        return Product.model_construct(**{
+            **fields, "price": float(price), "promotions": promotions,
+            "status": ProductStatus(fields.get("status", ProductStatus.ACTIVE))})
+
+
+def read_products(items: list[Any]) -> list[Product]:
+    """The catalogue as a site receives it (HTTP list or KV values): each product read with
+    `stored_product`; one unreadable record is left out (logged), not the whole catalogue."""
+    import logging
+
+    out = []
+    for item in items:
+        try:
+            out.append(stored_product(item if isinstance(item, dict) else json.loads(item)))
+        except (ValueError, TypeError) as exc:
+            logging.getLogger(__name__).warning("unreadable product left out: %s", exc)
+    return out
 
 
 def _now(now: datetime | None) -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 
 
@@ -18,22 +19,33 @@ def site_token_ok(tokens: Mapping[str, str], site: str | None, authorization: st
     return any(hmac.compare_digest(presented.encode(), t.encode()) for t in candidates)
 
 
-UPLOAD_PREFIXES = ("/v1/images/", "/v1/uploads")
+# What an edge site reads from the core with its own token (see edge/core_client.py).
+SITE_READS = re.compile(
+    r"^/v1/(sites/[^/]+/model|models/\d+/(artifact|signature)|signing-key|catalogue/products"
+    r"|images/[0-9a-f]{64})$")
 OPEN_PATHS = ("/healthz", "/metrics")
+
+
+def _is_upload(method: str, path: str) -> bool:
+    """The upload routes check the site's token themselves."""
+    return (method == "PUT" and path.startswith("/v1/images/")) or path.startswith("/v1/uploads")
 
 
 def access_allowed(method: str, path: str, authorization: str | None, *, admin_token: str | None,
                    site_tokens: Mapping[str, str]) -> bool:
     """Pure: may this request reach the core's API? Uploads are left to the upload routes
-    (the site's own token); health and metrics are open; reads take the admin token or any
-    site's token (sites read their model and the catalogue); changes take the admin token.
-    With no admin token configured everything is open, as in development."""
-    if admin_token is None or path.startswith(UPLOAD_PREFIXES) or path in OPEN_PATHS:
+    (the site's own token); health and metrics are open; a site's token reads what an edge
+    needs (its model, signatures, the catalogue, whether a photo arrived: HEAD only);
+    everything else takes the admin token. With no admin token everything is open, as in
+    development."""
+    if admin_token is None or _is_upload(method, path) or path in OPEN_PATHS:
         return True
     if site_token_ok({"admin": admin_token}, "admin", authorization):
         return True
-    return method in ("GET", "HEAD") and bool(site_tokens) and site_token_ok(
-        site_tokens, None, authorization)
+    if path.startswith("/v1/images/") and method != "HEAD":
+        return False  # photo bytes: the admin's only
+    return (method in ("GET", "HEAD") and bool(SITE_READS.match(path))
+            and site_token_ok(site_tokens, None, authorization))
 
 
 class AdminAccess:

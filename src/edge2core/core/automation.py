@@ -231,9 +231,26 @@ class LearningLoop:
             self.blocked.update(decision.skus or (decision.trigger,))
             log.warning("rollout stopped", version=model.version, reason=str(exc))
             return None
+        except Exception as exc:  # publishing failed midway (the broker?): stop, say why
+            self._abandon(model, decision, exc)
+            return None
         self.blocked.difference_update(decision.skus or (decision.trigger,))
         self._activate(model)
         return self.registry.get(model.version)
+
+    def _abandon(self, model: ModelInfo, decision: Decision, exc: Exception) -> None:
+        """A rollout that failed for another reason than its verdicts: a canary is taken back
+        (the KV re-sync repairs what the sites were told); production stays production."""
+        log.exception("rollout failed", version=model.version)
+        self.blocked.update(decision.skus or (decision.trigger,))
+        self.audit.record("rollout.stopped", f"model:{model.version}", stage="publish",
+                          reasons=[f"rollout failed: {exc!r}"])
+        try:
+            if self.registry.get(model.version).stage == "canary":
+                self.registry.promote(model.version, stage="candidate", use_gate=False,
+                                      reason=f"rollout failed: {exc!r}")
+        except Exception:  # noqa: BLE001 - the re-sync publishes what the database says
+            log.exception("could not take the canary back", version=model.version)
 
     def _training_skus(self, ready: Sequence[str]) -> list[str]:
         """Active products with enough photos, and the pending ones this run is for."""

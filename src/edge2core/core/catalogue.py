@@ -29,7 +29,7 @@ from edge2core.common.events import utcnow
 from edge2core.common.images import ImageRejected, sha256_hex, sniff_format
 from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
-from edge2core.common.products import Product, ProductStatus, Promotion
+from edge2core.common.products import Product, ProductStatus, Promotion, stored_product
 from edge2core.core.audit import AuditLog
 from edge2core.core.schema import ProductRow
 
@@ -184,11 +184,10 @@ def _product(row: ProductRow) -> Product:
     try:
         return Product(**fields)
     except ValidationError as exc:
-        # Written before today's rules (e.g. a SKU with a space, currency "eur"): still
-        # readable and sellable; the rules apply again to its next change.
+        # Written before today's rules: still readable and sellable (see stored_product).
         log.warning("catalogue row does not meet the current rules; served as stored",
                     sku=row.sku, error=_message(row.sku, exc))
-        return Product.model_construct(**fields)
+        return stored_product(fields)
 
 
 def _diff(old: Product, new: Product) -> dict[str, list[Any]]:

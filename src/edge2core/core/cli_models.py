@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge2core.core.cli_http import JsonOpt, UrlOpt, call, core_url
+from edge2core.core.cli_http import JsonOpt, UrlOpt, admin_headers, call, core_url
 
 models_app = typer.Typer(help="The model registry: list, show, compare, promote, roll back.",
                          no_args_is_help=True)
@@ -265,7 +265,8 @@ def eval_command(
         base = core_url(url)
         suffix = "artifact" if kind == "full" else f"artifacts/{kind}"
         try:
-            response = httpx.get(f"{base}/v1/models/{int(model)}/{suffix}", timeout=300).raise_for_status()
+            response = httpx.get(f"{base}/v1/models/{int(model)}/{suffix}", timeout=300,
+                                 headers=admin_headers()).raise_for_status()
         except httpx.HTTPError as exc:
             typer.echo(f"cannot fetch model {model} from {base}: {exc}", err=True)
             raise typer.Exit(1) from exc

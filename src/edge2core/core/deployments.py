@@ -103,6 +103,17 @@ class KvBucket:
         except KeyNotFoundError:
             pass
 
+    def get(self, key: str) -> bytes | None:
+        if self._on_loop():
+            raise RuntimeError("KvBucket.get() blocks: call it from a worker thread")
+        return self._run(self._get(key))
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return (await self._kv.get(key)).value
+        except KeyNotFoundError:
+            return None
+
     def keys(self) -> list[str]:
         if self._on_loop():
             raise RuntimeError("KvBucket.keys() blocks: call it from a worker thread")
@@ -156,19 +167,29 @@ class CatalogueFeed:
     def __init__(self, bucket: KvBucket) -> None:
         self._bucket = bucket
         self._lock = threading.Lock()
+        self._sent: dict[str, bytes] = {}  # what this process last put, per key
 
     def __call__(self, products: Iterable[Product]) -> None:
         with self._lock:
             for product in products:
-                self._bucket.put(product_key(product.sku), product.model_dump_json().encode())
+                key, value = product_key(product.sku), product.model_dump_json().encode()
+                self._bucket.put(key, value)
+                self._sent[key] = value
 
     def sync(self, products: list[Product]) -> None:
-        """At start: every product, and no key for a product the catalogue no longer has."""
-        self(products)
+        """Every product whose value in the bucket differs (each put is an update every site
+        applies), and no key for a product the catalogue no longer has."""
+        with self._lock:
+            for product in products:
+                key, value = product_key(product.sku), product.model_dump_json().encode()
+                if self._sent.get(key) != value and self._bucket.get(key) != value:
+                    self._bucket.put(key, value)
+                self._sent[key] = value
         wanted = {product_key(p.sku) for p in products}
         for key in self._bucket.keys():
             if key not in wanted:
                 self._bucket.delete(key)
+                self._sent.pop(key, None)
 
 
 async def open_buckets(js: Any) -> tuple[KvBucket, KvBucket]:

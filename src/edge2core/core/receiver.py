@@ -15,8 +15,9 @@ import io
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,11 +455,7 @@ class ImageReceiver:
                 return [(r, latest if r is False else 0) for r in results]
             try:
                 # One multi-row INSERT (no ORM unit of work per row), one commit.
-                writer = self._wal.sessions if self._wal is not None else self._sessions
-                with writer.begin() as session:
-                    session.execute(insert(ImageRow.__table__), rows)  # Core: no ORM bulk layer
-                    session.add_all(tasks)
-                seq = self._wal.committed() if self._wal is not None else 0
+                seq = self._insert_batch(rows, tasks)
             except IntegrityError:
                 # Another process recorded one of them first: fall back to one at a time.
                 self.near_dups.invalidate_locked()
@@ -470,6 +467,20 @@ class ImageReceiver:
                         results.append(self._insert_one(record, key, phash, now))
                 seq = 0  # committed with synchronous=FULL
         return [(r, seq) for r in results]
+
+    def _insert_batch(self, rows: list[dict], tasks: list[LabelTaskRow]) -> int:
+        """One multi-row INSERT (no ORM unit of work per row), one commit; its WAL sequence
+        number (0 when committed with synchronous=FULL)."""
+        if self._wal is None:
+            with self._sessions.begin() as session:
+                session.execute(insert(ImageRow.__table__), rows)
+                session.add_all(tasks)
+            return 0
+        with self._wal.committing() as commit:
+            with self._wal.sessions.begin() as session:
+                session.execute(insert(ImageRow.__table__), rows)
+                session.add_all(tasks)
+        return commit.seq
 
     def _insert_one(self, record: PhotoRecord, key: str, phash: int, now) -> bool:  # type: ignore[no-untyped-def]
         group = self.near_dups.group_for(record.sha256, phash)
@@ -515,6 +526,10 @@ class ImageReceiver:
         }
 
 
+class _Commit:
+    seq = 0
+
+
 class WalCommits:
     """The receiver's batch commits on SQLite in WAL mode, made durable outside the write lock.
 
@@ -536,6 +551,7 @@ class WalCommits:
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.wal = wal
         self._mutex = threading.Lock()
+        self._commit_lock = threading.Lock()  # held across a commit and its numbering
         self._committed = 0  # batch commits made on `engine`
         self._synced = 0  # of which known durable
         self._dir_synced_for = -1  # inode of the WAL file whose directory entry was synced
@@ -554,15 +570,20 @@ class WalCommits:
         database = Path(url.database).resolve()
         return cls(f"sqlite:///{database}", Path(f"{database}-wal"))
 
-    def committed(self) -> int:
-        """Call right after a commit on `engine`: its sequence number for `sync`."""
-        with self._mutex:
-            self._committed += 1
-            return self._committed
+    @contextmanager
+    def committing(self) -> Iterator[_Commit]:
+        """Wrap a commit on `engine`: afterwards `.seq` is its number for `sync`. Readers
+        asking `latest()` meanwhile wait for it, so a row they can see is always counted."""
+        commit = _Commit()
+        with self._commit_lock:
+            yield commit
+            with self._mutex:
+                self._committed += 1
+                commit.seq = self._committed
 
     def latest(self) -> int:
-        """The newest commit made so far (what a reader may already see)."""
-        with self._mutex:
+        """The newest commit made so far (covering every row a reader may already see)."""
+        with self._commit_lock, self._mutex:
             return self._committed
 
     def sync(self, seq: int) -> None:

@@ -10,7 +10,7 @@ import nats
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import SITE_REPORTS, SiteModelReport, site_report_subject
+from edge2core.common.events import SITE_REPORTS, SiteModelReport
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.common.products import Product
@@ -32,7 +32,7 @@ from edge2core.core.drift import DriftWatch
 from edge2core.core.gate import ModelGate
 from edge2core.core.receiver import ImageReceiver
 from edge2core.core.registry import ModelRegistry
-from edge2core.core.site_reports import SiteReports
+from edge2core.core.site_reports import SiteReports, report_trusted
 from edge2core.core.trainer import Trainer
 
 log = get_logger(__name__)
@@ -152,15 +152,15 @@ async def apply_retention_every(services: CoreServices, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
-def _on_site_report(reports: SiteReports):  # type: ignore[no-untyped-def]
+def _on_site_report(reports: SiteReports, site_tokens: dict[str, str]):  # type: ignore[no-untyped-def]
     async def on_report(msg) -> None:  # noqa: ANN001 - nats-py's Msg
         try:
             report = SiteModelReport.model_validate_json(msg.data)
         except ValueError:
             log.warning("malformed site report ignored", subject=msg.subject)
             return
-        if msg.subject != site_report_subject(report.site):  # a site speaks for itself only
-            log.warning("site report for another site ignored", subject=msg.subject,
+        if not report_trusted(report, msg.subject, site_tokens):
+            log.warning("site report ignored: not from that site", subject=msg.subject,
                         site=report.site)
             return
         reports.record(report)
@@ -178,7 +178,8 @@ async def serve_core(settings: CoreSettings) -> None:
         board, feed = SiteBoard(deploy), CatalogueFeed(catalogue)
         services = build_core_services(settings, board, feed)
         await asyncio.to_thread(publish_desired_state, services, board, feed)
-        await client.subscribe(SITE_REPORTS, cb=_on_site_report(services.reports))
+        await client.subscribe(SITE_REPORTS,
+                               cb=_on_site_report(services.reports, settings.site_tokens))
         tasks.append(asyncio.create_task(resync_every(services, board, feed, settings.kv_resync_s)))
         if settings.automation.enabled:
             tasks.append(asyncio.create_task(services.loop.run()))

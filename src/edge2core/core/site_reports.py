@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge2core.common.events import SiteModelReport
+from edge2core.common.events import SiteModelReport, site_report_subject
 from edge2core.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -22,6 +22,16 @@ log = get_logger(__name__)
 class Verdict:
     ok: bool
     reason: str = ""
+
+
+def report_trusted(report: SiteModelReport, subject: str, site_tokens: dict[str, str]) -> bool:
+    """Pure: on its own site's subject and, where sites have tokens, signed with its token."""
+    if subject != site_report_subject(report.site):
+        return False
+    if not site_tokens:
+        return True
+    token = site_tokens.get(report.site)
+    return token is not None and report.verify(token)
 
 
 def judge(reports: dict[str, SiteModelReport], sites: Sequence[str], version: int) -> Verdict | None:

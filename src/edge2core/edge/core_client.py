@@ -16,7 +16,7 @@ from edge2core.common.events import (
     PhotoRecord,
 )
 from edge2core.common.fsutil import move_durable
-from edge2core.common.products import Product
+from edge2core.common.products import Product, read_products
 
 
 class TransientUploadError(RuntimeError):
@@ -224,4 +224,4 @@ class CoreClient:
     async def products(self) -> list[Product]:
         response = await self._http.get("/v1/catalogue/products")
         response.raise_for_status()
-        return [Product.model_validate(p) for p in response.json()]
+        return read_products(response.json())

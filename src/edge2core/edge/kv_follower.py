@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ class LeafLink:
         self._every_s = every_s
         self.generation = 0
         self.up = False
+        self._down_since: float | None = time.monotonic()
         self._seen: frozenset[tuple[str, int]] = frozenset()
 
     def observe(self, leafs: list[dict[str, Any]]) -> None:
@@ -42,7 +44,15 @@ class LeafLink:
             log.info("leaf link to the core is up", generation=self.generation)
         if not current and self.up:
             log.warning("leaf link to the core is down; serving from local state")
+        if current:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
         self.up, self._seen = bool(current), current
+
+    def down_for(self) -> float:
+        """Seconds since the link went down (0 while it is up)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=2.0) as http:
@@ -114,5 +124,6 @@ class KvFollower:
                 state.pop(entry.key, None)
             else:
                 state[entry.key] = entry.value
-            if live:
+            # A burst of updates (a catalogue import) is applied once, when it has drained.
+            if live and (entry is None or not entry.delta):
                 await self._apply(dict(state))

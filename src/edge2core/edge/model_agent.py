@@ -30,7 +30,7 @@ from edge2core.common.events import (
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_DELIVERY_BYTES, MODEL_SWAPS
-from edge2core.common.products import Product
+from edge2core.common.products import read_products
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import ModelLoadError, Recognizer
@@ -89,6 +89,8 @@ class ModelAgent:
         self._desired: ModelPublished | None = None  # from the KV watch
         self._kv_live = False  # the deploy bucket's watch has delivered its state
         self._no_delta: set[str] = set()  # versions whose delta failed: full downloads
+        self._said: list[SiteModelReport] = []  # the latest reports, said again on reconnect
+        self._reported_generation = 0
 
     def _artifact(self, model: ModelPublished) -> Path:
         return self._dir / f"{model.version}-{model.sha256[:16]}.onnx"
@@ -126,7 +128,7 @@ class ModelAgent:
                 await self._trust.check(self._core, desired.version, path.read_bytes())
             except UntrustedModel as exc:
                 path.unlink(missing_ok=True)
-                self._refuse(desired.sha256)
+                self._refused.add(desired.sha256)  # trust settings may change: not persisted
                 MODEL_SWAPS.labels(outcome="untrusted").inc()
                 log.error("model refused; the previous one keeps serving", error=str(exc))
                 await self._report(desired, "refused", str(exc))
@@ -192,7 +194,12 @@ class ModelAgent:
                 sha256=model.sha256, threshold=model.recognised_threshold,
             )
         except (ModelLoadError, FileNotFoundError) as exc:
-            self._refuse(model.sha256)
+            # The file itself failed (load, warm-up, smoke test): never again, even after a
+            # restart. A missing file says nothing about the model: refused until restart.
+            if isinstance(exc, ModelLoadError):
+                self._refuse(model.sha256)
+            else:
+                self._refused.add(model.sha256)
             log.error("model refused; the previous one keeps serving", version=model.version,
                       error=str(exc))
             await self._report(model, "refused", str(exc))
@@ -207,13 +214,27 @@ class ModelAgent:
         write_atomic(self._pointer(), [model.model_dump_json().encode()])
 
     async def _report(self, model: ModelPublished, state: str, reason: str = "") -> None:
+        report = SiteModelReport(site=self._site, version=model.version, sha256=model.sha256,
+                                 state=state, reason=reason)
+        # Kept, and said again whenever the link to the core comes back: a report published
+        # while the link was down is lost, and a canary must hear of a rollback.
+        self._said = [r for r in self._said if r.sha256 != model.sha256][-4:] + [report]
+        await self._send(report)
+
+    async def _send(self, report: SiteModelReport) -> None:
         if self.reporter is None:
             return
         try:
-            await self.reporter(SiteModelReport(site=self._site, version=model.version,
-                                                 sha256=model.sha256, state=state, reason=reason))
-        except Exception as exc:  # a report is informative; the model state is the truth
+            await self.reporter(report)
+        except Exception as exc:  # the model state is the truth; this is said again later
             log.warning("site report not sent", error=repr(exc))
+
+    async def _repeat_reports(self, link: LeafLink | None) -> None:
+        if link is None or link.generation == self._reported_generation:
+            return
+        self._reported_generation = link.generation
+        for report in self._said:
+            await self._send(report)
 
     async def _follow_rollbacks(self) -> None:
         """A live rollback (LiveWatch) swapped models under us: restart on the survivor, say
@@ -225,7 +246,6 @@ class ModelAgent:
         if (pointed.sha256 == live.sha256 or pointed.sha256 not in self._recognizer.rolled_back
                 or pointed.sha256 in self._refused):  # handled already
             return
-        self._refuse(pointed.sha256)  # first: whatever fails below, never again
         await self._report(pointed, "rolled_back", "live watch: confidence fell off or runs failed")
         survivor = self._dir / f"{live.version}-{live.sha256[:16]}.onnx"
         if survivor.is_file():
@@ -233,6 +253,7 @@ class ModelAgent:
                 version=live.version, sha256=live.sha256, size=survivor.stat().st_size,
                 classes=list(live.classes), url_path=f"/v1/models/{live.version}/artifact",
                 recognised_threshold=live.threshold))
+        self._refuse(pointed.sha256)  # last: handled once the report and the pointer are done
 
     def _refused_path(self) -> Path:
         return self._dir / "refused.json"
@@ -265,13 +286,12 @@ class ModelAgent:
         self._nudge.set()
 
     async def on_catalogue_state(self, state: State) -> None:
-        products = []
-        for key, raw in state.items():
-            try:
-                products.append(Product.model_validate_json(raw))
-            except ValueError:
-                log.error("malformed product in the catalogue bucket; ignored", key=key)
-        self._catalogue.replace(products)
+        self._catalogue.replace(read_products(list(state.values())))
+
+    def _watch_trusted(self, link: LeafLink | None) -> bool:
+        """The KV watch decides while it has spoken and its link is up (or down only briefly);
+        after `poll_s` without a link, HTTP stands in again."""
+        return self._kv_live and (link is None or link.down_for() < self._poll_s)
 
     async def run(self, js: object | None = None, link: LeafLink | None = None) -> None:
         """Follow the core's buckets (when `js`, a JetStream context on the core's domain, is
@@ -290,12 +310,13 @@ class ModelAgent:
                 try:
                     # The HTTP answer only stands in while no watch has spoken: with both, a
                     # stale one could swap models back and forth.
-                    if not self._kv_live and loop.time() - last_http >= self._poll_s:
+                    if not self._watch_trusted(link) and loop.time() - last_http >= self._poll_s:
                         last_http = loop.time()
                         await self.reconcile()
                     else:
                         await self.converge(self._desired)
                     await self._follow_rollbacks()
+                    await self._repeat_reports(link)
                 except Exception as exc:  # the link may be down: keep serving, try again
                     log.warning("model reconcile failed", error=repr(exc))
                 self._nudge.clear()

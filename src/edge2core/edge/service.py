@@ -261,11 +261,13 @@ async def event_sink(client: NatsClient, site: str) -> EventSink:
     return publish
 
 
-def site_reporter(client: NatsClient) -> Callable[[SiteModelReport], Awaitable[None]]:
-    """Tell the core (over the leaf link) what this site did with a model version."""
+def site_reporter(client: NatsClient, token: str) -> Callable[[SiteModelReport], Awaitable[None]]:
+    """Tell the core (over the leaf link) what this site did with a model version, signed
+    with the site's token."""
 
     async def report(event: SiteModelReport) -> None:
-        await client.publish(site_report_subject(event.site), event.model_dump_json().encode())
+        signed = event.signed(token)
+        await client.publish(site_report_subject(event.site), signed.model_dump_json().encode())
 
     return report
 
@@ -311,7 +313,7 @@ async def serve_edge(settings: EdgeSettings) -> None:
         **({"user": internal.user, "password": internal.password} if internal else {}),
     )
     parts = build_edge_parts(settings, await event_sink(client, settings.site))
-    parts.agent.reporter = site_reporter(client)
+    parts.agent.reporter = site_reporter(client, settings.token)
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
     # The core's desired state (model per site, catalogue) lives in its JetStream domain,
