@@ -62,6 +62,7 @@ from edge2core.common.net import free_port
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess
 from edge2core.config import EdgeSettings
 from edge2core.edge.inference import load_session, model_classes
+from edge2core.edge.inference_pool import workers_for
 from edge2core.edge.mqtt_door import MqttEndpoint
 from edge2core.sim.devices import Shopper
 
@@ -681,7 +682,8 @@ def main() -> None:
         "concurrency": CONCURRENCY,
         "inference_threads": THREADS,
         # The edge's shared inference pool, as configured (E2C_EDGE_RECOGNIZE_* variables apply).
-        "recognize_workers": EdgeSettings().recognize_workers,
+        # The pool's worker count (the setting may be unset: then derived from the cores).
+        "recognize_workers": workers_for(EdgeSettings()),
         "recognize_batch_max": EdgeSettings().recognize_batch_max,
         "recognize_batch_wait_ms": EdgeSettings().recognize_batch_wait_ms,
         "cpus": os.cpu_count(),

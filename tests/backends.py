@@ -6,7 +6,7 @@ The database is made by the real Alembic migrations, not `create_all`.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +25,7 @@ from edge2core.common.net import free_port
 from edge2core.common.objectstore import LocalObjectStore, ObjectStore
 from edge2core.config import CoreSettings
 from edge2core.core import migrations
-from tests.conftest import PG_URL, _drop_all, _postgres_available
+from tests.conftest import fresh_postgres
 from tests.objectstores import make_s3_store
 
 BACKENDS = ["embedded", "scale-out"]
@@ -45,35 +45,25 @@ class Backend:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "embedded":
-        db_url = f"sqlite:///{tmp_path / 'core.db'}"
-        store: ObjectStore = LocalObjectStore(tmp_path / "objects")
-        settings: dict[str, Any] = {}
-    else:
-        if not _postgres_available():
-            if os.environ.get("CI"):
-                pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_URL}")
-            pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-        db_url = PG_URL
+    with contextlib.ExitStack() as stack:
+        if request.param == "embedded":
+            db_url = f"sqlite:///{tmp_path / 'core.db'}"
+            store: ObjectStore = LocalObjectStore(tmp_path / "objects")
+            settings: dict[str, Any] = {}
+        else:
+            db_url = stack.enter_context(fresh_postgres())  # tables dropped again on the way out
+            endpoint = request.getfixturevalue("s3_endpoint")
+            s3 = make_s3_store(endpoint, tmp_path / "staging")
+            store = s3
+            settings = {
+                "object_store_url": f"s3://{s3.bucket}/core",
+                "s3_endpoint_url": endpoint,
+                "s3_access_key_id": "testing",
+                "s3_secret_access_key": "testing",
+            }
         engine = make_engine(db_url)
-        _drop_all(engine)
-        engine.dispose()
-        endpoint = request.getfixturevalue("s3_endpoint")
-        s3 = make_s3_store(endpoint, tmp_path / "staging")
-        store = s3
-        settings = {
-            "object_store_url": f"s3://{s3.bucket}/core",
-            "s3_endpoint_url": endpoint,
-            "s3_access_key_id": "testing",
-            "s3_secret_access_key": "testing",
-        }
-    engine = make_engine(db_url)
-    migrations.upgrade(engine)
-    yield Backend(request.param, store, make_sessionmaker(engine), db_url, settings)
-    engine.dispose()
-    if request.param != "embedded":
-        engine = make_engine(db_url)
-        _drop_all(engine)
+        migrations.upgrade(engine)
+        yield Backend(request.param, store, make_sessionmaker(engine), db_url, settings)
         engine.dispose()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Iterator
@@ -53,25 +54,35 @@ def _postgres_available() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """PG_URL with every table dropped before and after; skips the test where PostgreSQL is not
+    reachable (fails it in CI, which must run the scale-out tests)."""
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_URL}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    _drop_all_at(PG_URL)
+    yield PG_URL
+    _drop_all_at(PG_URL)
+
+
+def _drop_all_at(url: str) -> None:
+    import edge2core.core.schema  # noqa: F401  (registers the tables)
+
+    engine = make_engine(url)
+    _drop_all(engine)
+    engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The same tests against the embedded default and the scale-out database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'core.db'}"
         return
-    if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_URL}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    engine = make_engine(PG_URL)
-    import edge2core.core.schema  # noqa: F401  (registers the tables)
-
-    _drop_all(engine)
-    engine.dispose()
-    yield PG_URL
-    engine = make_engine(PG_URL)
-    _drop_all(engine)
-    engine.dispose()
+    with fresh_postgres() as url:
+        yield url
 
 
 def _drop_all(engine) -> None:  # type: ignore[no-untyped-def]

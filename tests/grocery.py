@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from edge2core.common.events import utcnow
 from edge2core.common.objectstore import image_key
 from edge2core.core.schema import ImageRow
+from tests.conftest import GROCERY as DATASET
 
-REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
 needs_grocery = pytest.mark.skipif(not (DATASET / "train.txt").is_file(),
                                    reason=f"grocery dataset not found at {DATASET}")
 

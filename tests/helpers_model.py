@@ -19,6 +19,7 @@ from PIL import Image
 
 from edge2core.common.products import Product
 from edge2core.sim.synthetic import product_style, render_photo
+from tests.grocery import sku
 
 PRODUCTS = 3
 TRAIN_PHOTOS = range(8)  # photo indices used for training
@@ -36,10 +37,6 @@ class TrainedModel:
     def held_out(self, product_index: int) -> list[bytes]:
         """Photos of a product the model never saw in training."""
         return [render_photo(product_index, i) for i in HELD_OUT_PHOTOS]
-
-
-def sku(product_index: int) -> str:
-    return f"SKU-{product_index:04d}"
 
 
 def catalogue_products() -> list[Product]:

@@ -41,17 +41,7 @@ from tests.backends import CoreServer
 from tests.grocery import needs_grocery, photos_of, store_kiosk
 from tests.grocery import sku as sku_of
 from tests.recorded_sites import RecordedSites
-
-WAIT = 20.0
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
+from tests.waiting import until
 
 # --------------------------------------------------------------------------- registry alone
 
@@ -182,31 +172,33 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     deploy, catalogue = await open_buckets(core_client.jetstream())
     services = build_core_services(CoreSettings(data_dir=tmp_path / "core"),
                                    SiteBoard(deploy), CatalogueFeed(catalogue))
-    http = CoreServer(create_core_app(services)).__enter__()
-    leaf = LeafLink(edge_cfg.monitor_url, every_s=0.1)
-    tasks = [asyncio.create_task(leaf.run())]
-    sites: dict[str, Site] = {}
-    clients = []
-    for name in ("store-1", "store-2"):
-        replica = CatalogueReplica(tmp_path / name / "catalogue.json")
-        recognizer = Recognizer(replica)
-        client = CoreClient(http.url)
-        clients.append(client)
-        agent = ModelAgent(client, recognizer, replica, tmp_path / name / "models", site=name)
-        sites[name] = Site(name, recognizer, replica, agent, tmp_path / name / "models")
-        tasks.append(asyncio.create_task(
-            agent.run(edge_client.jetstream(domain="core"), leaf)))
     try:
-        yield World(services, link, sites)
+        with CoreServer(create_core_app(services)) as http:
+            leaf = LeafLink(edge_cfg.monitor_url, every_s=0.1)
+            tasks = [asyncio.create_task(leaf.run())]
+            sites: dict[str, Site] = {}
+            clients = []
+            for name in ("store-1", "store-2"):
+                replica = CatalogueReplica(tmp_path / name / "catalogue.json")
+                recognizer = Recognizer(replica)
+                client = CoreClient(http.url)
+                clients.append(client)
+                agent = ModelAgent(client, recognizer, replica, tmp_path / name / "models",
+                                   site=name)
+                sites[name] = Site(name, recognizer, replica, agent, tmp_path / name / "models")
+                tasks.append(asyncio.create_task(
+                    agent.run(edge_client.jetstream(domain="core"), leaf)))
+            try:
+                yield World(services, link, sites)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for client in clients:
+                    await client.aclose()
+                await edge_client.close()
+                await core_client.close()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for client in clients:
-            await client.aclose()
-        await edge_client.close()
-        await core_client.close()
-        http.__exit__()
         edge_nats.stop()
         core_nats.stop()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,16 +28,12 @@ from edge2core.edge.spool import Spool
 from edge2core.sim.devices import Kiosk
 from edge2core.sim.photos import LabelledPhoto, SyntheticCatalogue
 from edge2core.sim.synthetic import render_photo
+from tests import waiting
 
 SITE = "store-9"
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+wait_until = partial(waiting.wait_until, timeout=15.0, every=0.05)
 
 
 # --- the registry ------------------------------------------------------------------------

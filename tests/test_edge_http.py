@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from helpers_model import PRODUCTS, TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 from edge2core.common.images import metadata_found
 from edge2core.common.products import ProductStatus
@@ -39,14 +39,6 @@ from edge2core.sim.synthetic import render_photo
 SITE = "site-http"
 MAX_BYTES = 300_000
 WAIT = 10.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def photo(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48),

@@ -10,14 +10,15 @@ import hashlib
 import itertools
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import waiting
 from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 from edge2core.common import envelope, topics
@@ -42,12 +43,7 @@ ACK_WAIT = "1s"  # MQTT QoS 1 redelivery wait of the test broker (nats-server de
 _sites = itertools.count(1)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+wait_until = partial(waiting.wait_until, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")

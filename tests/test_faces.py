@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,8 @@ from edge2core.edge.faces import (
     load_default_detector,
     redact,
 )
+from tests.conftest import FACES, GROCERY
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
-FACES = SHARED / "faces"
-GROCERY = Path(os.environ.get("E2C_DATASET") or SHARED / "grocery")
 CITY = FACES / "city.jpg"
 APPLE = GROCERY / "train/Fruit/Apple/Golden-Delicious/Golden-Delicious_001.jpg"
 

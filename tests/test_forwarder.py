@@ -11,17 +11,16 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from helpers_model import TrainedModel, sku, trained_model, tweaked_copy  # noqa: F401 (fixture)
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
+from waiting import until
 
 from edge2core.common.events import CaptureMeta, PhotoForwarded, PhotoRecord, Source
 from edge2core.common.net import free_port
@@ -39,49 +38,21 @@ from edge2core.edge.model_agent import ModelAgent
 from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
+from tests import backends
 
 pytestmark = pytest.mark.integration
 
 SITE = "site-fwd"
-WAIT = 20.0
+
+wait_for = partial(until, every=0.02)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition",
-                   task: asyncio.Task | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if task is not None and task.done():
-            task.result()  # raises what ended the background loop
-            raise AssertionError(f"the background loop stopped before {what}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+class CoreServer(backends.CoreServer):
+    """The real core app (`create_core_app`) on uvicorn, with a look at what it stored."""
 
-
-class CoreServer:
-    """The core app on uvicorn, in a background thread, on a fixed port."""
-
-    def __init__(self, services: CoreServices, port: int) -> None:
+    def __init__(self, services: CoreServices, port: int | None = None) -> None:
+        super().__init__(create_core_app(services), port)
         self.services = services
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(create_core_app(services), host="127.0.0.1", port=port,
-                                log_config=None, access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"core-{port}", daemon=True)
-
-    def start(self) -> CoreServer:
-        self._thread.start()
-        deadline = time.monotonic() + WAIT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"core did not start on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=WAIT)
 
     def image_count(self) -> int:
         with self.services.sessions() as session:
@@ -98,16 +69,12 @@ def core_services(tmp_path: Path) -> CoreServices:
 
 @pytest.fixture
 def start_core(core_services: CoreServices) -> Iterator[Callable[[int | None], CoreServer]]:
-    started: list[CoreServer] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(port: int | None = None) -> CoreServer:
-        server = CoreServer(core_services, port or free_port()).start()
-        started.append(server)
-        return server
+        def start(port: int | None = None) -> CoreServer:
+            return stack.enter_context(CoreServer(core_services, port))
 
-    yield start
-    for server in started:
-        server.stop()
+        yield start
 
 
 @pytest.fixture

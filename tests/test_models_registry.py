@@ -7,18 +7,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.grocery import store_kiosk
+from tests.grocery import DATASET, sku, store_kiosk
 from tests.recorded_sites import RecordedSites
 
-REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
 FINE_IDS = (4, 30, 45, 63)  # four products from different coarse classes
 PER_CLASS = 12
 
@@ -44,10 +40,6 @@ def _lines(split: str, per_class: int | None) -> list[tuple[str, int, int]]:
             counts[fine_i] = counts.get(fine_i, 0) + 1
             out.append((rel, fine_i, int(coarse)))
     return out
-
-
-def sku(i: int) -> str:
-    return f"SKU-{i:04d}"
 
 
 def add_photos(services, lines, split: str) -> None:

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -24,6 +24,7 @@ from edge2core.common.nats_server import (
     render_config,
 )
 from edge2core.common.net import free_port, wait_for_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +32,6 @@ WAIT = 10.0  # generous upper bound for every wait-for-condition below
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import colorsys
 import io
 import itertools
-import os
 import time
 from pathlib import Path
 
@@ -23,9 +22,7 @@ from edge2core.sim.photos import (
     product_price,
     resolve_source,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
+from tests.conftest import GROCERY as DATASET
 
 
 def _decode(data: bytes) -> Image.Image:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -21,17 +20,13 @@ from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.roles import CorePorts, EdgePorts, start_core, start_edge
 from edge2core.sim.devices import Kiosk
 from edge2core.sim.photos import LabelledPhoto, SyntheticCatalogue
+from tests import waiting
 
 pytestmark = pytest.mark.integration
 SITE = "store-r"
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+wait_until = partial(waiting.wait_until, every=0.2)
 
 
 def photos(n: int) -> list[LabelledPhoto]:

@@ -5,7 +5,6 @@ ONNX export.  Needs the grocery dataset (env ``E2C_DATASET``, else
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-DATASET = Path(
-    os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery"
-)
+from tests.conftest import GROCERY as DATASET
 
 # four visually distinct products: a fruit, a carton, two vegetables
 CLASSES = ["Banana", "Oatly-Oat-Milk", "Carrots", "Red-Bell-Pepper"]

@@ -163,6 +163,10 @@ class CoreSettings(_Settings):
         return self
 
     @property
+    def resolved_embedding_cache_dir(self) -> Path:
+        return self.embedding_cache_dir or self.data_dir / "cache" / "embeddings"
+
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'core.db').resolve()}"
 
@@ -228,10 +232,11 @@ class EdgeSettings(_Settings):
     )
     top_k: int = 3
     inference_threads: int = 1
-    recognize_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 2, ge=1,
+    recognize_workers: int | None = Field(
+        default=None, ge=1,
         description="recognition requests (HTTP and MQTT, one shared pool) run at once, each "
-        "with inference_threads ORT threads; more wait in the pool's queue",
+        "with inference_threads ORT threads; more wait in the pool's queue. Default: one per "
+        "inference_threads cores",
     )
     recognize_batch_max: int = Field(
         default=1, ge=1, le=64,

@@ -21,6 +21,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """Times are kept in UTC; SQLite hands them back naive."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Source(StrEnum):
     KIOSK = "kiosk"  # labelled capture: the cashier scanned the product
     SHOPPER = "shopper"  # unlabelled recognition request

@@ -49,6 +49,7 @@ __all__ = [
     "RESIZE_SHORTER",
     "preprocess",
     "preprocess_batch",
+    "preprocess_rgb",
 ]
 
 #: Side of the square network input, in pixels.
@@ -65,9 +66,7 @@ _RESAMPLE = Image.Resampling.BILINEAR
 
 
 def _resize_and_crop(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    """Steps 2-3 on an image already oriented and in RGB."""
     w, h = image.size
     if w <= 0 or h <= 0:
         raise ValueError(f"empty image: {w}x{h}")
@@ -89,12 +88,29 @@ def _resize_and_crop(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
 
 
+def preprocess_rgb(rgb: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+    """Steps 2-4 on an RGB image already oriented (e.g. by `images.decode_rgb`).
+
+    Returns a float32 array of shape (3, IMAGE_SIZE, IMAGE_SIZE); with `out` (a C-contiguous
+    float32 array of that shape, e.g. one row of a reusable batch buffer) the pixels are
+    written there and `out` is returned, without temporaries.
+    """
+    pixels = np.asarray(_resize_and_crop(rgb))  # (H, W, 3) uint8, 0..255
+    if out is None:
+        out = np.empty((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    # (x - 127) / 128 in float32, HWC -> CHW. Both steps are exact on 0..255 (small integers,
+    # then a power of two), so any evaluation order gives the same bits.
+    np.subtract(pixels.transpose(2, 0, 1), np.float32(PIXEL_MEAN), out=out, dtype=np.float32)
+    np.divide(out, np.float32(PIXEL_STD), out=out)
+    return out
+
+
 def preprocess(image: Image.Image) -> np.ndarray:
     """One PIL image -> float32 array of shape (3, IMAGE_SIZE, IMAGE_SIZE), normalised."""
-    rgb = _resize_and_crop(image)
-    x = np.asarray(rgb, dtype=np.float32)  # (H, W, 3), 0..255
-    x = (x - np.float32(PIXEL_MEAN)) / np.float32(PIXEL_STD)
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+    image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return preprocess_rgb(image)
 
 
 def preprocess_batch(images: Iterable[Image.Image]) -> np.ndarray:

@@ -13,13 +13,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
-from edge2core.common.metrics import CORE_IMAGES, mount_metrics
+from edge2core.common.metrics import mount_metrics
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.access import AdminAccess, site_token_ok
 from edge2core.core.api_automation import automation_router
 from edge2core.core.api_catalogue import catalogue_router
 from edge2core.core.api_models import models_router
-from edge2core.core.api_uploads import ImagePutFastPath, receipt_response
+from edge2core.core.api_uploads import (
+    ImagePutFastPath,
+    receipt_response,
+    upload_refusal,
+)
 from edge2core.core.audit import AuditLog
 from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
@@ -79,9 +83,7 @@ def create_core_app(services: CoreServices) -> FastAPI:
 
     @app.exception_handler(UploadError)
     async def upload_error(_req: Request, exc: UploadError) -> JSONResponse:
-        CORE_IMAGES.labels(outcome=exc.code).inc()
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status,
-                            headers=exc.headers)
+        return upload_refusal(exc)
 
     @app.exception_handler(LookupError)
     async def not_found(_req: Request, exc: LookupError) -> JSONResponse:

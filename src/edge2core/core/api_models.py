@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from edge2core.common.signing import SignatureError
-from edge2core.core.registry import GateBlocked, ModelInfo
+from edge2core.core.registry import GateBlocked, ModelInfo, dump_report
 
 
 class PromoteRequest(BaseModel):
@@ -97,8 +97,8 @@ def models_router(services: Any) -> APIRouter:
                 lambda: registry.promote(version, stage=req.stage, force=req.force, reason=req.reason,
                                  sites=req.sites))
         except GateBlocked as exc:
-            report = exc.report.model_dump(mode="json") if hasattr(exc.report, "model_dump") else exc.report
-            return JSONResponse({"error": "gate_failed", "detail": str(exc), "report": report}, status_code=409)
+            return JSONResponse({"error": "gate_failed", "detail": str(exc),
+                                 "report": dump_report(exc.report)}, status_code=409)
         except ValueError as exc:
             raise bad(exc) from exc
 

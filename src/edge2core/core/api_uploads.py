@@ -13,6 +13,7 @@ the object store and recorded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import AsyncIterator
@@ -49,9 +50,6 @@ def parse_upload_metadata(value: str) -> dict[str, str]:
     return pairs
 
 
-def encode_upload_metadata(values: dict[str, str]) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
-
 
 def _tus_headers(state: UploadState | None = None) -> dict[str, str]:
     headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
@@ -68,13 +66,15 @@ def _tus_headers(state: UploadState | None = None) -> dict[str, str]:
     return headers
 
 
-def _refusal(exc: UploadError) -> JSONResponse:
+def upload_refusal(exc: UploadError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A refused upload's answer (counted), for every upload path."""
     CORE_IMAGES.labels(outcome=exc.code).inc()
-    return JSONResponse(
-        {"error": exc.code, "detail": exc.detail},
-        status_code=exc.status,
-        headers={**_tus_headers(), **exc.headers},
-    )
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status,
+                        headers={**(headers or {}), **exc.headers})
+
+
+def _refusal(exc: UploadError) -> JSONResponse:
+    return upload_refusal(exc, _tus_headers())
 
 
 def uploads_router(services: CoreServices) -> APIRouter:
@@ -169,7 +169,7 @@ def uploads_router(services: CoreServices) -> APIRouter:
                 raise UploadError(415, "content_type", f"PATCH bodies are {OFFSET_CONTENT_TYPE}")
             if upload_offset is None or upload_offset < 0:
                 raise UploadError(400, "no_offset", "Upload-Offset is required")
-            state = uploads.state(sha256)
+            state = await asyncio.to_thread(uploads.state, sha256)  # file reads: off the loop
             authorize(state.record.site if state else None, authorization)
             state = await uploads.append(sha256, upload_offset, request.stream())
         except UploadError as exc:
@@ -238,9 +238,7 @@ class ImagePutFastPath:
         try:
             receipt = await self.services.receiver.receive(record, _body(receive))
         except UploadError as exc:
-            CORE_IMAGES.labels(outcome=exc.code).inc()
-            response = JSONResponse({"error": exc.code, "detail": exc.detail},
-                                    status_code=exc.status, headers=exc.headers)
+            response = upload_refusal(exc)
         else:
             response = receipt_response(receipt)
         await response(scope, receive, send)

@@ -12,14 +12,14 @@ transaction, so the entry commits (or not) with the change it describes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import utcnow
+from edge2core.common.events import as_utc, utcnow
 from edge2core.core.schema import AuditRow
 
 MAX_LIMIT = 1000
@@ -33,12 +33,9 @@ class AuditEvent(BaseModel):
     detail: dict[str, Any]
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 def _event(row: AuditRow) -> AuditEvent:
-    return AuditEvent(id=row.id, at=_aware(row.at), kind=row.kind, subject=row.subject,
+    return AuditEvent(id=row.id, at=as_utc(row.at), kind=row.kind, subject=row.subject,
                       detail=row.detail or {})
 
 
@@ -87,7 +84,7 @@ class AuditLog:
         if subject is not None:
             stmt = stmt.where(AuditRow.subject == subject)
         if since is not None:
-            stmt = stmt.where(AuditRow.at >= _aware(since))
+            stmt = stmt.where(AuditRow.at >= as_utc(since))
         with self._sessions() as session:
             rows = session.scalars(stmt.order_by(AuditRow.id.desc()).limit(limit)).all()
         return [_event(r) for r in rows]
@@ -102,7 +99,7 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime):
-        return _aware(value).isoformat()
+        return as_utc(value).isoformat()
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return str(value)

@@ -27,15 +27,15 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source, utcnow
+from edge2core.common.events import Source, as_utc, utcnow
 from edge2core.common.logging import get_logger
-from edge2core.common.products import ProductStatus
+from edge2core.common.products import Product, ProductStatus
 from edge2core.config import AutomationPolicy
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue import Catalogue
-from edge2core.core.datasets import DatasetQuery, DatasetStore, as_utc
-from edge2core.core.registry import GateBlocked, ModelInfo, ModelRegistry
-from edge2core.core.schema import ImageRow
+from edge2core.core.datasets import DatasetQuery, DatasetStore
+from edge2core.core.registry import GateBlocked, ModelInfo, ModelRegistry, dump_report
+from edge2core.core.schema import ImageRow, ModelRow
 from edge2core.core.site_reports import SiteReports
 
 log = get_logger(__name__)
@@ -131,6 +131,14 @@ def photos_since(sessions: sessionmaker[Session], since: datetime) -> int:
         return int(session.scalar(stmt) or 0)
 
 
+def _trainable(products: Sequence[Product], counts: dict[str, ProductData], ready: Sequence[str],
+               min_photos: int) -> list[str]:
+    """Active products with enough photos, and the pending ones a run is for."""
+    chosen = [p.sku for p in products if p.status == ProductStatus.ACTIVE
+              or (p.sku in ready and p.status != ProductStatus.RETIRED)]
+    return sorted(s for s in chosen if counts[s].photos >= min_photos)
+
+
 # --------------------------------------------------------------------------- acting
 
 
@@ -159,22 +167,25 @@ class LearningLoop:
     running: threading.Lock = field(default_factory=threading.Lock)  # one step at a time
 
     def inputs(self) -> LoopInputs:
+        # Woken by every arrival: one catalogue read and one count query per look.
         products = self.catalogue.list()
-        pending = [p.sku for p in products if p.status == ProductStatus.PENDING_DATA]
+        counts = kiosk_counts(self.sessions,
+                              [p.sku for p in products if p.status != ProductStatus.RETIRED])
         retired = frozenset(p.sku for p in products if p.status == ProductStatus.RETIRED)
         production = self.registry.production()
         in_model = frozenset(production.classes) if production else frozenset()
         drifting = self._drifting(production, sorted(in_model - retired))
         since = self.datasets.get(production.dataset_version).created_at if production else None
         return LoopInputs(
-            pending=kiosk_counts(self.sessions, pending),
+            pending={p.sku: counts[p.sku] for p in products
+                     if p.status == ProductStatus.PENDING_DATA},
             in_model=in_model,
             retired=retired,
             drifting={s: c for s, c in drifting.items() if c < self.policy.drift_below},
             new_photos=photos_since(self.sessions, since) if since else 0,
             since_full_s=self._since_full_s(),
             hour_utc=utcnow().hour,
-            trainable=len(self._training_skus(())),
+            trainable=len(_trainable(products, counts, (), self.policy.min_photos_per_class)),
             since_last_photo_s=newest_photo_age_s(self.sessions),
             blocked=frozenset(self.blocked),
         )
@@ -182,9 +193,10 @@ class LearningLoop:
     def _since_full_s(self) -> float:
         """Since the newest full-path model, or the first model when none was full (so a
         restart or a young deployment does not start a long run at once)."""
-        models = self.registry.list()
-        full = [m.created_at for m in models if m.params.get("path") == "full"]
-        since = max(full) if full else min((m.created_at for m in models), default=None)
+        with self.sessions() as session:  # two columns, not whole models with their metrics
+            models = session.execute(select(ModelRow.created_at, ModelRow.params)).all()
+        full = [at for at, params in models if (params or {}).get("path") == "full"]
+        since = max(full) if full else min((at for at, _p in models), default=None)
         return (utcnow() - as_utc(since)).total_seconds() if since else 0.0
 
     def _drifting(self, production: ModelInfo | None, skus: list[str]) -> dict[str, float]:
@@ -226,7 +238,7 @@ class LearningLoop:
                           dataset_sha256=dataset.manifest_sha256, classes=len(model.classes),
                           val_top1=(model.metrics.get("val") or {}).get("top1"))
         try:
-            self.roll_out(model, decision)
+            live = self.roll_out(model, decision)
         except RolloutStopped as exc:
             self.blocked.update(decision.skus or (decision.trigger,))
             log.warning("rollout stopped", version=model.version, reason=str(exc))
@@ -235,8 +247,8 @@ class LearningLoop:
             self._abandon(model, decision, exc)
             return None
         self.blocked.difference_update(decision.skus or (decision.trigger,))
-        self._activate(model)
-        return self.registry.get(model.version)
+        self._activate(live)
+        return live
 
     def _abandon(self, model: ModelInfo, decision: Decision, exc: Exception) -> None:
         """A rollout that failed for another reason than its verdicts: a canary is taken back
@@ -253,30 +265,31 @@ class LearningLoop:
             log.exception("could not take the canary back", version=model.version)
 
     def _training_skus(self, ready: Sequence[str]) -> list[str]:
-        """Active products with enough photos, and the pending ones this run is for."""
-        chosen = [p.sku for p in self.catalogue.list()
-                  if p.status == ProductStatus.ACTIVE or (p.sku in ready and p.status != ProductStatus.RETIRED)]
-        counts = kiosk_counts(self.sessions, chosen)
-        return sorted(s for s in chosen if counts[s].photos >= self.policy.min_photos_per_class)
+        products = self.catalogue.list()
+        counts = kiosk_counts(self.sessions,
+                              [p.sku for p in products if p.status != ProductStatus.RETIRED])
+        return _trainable(products, counts, ready, self.policy.min_photos_per_class)
 
-    def roll_out(self, model: ModelInfo, decision: Decision) -> None:
+    def roll_out(self, model: ModelInfo, decision: Decision) -> ModelInfo:
+        """Gate, canary sites (if any), fleet; the model as it is in production."""
         sites = self.policy.canary_sites
         stage = "canary" if sites else "production"
         try:
-            self.registry.promote(model.version, stage=stage, sites=sites,
+            promoted = self.registry.promote(model.version, stage=stage, sites=sites,
                                   reason=f"automation: {decision.trigger}: {decision.reason}")
         except GateBlocked as exc:
             reasons = list(getattr(exc.report, "reasons", []) or [str(exc)])
             self.audit.record("rollout.stopped", f"model:{model.version}", stage="gate",
-                              reasons=reasons, gate=_dump(exc.report))
+                              reasons=reasons, gate=dump_report(exc.report))
             raise RolloutStopped(f"gate: {'; '.join(reasons)}") from exc
-        gate = next((h.get("gate") for h in reversed(self.registry.get(model.version).history)
-                     if h.get("gate")), None)
+        gate = next((h.get("gate") for h in reversed(promoted.history) if h.get("gate")), None)
         self.audit.record(f"model.{stage}", f"model:{model.version}", sites=sites, gate=gate)
-        if sites:
-            self._canary(model, sites)
-            self.registry.promote(model.version, reason="automation: canary passed", use_gate=False)
-            self.audit.record("model.production", f"model:{model.version}", after_canary=sites)
+        if not sites:
+            return promoted
+        self._canary(model, sites)
+        live = self.registry.promote(model.version, reason="automation: canary passed", use_gate=False)
+        self.audit.record("model.production", f"model:{model.version}", after_canary=sites)
+        return live
 
     def _canary(self, model: ModelInfo, sites: list[str]) -> None:
         verdict = self.reports.await_version(
@@ -327,8 +340,4 @@ class LearningLoop:
             except Exception:
                 log.exception("learning loop step failed; trying again later")
                 await asyncio.sleep(self.policy.check_every_s)
-
-
-def _dump(report: Any) -> Any:
-    return report.model_dump(mode="json") if hasattr(report, "model_dump") else report
 

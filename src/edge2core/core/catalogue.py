@@ -16,7 +16,7 @@ import csv
 import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import utcnow
+from edge2core.common.events import as_utc, utcnow
 from edge2core.common.images import ImageRejected, sha256_hex, sniff_format
 from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
@@ -162,11 +162,6 @@ def image_media_type(key: str) -> str:
     return next((m for e, m in IMAGE_TYPES.values() if e == ext), "application/octet-stream")
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 def _product(row: ProductRow) -> Product:
     fields: dict[str, Any] = dict(
@@ -179,7 +174,7 @@ def _product(row: ProductRow) -> Product:
         description=row.description,
         promotions=[Promotion.model_validate(p) for p in row.promotions or []],
         image_key=row.image_key,
-        updated_at=_aware(row.updated_at),
+        updated_at=as_utc(row.updated_at),
     )
     try:
         return Product(**fields)

@@ -187,7 +187,7 @@ def _embedding_cache(settings):  # type: ignore[no-untyped-def]
     """The core's embedding cache: erased photos' embeddings go with them."""
     from edge2core.core.embeddings import EmbeddingCache
 
-    return EmbeddingCache(settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings")
+    return EmbeddingCache(settings.resolved_embedding_cache_dir)
 
 
 @datasets_app.command("retention")

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source, utcnow
+from edge2core.common.events import Source, as_utc, utcnow
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.schema import DatasetRow, ImageRow
 
@@ -35,13 +36,6 @@ MANIFEST_COLUMNS = (
     "sha256", "key", "sku", "split", "site", "device", "source", "label_origin",
     "captured_at", "received_at", "dup_group", "size", "width", "height",
 )
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """Times are kept in UTC; SQLite hands them back naive."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class DatasetQuery(BaseModel):
@@ -180,15 +174,17 @@ def stats_of(columns: dict[str, Sequence[Any]]) -> dict:
     }
 
 
-def manifest_stats(entries: list[DatasetEntry]) -> dict:
-    rows = [_entry_row(e) for e in entries]
-    return stats_of({name: [r[i] for r in rows] for i, name in enumerate(MANIFEST_COLUMNS)})
+
+ENTRIES_CACHED = 4  # dataset versions whose entries stay in memory
 
 
 class DatasetStore:
     def __init__(self, store: ObjectStore, sessions: sessionmaker[Session]) -> None:
         self._store = store
         self._sessions = sessions
+        # Versions are immutable: a run reads its manifest once (training, then the gate).
+        self._entries: OrderedDict[int, list[DatasetEntry]] = OrderedDict()
+        self._entries_lock = threading.Lock()
 
     @property
     def store(self) -> ObjectStore:
@@ -241,7 +237,16 @@ class DatasetStore:
         return read_manifest(self.manifest_bytes(version))
 
     def entries(self, version: int) -> list[DatasetEntry]:
-        return [DatasetEntry.model_validate(r) for r in self.table(version).to_pylist()]
+        with self._entries_lock:
+            if (cached := self._entries.get(version)) is not None:
+                self._entries.move_to_end(version)
+                return list(cached)
+        entries = [DatasetEntry.model_validate(r) for r in self.table(version).to_pylist()]
+        with self._entries_lock:
+            self._entries[version] = entries
+            while len(self._entries) > ENTRIES_CACHED:
+                self._entries.popitem(last=False)
+        return list(entries)
 
     def diff(self, base: int, other: int) -> DatasetDiff:
         """What changed from version `base` to `other`: photos added, removed, relabelled."""

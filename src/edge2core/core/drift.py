@@ -15,8 +15,8 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source
-from edge2core.core.datasets import DatasetEntry, as_utc
+from edge2core.common.events import Source, as_utc
+from edge2core.core.datasets import DatasetEntry
 from edge2core.core.registry import ModelInfo
 from edge2core.core.schema import ImageRow
 

@@ -23,9 +23,8 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source, utcnow
+from edge2core.common.events import Source, as_utc, utcnow
 from edge2core.common.objectstore import ObjectStore
-from edge2core.core.datasets import as_utc
 from edge2core.core.schema import (
     ErasureRow,
     ImageRow,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Guess, utcnow
+from edge2core.common.events import Guess, as_utc, utcnow
 from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
 from edge2core.core.catalogue import Catalogue, DuplicateProduct
 from edge2core.core.schema import ImageRow, LabelTaskRow
@@ -179,7 +179,6 @@ class LabellingQueue:
 
 
 def _task(task: LabelTaskRow, image: ImageRow) -> LabelTask:
-    from edge2core.core.datasets import as_utc
 
     return LabelTask(
         sha256=task.sha256,

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, bindparam, insert, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import PhotoRecord, Source, utcnow
+from edge2core.common.events import PhotoRecord, Source, as_utc, utcnow
 from edge2core.common.images import (
     ImageRejected,
     RejectReason,
@@ -36,7 +36,6 @@ from edge2core.common.images import (
     sniff_format,
 )
 from edge2core.common.objectstore import ObjectStore, image_key
-from edge2core.core.datasets import as_utc
 from edge2core.core.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
 
 # Bodies up to this size are kept in memory rather than staged in a file: prepared photos are
@@ -116,7 +115,7 @@ class NearDupIndex:
     """
 
     def __init__(self, sessions: sessionmaker[Session], bits: int) -> None:
-        self._sessions = sessions
+        self.sessions = sessions
         self.bits = bits
         self._hashes = np.zeros(0, dtype=np.uint64)
         self._groups: list[str] = []
@@ -137,7 +136,7 @@ class NearDupIndex:
             .where(ImageRow.phash.is_not(None))
             .order_by(ImageRow.stored_at, ImageRow.sha256)
         )
-        with self._sessions() as session:
+        with self.sessions() as session:
             rows = [(int(h, 16), g) for h, g in session.execute(stmt) if not featureless(int(h, 16))]
         self._hashes = np.array([h for h, _ in rows], dtype=np.uint64)
         self._groups = [g for _, g in rows]
@@ -181,13 +180,10 @@ class ImageReceiver:
         from edge2core.core.uploads import ResumableUploads
 
         self.store = store
-        self._store = store
         self.sessions = sessions
-        self._sessions = sessions
         self._engine = sessions.kw["bind"]
         self._wal = WalCommits.for_engine(self._engine)  # None unless SQLite in WAL mode
         self.max_bytes = max_bytes
-        self._max_bytes = max_bytes
         self._val_percent = val_percent
         self.near_dups = NearDupIndex(sessions, near_dup_bits)
         # Blocking work (fsync, hashing, the database) runs here: uploads spend most of their
@@ -206,7 +202,7 @@ class ImageReceiver:
             row = conn.execute(_IMAGE_OR_TOMBSTONE, {"sha": sha256}).first()
         if row is not None and row.key is None:  # only a tombstone
             return Receipt(sha256=sha256, key="", size=0, created=False, erased=True)
-        if row is None or not self._store.exists(row.key):
+        if row is None or not self.store.exists(row.key):
             return None
         if self._wal is not None:
             # The row may be another upload's, committed but not yet fsync'd: a replay is
@@ -238,8 +234,8 @@ class ImageReceiver:
         size = 0
         async for chunk in body:
             size += len(chunk)
-            if size > self._max_bytes:
-                raise UploadError(413, "too_large", f"over {self._max_bytes} bytes")
+            if size > self.max_bytes:
+                raise UploadError(413, "too_large", f"over {self.max_bytes} bytes")
             digest.update(chunk)
             if size <= declared:
                 parts.append(chunk)
@@ -254,14 +250,14 @@ class ImageReceiver:
     async def _stage(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Path:
         digest = hashlib.sha256()
         size = 0
-        fd, name = tempfile.mkstemp(dir=self._store.staging_dir(), prefix=".up-")
+        fd, name = tempfile.mkstemp(dir=self.store.staging_dir(), prefix=".up-")
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as fh:
                 async for chunk in body:
                     size += len(chunk)
-                    if size > self._max_bytes:
-                        raise UploadError(413, "too_large", f"over {self._max_bytes} bytes")
+                    if size > self.max_bytes:
+                        raise UploadError(413, "too_large", f"over {self.max_bytes} bytes")
                     digest.update(chunk)
                     fh.write(chunk)
                 # No fsync here: `put_file` fsyncs the file once, before it moves into place,
@@ -300,12 +296,12 @@ class ImageReceiver:
             if not keep_on_failure:
                 staged.unlink(missing_ok=True)
 
-        return self._accept(record, data, lambda key: self._store.put_file(key, staged),
+        return self._accept(record, data, lambda key: self.store.put_file(key, staged),
                             refused=lambda: staged.unlink(missing_ok=True), failed=cleanup)
 
     def accept_bytes(self, record: PhotoRecord, data: bytes) -> Receipt:
         """Blocking: as `accept`, for verified bytes in memory (stored with `put`)."""
-        return self._accept(record, data, lambda key: self._store.put(key, data))
+        return self._accept(record, data, lambda key: self.store.put(key, data))
 
     def _accept(
         self,
@@ -352,13 +348,13 @@ class ImageReceiver:
             failed()
             raise
         if created is ERASED:  # erased while it was on its way: acknowledged, not kept
-            self._store.delete(key)
+            self.store.delete(key)
             return Receipt(sha256=record.sha256, key="", size=0, created=False, erased=True)
         self.on_stored(record)
         return Receipt(sha256=record.sha256, key=key, size=record.size, created=True)
 
     def _unrecord(self, sha256: str) -> None:
-        with self.near_dups.lock, self._sessions.begin() as session:
+        with self.near_dups.lock, self.sessions.begin() as session:
             for row_type in (LabelTaskRow, ImageRow):
                 if (row := session.get(row_type, sha256)) is not None:
                     session.delete(row)
@@ -383,7 +379,7 @@ class ImageReceiver:
 
     def _quarantine(self, record: PhotoRecord, exc: UploadError) -> None:
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             row = session.get(QuarantineRow, record.sha256)
             if row is None:
                 session.add(
@@ -472,7 +468,7 @@ class ImageReceiver:
         """One multi-row INSERT (no ORM unit of work per row), one commit; its WAL sequence
         number (0 when committed with synchronous=FULL)."""
         if self._wal is None:
-            with self._sessions.begin() as session:
+            with self.sessions.begin() as session:
                 session.execute(insert(ImageRow.__table__), rows)
                 session.add_all(tasks)
             return 0
@@ -485,7 +481,7 @@ class ImageReceiver:
     def _insert_one(self, record: PhotoRecord, key: str, phash: int, now) -> bool:  # type: ignore[no-untyped-def]
         group = self.near_dups.group_for(record.sha256, phash)
         try:
-            with self._sessions.begin() as session:
+            with self.sessions.begin() as session:
                 if session.get(ImageRow, record.sha256) is not None:
                     return False
                 session.add(ImageRow(**self._row_values(record, key, phash, group, now)))
@@ -628,9 +624,6 @@ class GroupCommit:
         self._mutex = threading.Lock()
         self._queue: list[_Slot] = []
         self._leading = False
-
-    def submit(self, item: object) -> object:
-        return self.wait(self.enqueue(item))
 
     def enqueue(self, item: object) -> _Slot:
         slot = _Slot(item)

@@ -18,7 +18,6 @@ also written to the object store (``models/signatures/<version>-<sha16>.json``).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -208,8 +207,6 @@ class ModelRegistry:
         params = dict(row.params or {})
         reserved = dict(params.get(RESERVED) or {})
         reserved["history"] = [*(reserved.get("history") or []), entry]
-        if entry.get("stage") == "production":
-            reserved["production_since"] = entry["at"]
         params[RESERVED] = reserved
         row.params = params
 
@@ -247,7 +244,7 @@ class ModelRegistry:
                         row = session.get(ModelRow, version)
                         self._append_history(row, {"at": utcnow().isoformat(), "stage": row.stage,
                                                    "event": "gate_failed", "to": stage,
-                                                   "gate": _dump(report)})
+                                                   "gate": dump_report(report)})
                     raise GateBlocked(version, report)
                 log.warning("promotion gate overridden", version=version, stage=stage, reason=reason,
                             reasons=getattr(report, "reasons", None))
@@ -270,7 +267,7 @@ class ModelRegistry:
                 self._append_history(row, {"at": now, "stage": stage, "from": previous, "reason": reason,
                                            "forced": bool(force),
                                            **({"sites": sites} if sites else {}),
-                                           **({"gate": _dump(report)} if report is not None else {})})
+                                           **({"gate": dump_report(report)} if report is not None else {})})
             info = self.get(version)
             if force:
                 log.warning("model promoted with --force", version=version, stage=stage, reason=reason)
@@ -432,11 +429,12 @@ class ModelRegistry:
         out["classes_added"] = sorted(set(mb.classes) - set(ma.classes))
         out["classes_removed"] = sorted(set(ma.classes) - set(mb.classes))
         if evaluate and self.gate is not None:
-            out["gate"] = _dump(self.gate.check(mb, ma))
+            out["gate"] = dump_report(self.gate.check(mb, ma))
         return out
 
 
-def _dump(report: Any) -> Any:
+def dump_report(report: Any) -> Any:
+    """A gate report as JSON (reports are pydantic models; other gates may give dicts)."""
     return report.model_dump(mode="json") if hasattr(report, "model_dump") else report
 
 
@@ -475,6 +473,3 @@ def _canary_sites(stage: str, history: list[dict[str, Any]]) -> list[str]:
     last = next((h for h in reversed(history) if h.get("stage") == "canary"), {})
     return list(last.get("sites") or [])
 
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -66,7 +66,7 @@ def build_core_services(
     registry = ModelRegistry(store, sessions, sites,
                              signer=Signer.load_or_create(settings.data_dir / "keys"))
     trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
-                      cache_dir=settings.embedding_cache_dir or settings.data_dir / "cache" / "embeddings",
+                      cache_dir=settings.resolved_embedding_cache_dir,
                       catalogue=catalogue)
     registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
     loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer)

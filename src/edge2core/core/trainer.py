@@ -224,32 +224,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ embeddings
 
-    def embedder(self, backbone: str, variant: str = "fp32") -> Any:
+    def embedder(self, backbone: str) -> Any:
         from edge2core.core.embeddings import OrtEmbedder
 
-        name = f"{backbone}:{variant}"
-        if name not in self._embedders:
-            data = self.backbones.onnx(backbone) if variant == "fp32" else self._store.get(
-                f"backbones/{backbone}/backbone-int8.onnx")
+        if backbone not in self._embedders:
             if len(self._embedders) >= 2:
                 self._embedders.clear()
-            self._embedders[name] = OrtEmbedder(data, threads=self._threads)
-        return self._embedders[name]
+            self._embedders[backbone] = OrtEmbedder(self.backbones.onnx(backbone), threads=self._threads)
+        return self._embedders[backbone]
 
     def embed_entries(
-        self, entries: list[DatasetEntry], backbone: str, variant: str = "fp32",
+        self, entries: list[DatasetEntry], backbone: str,
         progress: Callable[[str], None] | None = None,
     ) -> tuple[np.ndarray, int]:
-        cache_key = backbone if variant == "fp32" else f"{backbone}+{variant}"
         by_id = {e.sha256: e for e in entries}
 
         def compute(missing: list[str]) -> np.ndarray:
             if progress:
-                progress(f"embedding {len(missing)} photos with {cache_key}")
-            emb = self.embedder(backbone, variant)
+                progress(f"embedding {len(missing)} photos with {backbone}")
+            emb = self.embedder(backbone)
             return emb.embed_bytes([self._store.get(by_id[i].key) for i in missing])
 
-        return self.cache.get_or_compute(cache_key, [e.sha256 for e in entries], compute)
+        return self.cache.get_or_compute(backbone, [e.sha256 for e in entries], compute)
 
     def _coarse_map(self, classes: list[str]) -> dict[str, str] | None:
         if self._catalogue is None:

@@ -78,6 +78,9 @@ class Forwarder:
         self._window_check_s = window_check_s
         self._wake = asyncio.Event()
         self._in_flight: set[str] = set()
+        # One claim at a time: the look into the spool runs in a thread, so without this two
+        # workers could both be handed the same photo before either marks it in flight.
+        self._claim_lock = asyncio.Lock()
         # (monotonic time, bytes) of recent confirmations, for the status page's rate.
         self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._backoff = Backoff()
@@ -112,7 +115,7 @@ class Forwarder:
                 await asyncio.sleep(min(closed_for, self._window_check_s))
                 continue
             self._wake.clear()  # before looking, so a photo spooled after the look wakes us
-            item = self._claim()
+            item = await self._claim()
             if item is None:
                 await self._wait_for_work(1.0)
                 continue
@@ -124,17 +127,23 @@ class Forwarder:
                 self._backoff.reset()
                 continue
             delay = self._backoff.next_delay()
+            stats = await asyncio.to_thread(self._spool.stats)  # the spool's lock: off the loop
             log.warning("upload failed; backing off", delay_s=round(delay, 2),
-                        pending=self._spool.stats().items)
+                        pending=stats.items)
             await asyncio.sleep(delay)
 
-    def _claim(self) -> SpoolItem | None:
+    async def _claim(self) -> SpoolItem | None:
         """The most urgent photo no other worker is uploading."""
-        items = self._spool.pending(1, exclude=frozenset(self._in_flight))
-        if not items:
-            return None
-        self._in_flight.add(items[0].sha256)
-        return items[0]
+        async with self._claim_lock:
+            # In a thread: `put` holds the spool's lock across fsyncs, and this loop also
+            # serves HTTP.
+            items = await asyncio.to_thread(
+                self._spool.pending, 1, exclude=frozenset(self._in_flight)
+            )
+            if not items:
+                return None
+            self._in_flight.add(items[0].sha256)
+            return items[0]
 
     async def _wait_for_work(self, timeout: float) -> None:
         try:

@@ -76,6 +76,9 @@ def capture_meta(info: topics.TopicInfo, header: dict[str, Any], source: Source)
 # Errors of a recognition request that are answered to the device (not bugs of ours).
 RECOGNITION_ERRORS = DEVICE_ERRORS + (NoModel, Overloaded)
 
+# Errors of a capture that are answered to the device (SpoolFull is answered, not acked).
+CAPTURE_ERRORS = DEVICE_ERRORS + (NoModel,)
+
 # Called with the answer, or with the request's error, once it is known.
 AnswerCallback = Callable[[Answer | None, BaseException | None], None]
 
@@ -95,10 +98,6 @@ class Gateway:
         if meta.source == Source.KIOSK and not meta.sku:
             raise MissingField("a kiosk capture needs the scanned product's 'sku'")
         return self.intake.accept(data, meta, door=door)
-
-    def recognize(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
-        """Blocking: waits for the pool's answer."""
-        return self._answered(self.pool.recognize_sync(data, meta.request_id), data, meta, door)
 
     async def recognize_async(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
         """For the event loop: no thread waits for the answer."""
@@ -144,6 +143,12 @@ class Gateway:
         self._background.shutdown(wait=True)
 
 
+# What `MqttHandlers._handle` runs on a parsed message: (msg, topic, header, meta, image, publish).
+_Action = Callable[
+    [mqtt.MQTTMessage, topics.TopicInfo, dict[str, Any], CaptureMeta, bytes, Publish], None
+]
+
+
 class MqttHandlers:
     """Turns MQTT messages into gateway calls; replies and errors go back over MQTT."""
 
@@ -151,23 +156,21 @@ class MqttHandlers:
         self._gateway = gateway
 
     def on_capture(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
-        return self._handle(msg, publish, Source.KIOSK, self._capture)
+        return self._handle(msg, publish, Source.KIOSK, self._capture, CAPTURE_ERRORS)
 
     def on_recognize(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
         """Non-blocking: run it on the network thread of a QoS 0 door."""
-        info: topics.TopicInfo | None = None
-        header: dict[str, Any] = {}
-        try:
-            info = topics.parse_topic(msg.topic)
-            env = envelope.decode(msg.payload)
-            header = env.header
-            meta = capture_meta(info, header, Source.SHOPPER)
-            self._recognize(msg, info, header, meta, env.image, publish)
-        except RECOGNITION_ERRORS as exc:
-            _refuse(msg, info, header, exc, publish)
-        return True
+        return self._handle(msg, publish, Source.SHOPPER, self._recognize, RECOGNITION_ERRORS)
 
-    def _capture(self, _info: topics.TopicInfo, meta: CaptureMeta, image: bytes, _p: Publish) -> None:
+    def _capture(
+        self,
+        _msg: mqtt.MQTTMessage,
+        _info: topics.TopicInfo,
+        _header: dict[str, Any],
+        meta: CaptureMeta,
+        image: bytes,
+        _publish: Publish,
+    ) -> None:
         self._gateway.capture(image, meta, door="mqtt")
 
     def _recognize(
@@ -202,18 +205,20 @@ class MqttHandlers:
         msg: mqtt.MQTTMessage,
         publish: Publish,
         source: Source,
-        action: Callable[[topics.TopicInfo, CaptureMeta, bytes, Publish], None],
+        action: _Action,
+        errors: tuple[type[Exception], ...],
     ) -> bool:
-        """True when the message is finished with (handled or refused for good)."""
+        """True when the message is finished with (handled or refused for good). `errors` are
+        the device's to fix: refused and finished with."""
         info: topics.TopicInfo | None = None
         header: dict[str, Any] = {}
         try:
             info = topics.parse_topic(msg.topic)
             env = envelope.decode(msg.payload)
             header = env.header
-            action(info, capture_meta(info, header, source), env.image, publish)
+            action(msg, info, header, capture_meta(info, header, source), env.image, publish)
             return True
-        except DEVICE_ERRORS + (NoModel,) as exc:
+        except errors as exc:
             _refuse(msg, info, header, exc, publish)
             return True
         except SpoolFull as exc:

@@ -20,13 +20,7 @@ from edge2core.common.events import Guess
 from edge2core.common.images import DecodeLimits, decode_rgb, open_checked
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_SWAPS, MODEL_VERSION
-from edge2core.common.preprocess import (
-    IMAGE_SIZE,
-    PIXEL_MEAN,
-    PIXEL_STD,
-    _resize_and_crop,
-    preprocess,
-)
+from edge2core.common.preprocess import IMAGE_SIZE, preprocess_rgb
 from edge2core.common.products import Promotion, priced
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.golden import GoldenSet
@@ -37,6 +31,11 @@ log = get_logger(__name__)
 
 class NoModel(RuntimeError):
     """No model is loaded yet: the site is waiting for its first version from the core."""
+
+    def __init__(
+        self, message: str = "no model loaded yet; the edge is waiting for one from the core"
+    ) -> None:
+        super().__init__(message)
 
 
 class ModelLoadError(RuntimeError):
@@ -170,25 +169,19 @@ class Recognizer:
 
         Returns a (1, 3, H, W) batch; with `out` (a C-contiguous float32 (3, H, W) view, e.g.
         one row of a worker's reusable batch buffer) the pixels are written there instead of
-        into fresh arrays: the same numbers as `preprocess`, without its four temporaries.
+        into a fresh array: the same numbers as `preprocess`.
         """
         image, _fmt = open_checked(data, self._limits)
         with image:
+            # decode_rgb has already applied the EXIF orientation: preprocess_rgb, not preprocess.
             rgb = decode_rgb(image, reduce_to=IMAGE_SIZE)
-            if out is None:
-                return preprocess(rgb)[None]
-            pixels = np.asarray(_resize_and_crop(rgb))  # (H, W, 3) uint8
-            # (x - 127) / 128 in float32, exactly as `preprocess` computes it, HWC -> CHW.
-            np.subtract(pixels.transpose(2, 0, 1), np.float32(PIXEL_MEAN), out=out,
-                        dtype=np.float32)
-            np.divide(out, np.float32(PIXEL_STD), out=out)
-            return out[None]
+            return preprocess_rgb(rgb, out)[None]
 
     def recognize(self, data: bytes, request_id: str | None = None) -> Answer:
         start = time.perf_counter()
         model = self._model
         if model is None:
-            raise NoModel("no model loaded yet; the edge is waiting for one from the core")
+            raise NoModel()
         tensor = self.tensor(data)  # a bad photo is the sender's fault, not the model's
         answer = self.recognize_tensors(model, tensor, [start], [request_id])[0]
         if isinstance(answer, Exception):

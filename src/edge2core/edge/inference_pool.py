@@ -52,6 +52,11 @@ def default_workers(inference_threads: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, inference_threads))
 
 
+def workers_for(settings: EdgeSettings) -> int:
+    """The pool size the edge runs with: the setting, else one per `inference_threads` cores."""
+    return settings.recognize_workers or default_workers(settings.inference_threads)
+
+
 class InferencePool:
     def __init__(
         self,
@@ -87,7 +92,7 @@ class InferencePool:
     def for_settings(cls, recognizer: Recognizer, settings: EdgeSettings) -> InferencePool:
         return cls(
             recognizer,
-            workers=settings.recognize_workers,
+            workers=workers_for(settings),
             max_batch=settings.recognize_batch_max,
             max_wait_s=settings.recognize_batch_wait_ms / 1000,
             max_queue=settings.recognize_queue_max,
@@ -113,9 +118,6 @@ class InferencePool:
         """For the event loop: waits without a thread of its own. Cancelling the wait (the
         client went away) drops the request if no worker has started on it yet."""
         return await asyncio.wrap_future(self.submit(data, request_id))
-
-    def recognize_sync(self, data: bytes, request_id: str | None = None) -> Answer:
-        return self.submit(data, request_id).result()
 
     def close(self, wait: bool = True) -> None:
         """Answer what is queued, then stop the workers."""
@@ -174,9 +176,7 @@ class InferencePool:
         model = recognizer.model
         if model is None:
             for job in live:
-                job.future.set_exception(
-                    NoModel("no model loaded yet; the edge is waiting for one from the core")
-                )
+                job.future.set_exception(NoModel())
             return
         ready: list[_Job] = []
         for job in live:

@@ -33,7 +33,7 @@ from edge2core.common.metrics import MODEL_DELIVERY_BYTES, MODEL_SWAPS
 from edge2core.common.products import read_products
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
-from edge2core.edge.inference import ModelLoadError, Recognizer
+from edge2core.edge.inference import LoadedModel, ModelLoadError, Recognizer
 from edge2core.edge.kv_follower import KvFollower, LeafLink, State
 from edge2core.edge.model_trust import ModelTrust, UntrustedModel
 
@@ -92,7 +92,7 @@ class ModelAgent:
         self._said: list[SiteModelReport] = []  # the latest reports, said again on reconnect
         self._reported_generation = 0
 
-    def _artifact(self, model: ModelPublished) -> Path:
+    def _artifact(self, model: ModelPublished | LoadedModel) -> Path:
         return self._dir / f"{model.version}-{model.sha256[:16]}.onnx"
 
     def _pointer(self) -> Path:
@@ -125,7 +125,9 @@ class ModelAgent:
             await self._fetch(desired, path)
         if self._trust is not None:
             try:
-                await self._trust.check(self._core, desired.version, path.read_bytes())
+                # The whole model (megabytes): read it off the event loop.
+                data = await asyncio.to_thread(path.read_bytes)
+                await self._trust.check(self._core, desired.version, data)
             except UntrustedModel as exc:
                 path.unlink(missing_ok=True)
                 self._refused.add(desired.sha256)  # trust settings may change: not persisted
@@ -247,7 +249,7 @@ class ModelAgent:
                 or pointed.sha256 in self._refused):  # handled already
             return
         await self._report(pointed, "rolled_back", "live watch: confidence fell off or runs failed")
-        survivor = self._dir / f"{live.version}-{live.sha256[:16]}.onnx"
+        survivor = self._artifact(live)
         if survivor.is_file():
             self._point_at(ModelPublished(
                 version=live.version, sha256=live.sha256, size=survivor.stat().st_size,

@@ -7,6 +7,7 @@ later presents another key is refused until an operator removes the pin.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -62,7 +63,8 @@ class ModelTrust:
                 return
             raise UntrustedModel(f"model {version} is not signed; this site runs signed models only")
         try:
-            manifest = verify_artifact(data, signed, key, kind="full")
+            # It hashes the whole model (megabytes): off the event loop.
+            manifest = await asyncio.to_thread(verify_artifact, data, signed, key, kind="full")
         except SignatureError as exc:
             raise UntrustedModel(f"model {version} fails signature verification: {exc}") from exc
         if manifest.get("version") != version:

@@ -18,7 +18,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -71,7 +70,8 @@ Handler = Callable[[mqtt.MQTTMessage, Publish], bool]
 
 
 class MqttDoor:
-    """Runs `handler` for each message on its own network thread; acks when it returns True.
+    """Runs `handler` for each message, in order, on its own network thread; acks when it
+    returns True.
 
     qos=1 (captures): a persistent session, acknowledged by hand once the handler is done.
     qos=0 (recognition requests): a clean session, nothing to acknowledge; the handler must
@@ -84,7 +84,6 @@ class MqttDoor:
         client_id: str,
         topics: list[str],
         handler: Handler,
-        workers: int = 0,
         qos: int = 1,
     ) -> None:
         if qos not in (0, 1):
@@ -93,8 +92,6 @@ class MqttDoor:
         self._topics = topics
         self._handler = handler
         self._qos = qos
-        # With workers, handlers run off the network thread; without, in order on it.
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=client_id) if workers else None
         self._subscribed = threading.Event()
         self.granted_qos: list[int] = []
         persistent = qos > 0
@@ -114,8 +111,6 @@ class MqttDoor:
             )
 
     def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -137,12 +132,6 @@ class MqttDoor:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        if self._pool is not None:
-            self._pool.submit(self._handle, client, msg)
-        else:
-            self._handle(client, msg)
-
-    def _handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         try:
             done = self._handler(msg, self.publish)
         except Exception:

@@ -19,7 +19,6 @@ from edge2core.common.events import (
     events_subject,
     site_report_subject,
 )
-from edge2core.common.images import DecodeLimits
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
 from edge2core.common.nats_server import (
@@ -163,7 +162,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         threads=settings.inference_threads,
         unrecognised_below=settings.unrecognised_below,
         top_k=settings.top_k,
-        limits=DecodeLimits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels),
+        limits=policy.limits,
         golden=golden,
     )
     core = CoreClient(

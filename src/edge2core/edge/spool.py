@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS items (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_order ON items (priority DESC, created ASC);
+-- MIN(created) for the oldest-age gauge, updated on every put and remove: one index seek
+-- instead of a scan of the whole backlog.
+CREATE INDEX IF NOT EXISTS items_created ON items (created);
 CREATE TABLE IF NOT EXISTS evictions (
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -96,6 +99,13 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._remove_orphans()
+        # Running totals, loaded once and kept under `_lock` by put/_evict/remove: the budget
+        # check and the gauges then need no COUNT/SUM over the whole backlog on every photo.
+        items, used = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM items"
+        ).fetchone()
+        self._items, self._bytes = int(items), int(used)
+        self._evicted = int(self._db.execute("SELECT COUNT(*) FROM evictions").fetchone()[0])
         self._update_gauges()
 
     def _path(self, sha256: str) -> Path:
@@ -119,6 +129,8 @@ class Spool:
                         "ON CONFLICT(label) DO UPDATE SET count = count + 1",
                         (record.sku,),
                     )
+            self._items += 1
+            self._bytes += len(data)
         self._update_gauges()
         return True
 
@@ -135,11 +147,14 @@ class Spool:
 
     def label_count(self, label: str) -> int:
         """How many photos with this label this site has ever spooled."""
-        row = self._db.execute("SELECT count FROM label_counts WHERE label = ?", (label,)).fetchone()
+        with self._lock:  # the connection is shared with the doors' and forwarder's threads
+            row = self._db.execute(
+                "SELECT count FROM label_counts WHERE label = ?", (label,)
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def _make_room(self, size: int, priority: int) -> None:
-        used = self._used_bytes()
+        used = self._bytes
         if used + size <= self.budget_bytes:
             return
         victims = self._eviction_candidates(used + size - self.budget_bytes, priority)
@@ -183,6 +198,9 @@ class Spool:
                 "VALUES (?,?,?,?,?)",
                 (sha256, size, priority, time.time(), record),
             )
+        self._items -= 1
+        self._bytes -= size
+        self._evicted += 1
         self._path(sha256).unlink(missing_ok=True)
         source = PhotoRecord.model_validate_json(record).source.value
         SPOOL_EVICTED.labels(source=source).inc()
@@ -197,19 +215,24 @@ class Spool:
                 "ORDER BY priority DESC, created ASC LIMIT ?",
                 (limit + len(exclude),),
             ).fetchall()
-        items = [
+        # Filter and slice first: parse only the records that are returned.
+        wanted = [row for row in rows if row[0] not in exclude][:limit]
+        return [
             SpoolItem(sha, size, prio, created, PhotoRecord.model_validate_json(rec))
-            for sha, size, prio, created, rec in rows
-            if sha not in exclude
+            for sha, size, prio, created, rec in wanted
         ]
-        return items[:limit]
 
     def read(self, sha256: str) -> bytes:
         return self._path(sha256).read_bytes()
 
     def remove(self, sha256: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM items WHERE sha256 = ?", (sha256,))
+            # Its size, for the running totals (no RETURNING: that needs SQLite >= 3.35).
+            row = self._db.execute("SELECT size FROM items WHERE sha256 = ?", (sha256,)).fetchone()
+            if row is not None:  # None when removed twice (a repeated confirmation)
+                self._db.execute("DELETE FROM items WHERE sha256 = ?", (sha256,))
+                self._items -= 1
+                self._bytes -= row[0]
             path = self._path(sha256)
             path.unlink(missing_ok=True)
             fsync_dir(path.parent)
@@ -217,10 +240,8 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         with self._lock:
-            count, size, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM items"
-            ).fetchone()
-            evicted = self._db.execute("SELECT COUNT(*) FROM evictions").fetchone()[0]
+            count, size, evicted = self._items, self._bytes, self._evicted
+            oldest = self._db.execute("SELECT MIN(created) FROM items").fetchone()[0]
         age = time.time() - oldest if oldest is not None else None
         return SpoolStats(
             items=count, bytes=size, budget_bytes=self.budget_bytes, oldest_age_s=age,
@@ -233,9 +254,6 @@ class Spool:
 
     def _contains(self, sha256: str) -> bool:
         return self._db.execute("SELECT 1 FROM items WHERE sha256 = ?", (sha256,)).fetchone() is not None
-
-    def _used_bytes(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM items").fetchone()[0])
 
     def _remove_orphans(self) -> None:
         """Files without an index row were never acknowledged (a crash mid-put): drop them."""
