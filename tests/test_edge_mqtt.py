@@ -306,6 +306,29 @@ def test_bad_input_gets_an_error_and_the_door_keeps_working(make_site: Callable[
     assert item.sha256 == prepare(JPEG, PreparePolicy()).sha256
 
 
+BAD_REQUESTS = [  # (device, payload, reason): shopper recognition requests
+    ("p-text", b'{"request_id": "r1"}\n' + b"not an image", "not_an_image"),
+    ("p-trunc", b'{"request_id": "r2"}\n' + JPEG[: len(JPEG) // 3], "corrupt"),
+    ("p-bad-json", b'{"request_id": "r3",\n' + JPEG, "malformed"),
+    ("p-bad-id", b'{"request_id": "../r4"}\n' + JPEG, "malformed"),
+]
+
+
+def test_bad_recognition_requests_get_an_error_and_answers_go_on(
+    make_site: Callable[..., Site],
+) -> None:
+    site = make_site()
+    watcher = site.watcher(f"e2c/{site.name}/shopper/+/error", f"e2c/{site.name}/shopper/+/answer/+")
+    for device, payload, _reason in BAD_REQUESTS:
+        watcher.publish(topics.recognize_topic(site.name, device), payload)
+    for device, _payload, reason in BAD_REQUESTS:
+        body = error_body(watcher, topics.error_topic(site.name, "shopper", device))
+        assert body["reason"] == reason, (device, body)
+    watcher.publish(topics.recognize_topic(site.name, "p-good"), b'{"request_id": "ok1"}\n' + JPEG)
+    answer = topics.answer_topic(site.name, "p-good", "ok1")
+    wait_until(lambda: watcher.on(answer), what="an answer after the bad requests")
+
+
 def test_other_sites_messages_are_not_taken(make_site: Callable[..., Site]) -> None:
     site = make_site()
     other = f"{site.name}-other"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -56,7 +57,7 @@ class CoreServices:
 class TrainRequest(BaseModel):
     dataset_version: int
     seed: int = 0
-    path: str = "fast"  # "fast" (cached embeddings + head) or "full" (fine-tuning)
+    path: Literal["fast", "full"] = "fast"  # cached embeddings + head, or fine-tuning
     params: dict = {}  # hyper-parameters (core.trainer.FAST_DEFAULTS, core.finetune.FineTuneConfig)
 
 
@@ -146,10 +147,13 @@ def create_core_app(services: CoreServices) -> FastAPI:
 
     @app.post("/v1/training-runs", status_code=201)
     async def train(req: TrainRequest) -> TrainResponse:
-        result = await run_in_threadpool(
-            services.trainer.train, req.dataset_version, seed=req.seed, path=req.path,
-            params=req.params,
-        )
+        try:
+            result = await run_in_threadpool(
+                services.trainer.train, req.dataset_version, seed=req.seed, path=req.path,
+                params=req.params,
+            )
+        except ValueError as exc:  # e.g. a dataset of one class, a bad hyper-parameter
+            raise HTTPException(422, str(exc)) from exc
         return TrainResponse(model=result.model, timings_s=result.timings_s)
 
     @app.get("/v1/models")
