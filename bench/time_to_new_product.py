@@ -144,6 +144,11 @@ def run(quick: bool, work: Path) -> dict[str, Any]:
 
         def correct() -> float | None:
             nonlocal recognised_at
+            stopped = [e for e in http.get("/v1/audit", params={"kind_prefix": "rollout.stopped",
+                                                                "limit": 1}).json()
+                       if _epoch(e["at"]) >= t0]
+            if stopped:  # the loop gave up on this update: say why instead of waiting
+                raise RuntimeError(f"rollout stopped: {stopped[0]['detail'].get('reasons')}")
             answer = asker.ask(probe.data)
             now = time.time()
             if answer.get("sku") == new.sku and recognised_at is None:

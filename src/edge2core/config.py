@@ -72,7 +72,9 @@ class PromotionGate(BaseModel):
     set, top-1 drops or any class's recall drops by more than these against production."""
 
     enabled: bool = True
-    max_top1_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    # 2%: on a typical ~160-photo evaluation set one photo is 0.6%, and a new product
+    # legitimately costs the others a photo or two (measured: 2 of 161, 1.3%).
+    max_top1_drop: float = Field(default=0.02, ge=0.0, le=1.0)
     max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
     min_class_support: int = Field(default=1, ge=1, description="classes with fewer eval photos are not checked")
     min_photo_drop: int = Field(
