@@ -36,22 +36,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import GROCERY, emit, say
 
 from edge2core.common.products import ProductStatus
-from edge2core.demo import KIOSKS, SHOPPER, SITE, catalogue_entry, register_devices
+from edge2core.demo import (
+    KIOSKS,
+    SHOPPER,
+    SITE,
+    catalogue_entry,
+    register_devices,
+    wait_for,
+)
 from edge2core.edge.mqtt_door import MqttEndpoint
 from edge2core.roles import start_core, start_edge
 from edge2core.sim import photos as sim_photos
 from edge2core.sim.devices import Kiosk
 
 NEW_PRODUCT_CAPTURES = 30
-
-
-def wait_for(what: str, probe, timeout: float, every: float = 0.25):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while (value := probe()) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-    return value
 
 
 def publish(photos: list, port: int, tokens: dict[str, str]) -> int:

@@ -106,7 +106,7 @@ def _run(settings: DemoSettings, work: Path, console: Console) -> dict[str, Any]
             edge, edge_ports = start_edge(SITE, work / "edge", core_ports)
             edge.wait_healthy()
         http = httpx.Client(base_url=core_ports.url, timeout=120)
-        http.put("/v1/catalogue/products",
+        http.put("/v1/products",
                  json=[catalogue_entry(p).model_dump(mode="json") for p in products]).raise_for_status()
         summary = _story(
             settings, source, products, stages, http, edge_ports, credentials, console
