@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from edge2core.common.identifiers import ID_PATTERN, SKU_PATTERN
+
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-# No dots or slashes: ids become MQTT topic levels and NATS subject tokens.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 META_HEADER = "X-E2C-Meta"
 
 
@@ -44,7 +44,7 @@ class CaptureMeta(BaseModel):
     site: str = Field(pattern=ID_PATTERN)
     device: str = Field(pattern=ID_PATTERN)
     source: Source
-    sku: str | None = Field(default=None, max_length=64)
+    sku: str | None = Field(default=None, max_length=64, pattern=SKU_PATTERN)
     captured_at: datetime | None = None
     request_id: str | None = Field(default=None, pattern=ID_PATTERN)
 

@@ -22,8 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from edge2core.common.identifiers import SKU_PATTERN
+
 # SKUs end up in URL paths, NATS subjects and KV keys: letters, digits, '-', '_', '.'.
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PROMOTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
