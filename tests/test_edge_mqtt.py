@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from edge2core.common import envelope, topics
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.config import EdgeSettings
 from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.gateway import Gateway
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
@@ -277,6 +279,12 @@ BAD_CAPTURES = [
     ("k-bare-jpeg", JPEG, "malformed"),  # a kiosk capture must name its product
     ("k-bad-date", capture(JPEG, captured_at="yesterday-ish"), "malformed"),
     ("k-gif", capture(b"GIF89a" + b"\0" * 32), "unsupported_format"),
+    # Case 1: JSON nested past Python's recursion limit, yet under the 4 KiB header limit.
+    ("k-nested", b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}\n" + JPEG, "malformed"),
+    # Cases 2 and 4: SKUs that cannot be a header, a path or a label are refused at the door.
+    ("k-umlaut", capture(JPEG, "K\u00e4se-01"), "invalid_id"),
+    ("k-traversal", capture(JPEG, "../../e2c-escape"), "invalid_id"),
+    ("k-sku-number", capture(JPEG, 12), "invalid_id"),  # type: ignore[arg-type]
 ]
 
 
@@ -310,7 +318,7 @@ BAD_REQUESTS = [  # (device, payload, reason): shopper recognition requests
     ("p-text", b'{"request_id": "r1"}\n' + b"not an image", "not_an_image"),
     ("p-trunc", b'{"request_id": "r2"}\n' + JPEG[: len(JPEG) // 3], "corrupt"),
     ("p-bad-json", b'{"request_id": "r3",\n' + JPEG, "malformed"),
-    ("p-bad-id", b'{"request_id": "../r4"}\n' + JPEG, "malformed"),
+    ("p-bad-id", b'{"request_id": "../r4"}\n' + JPEG, "invalid_id"),
 ]
 
 
@@ -376,3 +384,115 @@ def test_full_spool_leaves_capture_unacknowledged_until_there_is_room(
     assert item.sha256 == expected.sha256
     assert item.record.sku == photo.product.sku
     assert site.spool.read(item.sha256) == expected.data
+
+
+CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "field-2026-11"
+
+
+def _errors(watcher: Watcher, topic: str) -> int:
+    return len(watcher.on(topic))
+
+
+def test_case1_poison_headers_are_refused_once_and_intake_goes_on(
+    make_site: Callable[..., Site],
+) -> None:
+    """Case 1: 1,030 captures whose header raised RecursionError filled the session's pending
+    acks and stopped all MQTT intake. Each must be refused once (acknowledged, not redelivered)."""
+    case = CASES / "1-nested-json-header.bin"
+    payload = case.read_bytes() if case.exists() else (
+        b'{"sku":"SKU-0000","x":' + b"[" * 2000 + b"]" * 2000 + b"}\n" + JPEG)
+    site = make_site()
+    watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    error_topic = topics.error_topic(site.name, "kiosk", "k-poison")
+    for _ in range(30):
+        watcher.publish(topics.capture_topic(site.name, "k-poison"), payload)
+    watcher.publish(topics.capture_topic(site.name, "k-good"), capture(JPEG))
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 1, what="the good capture behind 30 poisons")
+    wait_until(lambda: _errors(watcher, error_topic) == 30, what="30 refusals")
+    assert {json.loads(m.payload)["reason"] for m in watcher.on(error_topic)} == {"malformed"}
+    # Acknowledged, so never redelivered (the test broker redelivers after 1 s).
+    time.sleep(3)
+    assert _errors(watcher, error_topic) == 30
+
+
+class Surprise(Exception):
+    """An exception nobody wrote a handler for."""
+
+
+def test_an_unforeseen_exception_ends_in_a_dead_letter_not_a_redelivery_loop(
+    make_site: Callable[..., Site],
+) -> None:
+    site = make_site()
+    assert site.gateway is not None
+    calls: list[str] = []
+    real_capture = site.gateway.capture
+
+    def capture_or_raise(data: bytes, meta: object, door: str) -> object:
+        if getattr(meta, "device", "") == "k-boom":
+            calls.append("boom")
+            raise Surprise("no handler was written for this")
+        return real_capture(data, meta, door)  # type: ignore[arg-type]
+
+    site.gateway.capture = capture_or_raise  # type: ignore[method-assign]
+    watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    watcher.publish(topics.capture_topic(site.name, "k-boom"), capture(JPEG))
+    watcher.publish(topics.capture_topic(site.name, "k-fine"), capture(JPEG, "SKU-0001"))
+
+    body = error_body(watcher, topics.error_topic(site.name, "kiosk", "k-boom"))
+    assert body["reason"] == "internal_error"
+    assert "Surprise" not in body["detail"] and "/" not in body["detail"]  # no internals
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 1, what="the other device's capture")
+    letters = DeadLetters(site.settings.data_dir / "dead-letters").list()
+    assert [(letter.topic, letter.reason) for letter in letters] == [
+        (topics.capture_topic(site.name, "k-boom"), "internal_error")]
+    assert "Surprise" in letters[0].error
+    assert DeadLetters(site.settings.data_dir / "dead-letters").payload(letters[0].id) == (
+        capture(JPEG))
+    tried = len(calls)
+    assert tried == 3  # bounded attempts in the process
+    time.sleep(3)  # the broker would have redelivered an unacknowledged message by now
+    assert len(calls) == tried
+
+
+def test_one_devices_slow_photo_does_not_hold_up_another_device(
+    make_site: Callable[..., Site],
+) -> None:
+    """Case 5's kind: a photo that takes long to prepare blocks only its own device's queue;
+    paho's network thread never prepares photos."""
+    site = make_site()
+    assert site.gateway is not None
+    release = threading.Event()
+    real_capture = site.gateway.capture
+
+    def slow_for_one(data: bytes, meta: object, door: str) -> object:
+        if getattr(meta, "device", "") == "k-slow":
+            assert release.wait(WAIT)
+        return real_capture(data, meta, door)  # type: ignore[arg-type]
+
+    site.gateway.capture = slow_for_one  # type: ignore[method-assign]
+    watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    source = SyntheticCatalogue(3)
+    photos = source.photos("train", source.products()[0], 3)
+    watcher.publish(topics.capture_topic(site.name, "k-slow"), capture(photos[0].data))
+    for photo in photos[1:]:
+        watcher.publish(topics.capture_topic(site.name, "k-fast"), capture(photo.data))
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 2, what="the fast device's captures")
+    assert {i.record.device for i in site.spool.pending(10)} == {"k-fast"}
+    release.set()
+    wait_until(lambda: site.spool.stats().items == 3, what="the slow capture once released")
+
+
+def test_case5_a_jpeg_with_a_thousand_scans_is_refused_quickly(
+    make_site: Callable[..., Site],
+) -> None:
+    case = CASES / "5-progressive-14mp-1000scans.jpg"
+    if not case.exists():
+        pytest.skip("../shared/cases is not on this machine (tests/test_images.py builds one)")
+    site = make_site()
+    watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    watcher.publish(topics.capture_topic(site.name, "k-scans"), capture(case.read_bytes()))
+    body = error_body(watcher, topics.error_topic(site.name, "kiosk", "k-scans"))
+    assert body["reason"] == "too_complex"

@@ -15,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 from edge2core.common.images import (
     DecodeLimits,
     ImageRejected,
+    jpeg_scan_count,
     RejectReason,
     metadata_found,
     open_checked,
@@ -168,6 +169,44 @@ def test_pixel_check_happens_before_any_decoding() -> None:
     assert _reason(bomb) is RejectReason.TOO_MANY_PIXELS
     # The same damage within the limits is found when decoding.
     assert _reason(_png(8, 8, b"not zlib data at all")) is RejectReason.CORRUPT
+
+
+def _progressive_with_repeated_scans(extra: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A valid progressive JPEG whose last scan is repeated `extra` times (case 5's shape)."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (120, 130, 140)).save(out, "JPEG", progressive=True, quality=90)
+    data = out.getvalue()
+    last_sos = data.rindex(b"\xff\xda")
+    eoi = data.rindex(b"\xff\xd9")
+    return data[:eoi] + data[last_sos:eoi] * extra + data[eoi:]
+
+
+def test_scans_are_counted_without_decoding() -> None:
+    assert jpeg_scan_count(jpeg_bytes()) == 1
+    plain = _progressive_with_repeated_scans(0)
+    assert jpeg_scan_count(plain) == 10  # libjpeg's standard progressive script
+    assert jpeg_scan_count(_progressive_with_repeated_scans(500)) == 510
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    """Case 5: 1,000 repeated scans made a 111 KB photo take 16 s to decode."""
+    many = _progressive_with_repeated_scans(300)
+    assert _reason(many) is RejectReason.TOO_COMPLEX
+    assert _reason(many, PreparePolicy()) is RejectReason.TOO_COMPLEX
+    assert prepare(_progressive_with_repeated_scans(50), PreparePolicy()).width == 320
+
+
+@pytest.mark.parametrize("size", [(2000, 1), (1, 2000), (10_000_000, 1), (2100, 100)])
+def test_slivers_are_refused_by_their_declared_shape(size: tuple[int, int]) -> None:
+    """Case 6: a 10,000,000x1 PNG raised OverflowError (HTTP 500); 2000x1 cost 0.5 GB."""
+    sliver = _png(*size, b"never decoded")
+    with pytest.raises(ImageRejected) as info:
+        open_checked(sliver, DecodeLimits())
+    assert info.value.reason is RejectReason.DEGENERATE_SHAPE
+
+
+def test_a_wide_but_sane_photo_is_kept() -> None:
+    assert prepare(jpeg_bytes(size=(2000, 100)), PreparePolicy()).width == 1024
 
 
 # --- damaged data --------------------------------------------------------------------------

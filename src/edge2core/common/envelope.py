@@ -43,6 +43,9 @@ def decode(payload: bytes) -> Envelope:
         )
     try:
         header = json.loads(payload[:end])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"the JSON header is invalid: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested thousands of levels deep fits in the 4 KiB header.
+        raise MalformedMessage(f"the JSON header is invalid: {type(exc).__name__}") from exc
+    if not isinstance(header, dict):
+        raise MalformedMessage("the JSON header must be an object")
     return Envelope(header=header, image=payload[end + 1 :])

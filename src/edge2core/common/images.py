@@ -27,6 +27,11 @@ class RejectReason(StrEnum):
     CORRUPT = "corrupt"
     METADATA_PRESENT = "metadata_present"
     LOW_QUALITY = "low_quality"
+    # A photo whose decoding would cost far more than its size says (e.g. a progressive JPEG
+    # with a thousand repeated scans: 111 KB, 16 s to decode).
+    TOO_COMPLEX = "too_complex"
+    # A sliver (2000x1, 10,000,000x1): no product photo, and a resize of it explodes.
+    DEGENERATE_SHAPE = "degenerate_shape"
 
 
 class ImageRejected(ValueError):
@@ -70,8 +75,56 @@ def sha256_hex(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    """What one photo may cost to decode.
+
+    max_scans: libjpeg decodes every scan of a progressive JPEG in full; encoders write about
+    10 (libjpeg) to 20 (mozjpeg), so 100 leaves room while bounding the work (libjpeg-turbo's
+    own TurboJPEG scan limit, added after its issue #284, is 500).
+    max_aspect: long side over short side; 20 is past any panorama a phone takes of a shelf.
+    """
+
     max_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_scans: int = 100
+    max_aspect: float = 20.0
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """How many scans (SOS markers) a JPEG has, without decoding it.
+
+    Walks the marker segments up to the first scan; after it, every 0xFFDA is a marker, since
+    entropy-coded data stuffs each 0xFF with 0x00 (an APPn segment between scans could make
+    this over-count, which only errs towards refusing).
+    """
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 0  # not a marker where one must be: let the decoder call it corrupt
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return 1 + data.count(b"\xff\xda", pos + 2)
+        if marker in (0xD9,) or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return 0
+
+
+def check_shape(width: int, height: int, limits: DecodeLimits) -> None:
+    if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+        raise ImageRejected(
+            RejectReason.TOO_MANY_PIXELS,
+            f"{width}x{height} is over the limit of {limits.max_pixels} pixels",
+        )
+    if max(width, height) / min(width, height) > limits.max_aspect:
+        raise ImageRejected(
+            RejectReason.DEGENERATE_SHAPE,
+            f"{width}x{height} is not a photo of a product: the long side may be at most "
+            f"{limits.max_aspect:g} times the short side",
+        )
 
 
 def open_checked(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
@@ -87,11 +140,12 @@ def open_checked(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
             image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(RejectReason.CORRUPT, f"cannot read the {fmt} header: {exc}") from exc
-    width, height = image.size
-    if width <= 0 or height <= 0 or width * height > limits.max_pixels:
+    check_shape(*image.size, limits)
+    if fmt == "JPEG" and (scans := jpeg_scan_count(data)) > limits.max_scans:
         raise ImageRejected(
-            RejectReason.TOO_MANY_PIXELS,
-            f"{width}x{height} is over the limit of {limits.max_pixels} pixels",
+            RejectReason.TOO_COMPLEX,
+            f"a JPEG with {scans} scans (at most {limits.max_scans}) costs too much to decode; "
+            f"re-save it with a standard encoder",
         )
     return image, fmt
 

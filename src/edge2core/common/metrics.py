@@ -35,6 +35,14 @@ SPOOL_ITEMS = Gauge("e2c_spool_items", "Photos waiting in the spool")
 FORWARDED = Counter("e2c_forwarded_total", "Photos confirmed by the core")
 FORWARDED_BYTES = Counter("e2c_forwarded_bytes_total", "Bytes confirmed by the core")
 FORWARD_RETRIES = Counter("e2c_forward_retries_total", "Upload attempts that failed")
+MQTT_POISON = Counter(
+    "e2c_mqtt_poison_total",
+    "MQTT messages whose handler failed every attempt (kept as dead letters)",
+    ["topic_kind"],
+)
+FORWARD_QUARANTINED = Counter(
+    "e2c_forward_quarantined_total", "Spooled photos put aside for an operator, with a reason"
+)
 RECOGNITIONS = Counter(
     "e2c_recognitions_total", "Recognition answers", ["door", "outcome"]
 )

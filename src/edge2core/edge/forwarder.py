@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -21,7 +22,12 @@ from tenacity import (
 from edge2core.common.events import PhotoForwarded
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import FORWARD_RETRIES, FORWARDED, FORWARDED_BYTES
+from edge2core.common.metrics import (
+    FORWARD_QUARANTINED,
+    FORWARD_RETRIES,
+    FORWARDED,
+    FORWARDED_BYTES,
+)
 from edge2core.edge.core_client import CoreClient, RejectedUpload, TransientUploadError
 from edge2core.edge.shaping import TokenBucket, Window, seconds_until_open
 from edge2core.edge.spool import Spool, SpoolItem
@@ -51,6 +57,59 @@ class Backoff:
         self.failures = 0
 
 
+class PhotoBackoff:
+    """Per-photo memory of failures: when each failing photo may be tried again, and whether
+    it has failed often enough, for reasons of its own, to be quarantined.
+
+    One poison photo then waits alone; the others keep flowing (a single backoff shared by all
+    workers once let five bad photos stall every upload).
+    """
+
+    def __init__(self, *, initial_s: float = 1.0, max_s: float = 300.0, poison_after: int = 5,
+                 transient_max_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.transient_max_s = transient_max_s
+        self._transient: dict[str, int] = {}
+        self.poison_after = poison_after
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._due: dict[str, float] = {}
+
+    def failed(self, sha256: str, *, transient: bool = False) -> int:
+        """Record one failure; returns how many in a row this photo has had.
+
+        A transient failure (the core or the link) does not count towards quarantine, and
+        its wait stays short (at most `transient_max_s`): once the core is back, the backlog
+        must not sit out long per-photo pauses.
+        """
+        count = self._failures.get(sha256, 0) + (0 if transient else 1)
+        self._failures[sha256] = count
+        self._transient[sha256] = self._transient.get(sha256, 0) + 1 if transient else 0
+        if transient:
+            delay = min(self.transient_max_s, self.initial_s * 2 ** (self._transient[sha256] - 1))
+        else:
+            delay = min(self.max_s, self.initial_s * 2 ** (count - 1))
+        self._due[sha256] = self._clock() + random.uniform(delay / 2, delay)
+        return count
+
+    def is_poison(self, sha256: str) -> bool:
+        return self._failures.get(sha256, 0) >= self.poison_after
+
+    def forget(self, sha256: str) -> None:
+        self._failures.pop(sha256, None)
+        self._transient.pop(sha256, None)
+        self._due.pop(sha256, None)
+
+    def waiting(self) -> frozenset[str]:
+        """Photos whose next try is not due yet."""
+        now = self._clock()
+        for sha256 in [sha for sha, due in self._due.items() if due <= now]:
+            del self._due[sha256]
+        return frozenset(self._due)
+
+
 class Forwarder:
     def __init__(
         self,
@@ -65,6 +124,7 @@ class Forwarder:
         clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
         attempts: int = 3,
         window_check_s: float = 60.0,
+        photo_backoff: PhotoBackoff | None = None,
     ) -> None:
         self._spool = spool
         self._core = core
@@ -84,6 +144,7 @@ class Forwarder:
         # (monotonic time, bytes) of recent confirmations, for the status page's rate.
         self._recent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._backoff = Backoff()
+        self._photos = photo_backoff or PhotoBackoff()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def recent_bytes_per_s(self, window_s: float = 60.0) -> float:
@@ -137,9 +198,8 @@ class Forwarder:
         async with self._claim_lock:
             # In a thread: `put` holds the spool's lock across fsyncs, and this loop also
             # serves HTTP.
-            items = await asyncio.to_thread(
-                self._spool.pending, 1, exclude=frozenset(self._in_flight)
-            )
+            exclude = frozenset(self._in_flight) | self._photos.waiting()
+            items = await asyncio.to_thread(self._spool.pending, 1, exclude=exclude)
             if not items:
                 return None
             self._in_flight.add(items[0].sha256)
@@ -152,22 +212,38 @@ class Forwarder:
             pass
 
     async def forward(self, item: SpoolItem) -> bool:
-        """Upload one photo; True once the core confirmed it and it left the spool."""
+        """Upload one photo; True when the link is fine (the photo left the spool, or it alone
+        failed and waits for its own retry or was quarantined), False when the core or the
+        link failed (the caller backs off).
+
+        A photo leaves the spool only on proof that the core stored it: a receipt naming the
+        stored object's key.
+        """
         try:
             data = await asyncio.to_thread(self._spool.read, item.sha256)
             receipt = await self._upload(item, data)
+            if not receipt.get("key"):
+                raise TransientUploadError("the core's answer names no stored key: not proof")
         except TransientUploadError as exc:
             FORWARD_RETRIES.inc()
+            self._photos.failed(item.sha256, transient=True)
             log.debug("upload failed; will retry", sha256=item.sha256, error=str(exc))
             return False
         except RejectedUpload as exc:
             await asyncio.to_thread(self._quarantine_item, item, str(exc))
             return True
-        except Exception:
-            # Whatever went wrong with one photo must not stop the others from draining.
+        except Exception as exc:
+            # Whatever is wrong with one photo must not stop the others from draining: it
+            # waits alone, and after repeated failures it is put aside with the reason.
             FORWARD_RETRIES.inc()
-            log.exception("forwarding failed unexpectedly; will retry", sha256=item.sha256)
-            return False
+            failures = self._photos.failed(item.sha256)
+            log.exception("forwarding a photo failed unexpectedly", sha256=item.sha256,
+                          failures=failures)
+            if self._photos.is_poison(item.sha256):
+                reason = f"failed {failures} times in a row: {type(exc).__name__}: {exc}"
+                await asyncio.to_thread(self._quarantine_item, item, reason)
+            return True
+        self._photos.forget(item.sha256)
         await asyncio.to_thread(self._spool.remove, item.sha256)
         FORWARDED.inc()
         FORWARDED_BYTES.inc(item.size)
@@ -201,7 +277,11 @@ class Forwarder:
     def _quarantine_item(self, item: SpoolItem, reason: str) -> None:
         """Keep what the core refused for an operator to look at; never delete it silently."""
         note = {"reason": reason, "record": item.record.model_dump(mode="json")}
-        write_atomic(self._quarantine / f"{item.sha256}.jpg", [self._spool.read(item.sha256)])
+        with contextlib.suppress(OSError):  # the reason is kept even if the bytes are gone
+            write_atomic(self._quarantine / f"{item.sha256}.jpg", [self._spool.read(item.sha256)])
         write_atomic(self._quarantine / f"{item.sha256}.json", [json.dumps(note, indent=2).encode()])
         self._spool.remove(item.sha256)
-        log.error("core refused a photo; quarantined", sha256=item.sha256, reason=reason)
+        self._photos.forget(item.sha256)
+        FORWARD_QUARANTINED.inc()
+        log.error("photo quarantined; the others go on", sha256=item.sha256, reason=reason,
+                  folder=str(self._quarantine))

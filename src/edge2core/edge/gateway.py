@@ -17,9 +17,17 @@ from pydantic import ValidationError
 
 from edge2core.common import envelope, topics
 from edge2core.common.events import CaptureMeta, Source
+from edge2core.common.identifiers import (
+    IdKind,
+    InvalidIdentifier,
+    check,
+    check_optional,
+    is_valid,
+)
 from edge2core.common.images import ImageRejected
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
+from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.devices import DeviceRefused
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
 from edge2core.edge.inference_pool import InferencePool, Overloaded
@@ -37,6 +45,7 @@ class MissingField(ValueError):
 # Errors a device can fix by sending something else: answered, counted, then acknowledged.
 DEVICE_ERRORS = (
     ImageRejected,
+    InvalidIdentifier,
     WrongSite,
     ValidationError,
     MissingField,
@@ -57,19 +66,20 @@ def error_reason(exc: Exception) -> str:
         return "no_model"
     if isinstance(exc, Overloaded):
         return "overloaded"
-    if isinstance(exc, DeviceRefused):
+    if isinstance(exc, DeviceRefused | InvalidIdentifier):
         return exc.reason
     return "malformed"
 
 
 def capture_meta(info: topics.TopicInfo, header: dict[str, Any], source: Source) -> CaptureMeta:
+    """The message's metadata, its ids checked by the one rule (`InvalidIdentifier`)."""
     return CaptureMeta(
-        site=info.site,
-        device=info.device,
+        site=check(IdKind.SITE, info.site),
+        device=check(IdKind.DEVICE, info.device),
         source=source,
-        sku=header.get("sku"),
+        sku=check_optional(IdKind.SKU, header.get("sku")),
         captured_at=header.get("captured_at"),
-        request_id=header.get("request_id"),
+        request_id=check_optional(IdKind.REQUEST_ID, header.get("request_id")),
     )
 
 
@@ -152,8 +162,22 @@ _Action = Callable[
 class MqttHandlers:
     """Turns MQTT messages into gateway calls; replies and errors go back over MQTT."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, dead_letters: DeadLetters) -> None:
         self._gateway = gateway
+        self._dead_letters = dead_letters
+
+    def on_capture_poison(self, msg: mqtt.MQTTMessage, exc: BaseException, publish: Publish) -> None:
+        """A capture our code failed on every time: kept as a dead letter, then refused."""
+        letter = self._dead_letters.keep(msg.topic, msg.payload, exc, "internal_error")
+        _refuse(msg, _topic_or_none(msg.topic), {}, exc, publish, reason="internal_error",
+                detail=f"the edge could not process this capture; it is kept as dead letter "
+                       f"{letter.id[:12]} for an operator")
+
+    def on_recognize_poison(
+        self, msg: mqtt.MQTTMessage, exc: BaseException, publish: Publish
+    ) -> None:
+        _refuse(msg, _topic_or_none(msg.topic), {}, exc, publish, reason="internal_error",
+                detail="the edge could not process this request")
 
     def on_capture(self, msg: mqtt.MQTTMessage, publish: Publish) -> bool:
         return self._handle(msg, publish, Source.KIOSK, self._capture, CAPTURE_ERRORS)
@@ -195,8 +219,9 @@ class MqttHandlers:
             elif isinstance(exc, RECOGNITION_ERRORS):
                 _refuse(msg, info, header, exc, publish)
             else:
-                log.error("recognition failed", topic=msg.topic, error=repr(exc))
-                _refuse(msg, info, header, exc, publish, reason="internal_error")
+                log.error("recognition failed", topic=msg.topic, exc_info=exc)
+                _refuse(msg, info, header, exc, publish, reason="internal_error",
+                        detail="the edge could not process this request")
 
         self._gateway.recognize_then(image, meta, "mqtt", reply)
 
@@ -227,6 +252,13 @@ class MqttHandlers:
             return False
 
 
+def _topic_or_none(topic: str) -> topics.TopicInfo | None:
+    try:
+        return topics.parse_topic(topic)
+    except topics.BadTopic:
+        return None
+
+
 def _refuse(
     msg: mqtt.MQTTMessage,
     info: topics.TopicInfo | None,
@@ -234,17 +266,28 @@ def _refuse(
     exc: BaseException,
     publish: Publish,
     reason: str | None = None,
+    detail: str | None = None,
 ) -> None:
+    """Count, log and answer a refusal on the device's error topic. `detail` replaces the
+    exception's text when that text is ours, not the device's (no internals leak)."""
     reason = reason or error_reason(exc)  # type: ignore[arg-type]
+    detail = detail or str(exc)[:1000]
     PHOTOS_REJECTED.labels(door="mqtt", reason=reason).inc()
-    log.info("MQTT message refused", topic=msg.topic, reason=reason, detail=str(exc)[:300])
-    if info is None:
-        return
+    log.info("MQTT message refused", topic=msg.topic, reason=reason, detail=detail[:300])
+    if info is None or not _valid_topic_ids(info):
+        return  # no error topic we could safely publish to
+    request_id = header.get("request_id")
     body = {
         "reason": reason,
-        "detail": str(exc)[:1000],
+        "detail": detail,
         "topic": msg.topic,
-        "request_id": header.get("request_id"),
+        "request_id": request_id if isinstance(request_id, str) else None,
         "at": time.time(),
     }
     publish(topics.error_topic(info.site, info.role, info.device), json.dumps(body).encode())
+
+
+def _valid_topic_ids(info: topics.TopicInfo) -> bool:
+    return is_valid(IdKind.SITE, info.site) and is_valid(IdKind.DEVICE, info.device) and (
+        info.role in ("kiosk", "shopper")
+    )

@@ -17,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from edge2core.common.logging import get_logger
+from edge2core.common.metrics import MQTT_POISON
+from edge2core.edge.fair_workers import FairWorkers
 
 log = get_logger(__name__)
 
@@ -65,15 +68,27 @@ def _no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
 
 
 Publish = Callable[[str, bytes], None]
-# Gets the message and a way to reply on the same connection; True means "acknowledge it".
+# Gets the message and a way to reply on the same connection; True means "acknowledge it",
+# False "leave it with the broker for now" (e.g. the spool is full).
 Handler = Callable[[mqtt.MQTTMessage, Publish], bool]
+# Called with a message the handler failed on repeatedly, for reasons nobody foresaw; must
+# keep it (a dead letter) before it is acknowledged. Raising leaves the message unacknowledged.
+PoisonHandler = Callable[[mqtt.MQTTMessage, BaseException, Publish], None]
+
+
+def _device_key(topic: str) -> str:
+    """Captures are queued per device (the topic names it): fair between devices."""
+    return topic
 
 
 class MqttDoor:
-    """Runs `handler` for each message, in order, on its own network thread; acks when it
-    returns True.
+    """Subscribes to `topics` and runs `handler` for each message.
 
     qos=1 (captures): a persistent session, acknowledged by hand once the handler is done.
+    Handlers run on `workers` threads, fair between devices (`FairWorkers`), never on paho's
+    network thread. Any exception is retried `attempts` times in the process, then the
+    message goes to `on_poison` (kept as a dead letter) and is acknowledged: one bad message
+    never blocks the session's in-flight window.
     qos=0 (recognition requests): a clean session, nothing to acknowledge; the handler must
     not block (it hands the work to the inference pool and replies from there).
     """
@@ -85,16 +100,26 @@ class MqttDoor:
         topics: list[str],
         handler: Handler,
         qos: int = 1,
+        *,
+        on_poison: PoisonHandler | None = None,
+        workers: int = 4,
+        attempts: int = 3,
+        retry_pause_s: float = 0.2,
     ) -> None:
         if qos not in (0, 1):
             raise ValueError("a door subscribes at QoS 0 or 1")
         self._endpoint = endpoint
         self._topics = topics
         self._handler = handler
+        self._on_poison = on_poison or _log_poison
         self._qos = qos
+        # QoS 0 handlers run on the network thread: no pauses there, so no second attempt.
+        self._attempts = max(1, attempts) if qos else 1
+        self._retry_pause_s = retry_pause_s
         self._subscribed = threading.Event()
         self.granted_qos: list[int] = []
         persistent = qos > 0
+        self._workers = FairWorkers(workers, f"e2c-door-{client_id}") if persistent else None
         self.client = make_client(endpoint, client_id, persistent=persistent, manual_ack=persistent)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
@@ -113,9 +138,11 @@ class MqttDoor:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        if self._workers is not None:
+            self._workers.close()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        self.client.publish(topic, payload, qos=qos)
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
@@ -132,11 +159,42 @@ class MqttDoor:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            done = self._handler(msg, self.publish)
-        except Exception:
-            log.exception("MQTT handler failed", topic=msg.topic,
-                          redelivered=bool(self._qos))  # QoS 1: left unacknowledged
+        if self._workers is None:  # QoS 0: the handler only hands the work on
+            self._run(msg)
             return
-        if done and self._qos:
+        self._workers.submit(_device_key(msg.topic), lambda: self._finish(client, msg))
+
+    def _finish(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        if self._run(msg):
             client.ack(msg.mid, msg.qos)
+
+    def _run(self, msg: mqtt.MQTTMessage) -> bool:
+        """True when the message is finished with: handled, refused, or kept as a dead letter."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return self._handler(msg, self.publish)
+            except Exception as exc:  # noqa: BLE001 - whatever it is, it must end the message
+                if attempt < self._attempts:
+                    log.warning("MQTT handler failed; trying again", topic=msg.topic,
+                                attempt=attempt, error=repr(exc)[:300])
+                    time.sleep(self._retry_pause_s * attempt)
+                    continue
+                return self._poisoned(msg, exc)
+        return False
+
+    def _poisoned(self, msg: mqtt.MQTTMessage, exc: BaseException) -> bool:
+        MQTT_POISON.labels(topic_kind=msg.topic.rsplit("/", 1)[-1]).inc()
+        log.error("MQTT message failed every attempt; setting it aside", topic=msg.topic,
+                  attempts=self._attempts, exc_info=exc)
+        try:
+            self._on_poison(msg, exc, self.publish)
+        except Exception:  # noqa: BLE001 - not kept: leave it with the broker
+            log.exception("could not keep a failed MQTT message; the broker keeps it",
+                          topic=msg.topic)
+            return False
+        return True
+
+
+def _log_poison(msg: mqtt.MQTTMessage, exc: BaseException, _publish: Publish) -> None:
+    """For doors whose messages need no keeping (recognition requests)."""
+    log.error("MQTT message dropped after failures", topic=msg.topic, error=repr(exc)[:300])

@@ -32,6 +32,7 @@ from edge2core.edge.api import create_edge_app
 from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
+from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.dedup import NearDuplicateWindow
 from edge2core.edge.devices import DeviceRegistry
 from edge2core.edge.faces import (
@@ -226,19 +227,27 @@ def start_doors(
 ) -> list[MqttDoor]:
     endpoint = mqtt_endpoint(settings, access)
     subs = topics.subscriptions(settings.site)
-    handlers = MqttHandlers(gateway)
+    handlers = MqttHandlers(gateway, DeadLetters(settings.data_dir / "dead-letters"))
     # Two connections, two network threads: a burst of captures never delays an answer.
     # Captures: QoS 1, persistent session, acked once spooled. Recognition requests: QoS 0 on a
     # clean session (worthless after a restart), handed from the network thread straight to
     # the gateway's inference pool, which HTTP requests share.
     doors = [
-        MqttDoor(endpoint, f"e2c-{settings.site}-capture", [subs["kiosk"]], handlers.on_capture),
+        MqttDoor(
+            endpoint,
+            f"e2c-{settings.site}-capture",
+            [subs["kiosk"]],
+            handlers.on_capture,
+            on_poison=handlers.on_capture_poison,
+            workers=settings.capture_workers,
+        ),
         MqttDoor(
             endpoint,
             f"e2c-{settings.site}-recognize",
             [subs["shopper"]],
             handlers.on_recognize,
             qos=0,
+            on_poison=handlers.on_recognize_poison,
         ),
     ]
     for door in doors:
