@@ -32,7 +32,7 @@ from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
 from edge2core.edge.prepare import PreparePolicy, prepare
-from edge2core.edge.service import start_doors
+from edge2core.edge.service import start_doors, start_sweeper
 from edge2core.edge.spool import Spool
 from edge2core.sim.devices import Kiosk, Shopper
 from edge2core.sim.photos import SyntheticCatalogue
@@ -267,11 +267,11 @@ def test_mqtt_and_http_give_the_same_answer_from_one_pool(
 JPEG = render_photo(0, 3)
 
 BAD_CAPTURES = [
-    # (device, payload, reason)
+    # (device, payload, reason); an empty payload is MQTT's "delete the retained message" and
+    # is ignored (see test_retained_capture_is_ingested_once_and_not_kept_on_the_broker).
     ("k-text", capture(b"plain text, no photo"), "not_an_image"),
     ("k-trunc", capture(JPEG[: len(JPEG) // 3]), "corrupt"),
     ("k-empty-image", capture(b""), "empty"),
-    ("k-empty-payload", b"", "malformed"),  # no header, hence no sku either
     ("k-bad-json", b'{"sku": "SKU-0000",\n' + JPEG, "malformed"),
     ("k-no-newline", b'{"sku": "SKU-0000"}' + JPEG.replace(b"\n", b""), "malformed"),
     ("k-json-list", b'["SKU-0000"]\n' + JPEG, "malformed"),
@@ -496,3 +496,62 @@ def test_case5_a_jpeg_with_a_thousand_scans_is_refused_quickly(
     watcher.publish(topics.capture_topic(site.name, "k-scans"), capture(case.read_bytes()))
     body = error_body(watcher, topics.error_topic(site.name, "kiosk", "k-scans"))
     assert body["reason"] == "too_complex"
+
+
+def _retained_on(endpoint: MqttEndpoint, topic: str, wait_s: float = 1.0) -> list[bytes]:
+    """What the broker hands a brand-new subscriber as retained on `topic`."""
+    got: list[bytes] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"r-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv311)
+    client.on_message = lambda _c, _u, m: got.append(m.payload) if m.retain else None
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    client.subscribe(topic, 1)
+    time.sleep(wait_s)
+    client.disconnect()
+    client.loop_stop()
+    return got
+
+
+def test_retained_capture_is_ingested_once_and_not_kept_on_the_broker(
+    make_site: Callable[..., Site],
+) -> None:
+    """Case R3: a capture published with the retain flag stayed on the broker raw, and the
+    edge ingested it again at every restart."""
+    site = make_site()
+    site.settings = site.settings.model_copy(update={"retained_sweep_s": 0.3})
+    sweeper = start_sweeper(site.settings)
+    site.closers.append(sweeper.stop)
+    topic = topics.capture_topic(site.name, "k-retain")
+    publisher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    info = publisher.client.publish(topic, capture(JPEG), qos=1, retain=True)
+    info.wait_for_publish(timeout=WAIT)
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 1, what="the retained capture, once")
+    wait_until(lambda: sweeper.cleared >= 1, what="the sweeper to delete the retained copy")
+    assert _retained_on(site.tcp, topic) == []
+    site.shut()
+    site.open(budget=50_000_000)
+    time.sleep(1.5)  # a replay would have been ingested by now
+    assert site.spool is not None and site.spool.stats().items == 1
+    assert not publisher.on(topics.error_topic(site.name, "kiosk", "k-retain"))
+
+
+def test_a_retained_replay_is_skipped_while_the_session_is_present(
+    make_site: Callable[..., Site],
+) -> None:
+    """Without the sweeper (an external broker, say), a restart re-subscribes and the broker
+    replays the retained capture: the door's session had the live copy, so it is not taken."""
+    site = make_site()
+    topic = topics.capture_topic(site.name, "k-retain2")
+    publisher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
+    publisher.client.publish(topic, capture(JPEG), qos=1, retain=True).wait_for_publish(WAIT)
+    assert site.spool is not None
+    wait_until(lambda: site.spool.stats().items == 1, what="the live copy")
+    (item,) = site.spool.pending(1)
+    site.spool.remove(item.sha256)  # forwarded meanwhile
+    site.shut()
+    site.open(budget=50_000_000)
+    time.sleep(1.5)
+    assert site.spool is not None and site.spool.stats().items == 0
+    publisher.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(WAIT)

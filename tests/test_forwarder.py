@@ -31,7 +31,7 @@ from edge2core.core.schema import ImageRow
 from edge2core.core.service import build_core_services
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import ArtifactMismatch, CoreClient
-from edge2core.edge.forwarder import Forwarder
+from edge2core.edge.forwarder import Forwarder, PhotoBackoff
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.model_agent import ModelAgent
@@ -244,6 +244,52 @@ async def test_refused_item_is_quarantined_and_others_still_forwarded(
     assert "hash_mismatch" in meta["reason"]
     assert meta["record"]["sha256"] == wrong_sha
     assert meta["record"]["device"] == "dev-bad"
+
+
+async def test_a_poison_photo_waits_alone_then_is_quarantined_and_others_flow(
+    tmp_path: Path, spool: Spool, start_core: Callable[..., CoreServer]
+) -> None:
+    """Case 2's kind: five photos that failed for a reason of their own (an exception while
+    building the upload) stalled every upload behind one shared backoff."""
+    core = start_core()
+    poison = fill(spool, 6)
+    poisoned = sorted(poison)[:2]
+    for sha in poisoned:  # their bytes are gone: reading them raises, every time
+        (spool.root / "objects" / sha[:2] / sha).unlink()
+    quarantine = tmp_path / "quarantine"
+    client = CoreClient(core.url)
+    forwarder = Forwarder(spool, client, quarantine_dir=quarantine, concurrency=2,
+                          photo_backoff=PhotoBackoff(initial_s=0.05, poison_after=3))
+    try:
+        async with running(forwarder) as task:
+            await wait_for(lambda: core.image_count() == 4, what="the four sound photos",
+                           task=task)
+            await wait_for(lambda: spool.stats().items == 0, what="the poison to be set aside",
+                           task=task)
+    finally:
+        await client.aclose()
+    for sha in poisoned:
+        note = json.loads((quarantine / f"{sha}.json").read_text())
+        assert "failed 3 times in a row" in note["reason"]
+        assert "FileNotFoundError" in note["reason"]
+
+
+def test_photo_backoff_is_per_photo_and_transient_failures_never_quarantine() -> None:
+    now = [0.0]
+    backoff = PhotoBackoff(initial_s=1.0, max_s=8.0, poison_after=3, transient_max_s=2.0,
+                           clock=lambda: now[0])
+    backoff.failed("a")
+    assert backoff.waiting() == {"a"}
+    for _ in range(10):
+        backoff.failed("b", transient=True)
+    assert not backoff.is_poison("b")
+    now[0] = 2.01  # a transient wait never exceeds transient_max_s
+    assert "b" not in backoff.waiting()
+    backoff.failed("a")
+    backoff.failed("a")
+    assert backoff.is_poison("a")
+    backoff.forget("a")
+    assert not backoff.is_poison("a") and "a" not in backoff.waiting()
 
 
 async def test_upload_client_classifies_core_answers(start_core: Callable[..., CoreServer]) -> None:

@@ -213,6 +213,10 @@ class EdgeSettings(_Settings):
     blur_faces: bool = Field(default=True, description="detect and blur faces before spooling")
     near_duplicate_window_s: float = Field(default=10.0, ge=0)
     near_duplicate_max_distance: int = Field(default=4, ge=0, le=64)
+    retained_sweep_s: float = Field(
+        default=5.0, gt=0,
+        description="how often retained device messages are deleted from the broker",
+    )
     capture_workers: int = Field(
         default=4, ge=1, le=64,
         description="MQTT captures prepared at once, fair between devices: one device's slow "

@@ -40,6 +40,13 @@ MQTT_POISON = Counter(
     "MQTT messages whose handler failed every attempt (kept as dead letters)",
     ["topic_kind"],
 )
+MQTT_RETAINED_SKIPPED = Counter(
+    "e2c_mqtt_retained_skipped_total", "Retained MQTT messages replayed on subscribe and skipped"
+)
+MQTT_RETAINED_CLEARED = Counter(
+    "e2c_mqtt_retained_cleared_total",
+    "Retained device messages the edge deleted from the broker (photos are never kept there)",
+)
 FORWARD_QUARANTINED = Counter(
     "e2c_forward_quarantined_total", "Spooled photos put aside for an operator, with a reason"
 )

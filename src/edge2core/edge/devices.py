@@ -51,9 +51,14 @@ def _subject(topic: str) -> str:
 
 
 def device_permissions(site: str, device: Device) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(publish, subscribe) subjects: its own requests out, its own answers and errors in."""
-    own = _subject(f"{topics.ROOT}/{site}/{device.role.value}/{device.id}/>")
-    return (own,), (own,)
+    """(publish, subscribe) subjects: its own requests out, its own answers and errors in.
+
+    A device's usual MQTT filter `<prefix>/#` becomes two NATS subscriptions, on `<prefix>.>`
+    and on `<prefix>` itself (MQTT's '#' matches the parent level too); both must be allowed or
+    nats-server refuses the whole filter (SUBACK 0x80).
+    """
+    prefix = _subject(f"{topics.ROOT}/{site}/{device.role.value}/{device.id}")
+    return (f"{prefix}.>",), (prefix, f"{prefix}.>")
 
 
 class DeviceRegistry:

@@ -15,16 +15,20 @@ costs up to 40 ms a reply.
 from __future__ import annotations
 
 import contextlib
+import json
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import MQTT_POISON
+from edge2core.common.metrics import MQTT_POISON, MQTT_RETAINED_SKIPPED
 from edge2core.edge.fair_workers import FairWorkers
 
 log = get_logger(__name__)
@@ -57,6 +61,22 @@ def make_client(
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     client.on_socket_open = _no_delay
     return client
+
+
+def private_client_id(state_dir: Path, name: str) -> str:
+    """`name` plus a random suffix kept in `state_dir`: the same id on every start (the
+    persistent session lives under it) but one no device can guess.
+
+    MQTT brokers key sessions by client id alone, so a device that connected with a
+    predictable edge id took over the edge's session and the broker dropped 8 of 10
+    acknowledged captures (field case 14).
+    """
+    path = state_dir / "mqtt-client-ids.json"
+    ids: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if name not in ids:
+        ids[name] = f"{name}-{secrets.token_hex(12)}"
+        write_atomic(path, [json.dumps(ids, indent=2).encode()])
+    return ids[name]
 
 
 def _no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
@@ -102,6 +122,7 @@ class MqttDoor:
         qos: int = 1,
         *,
         on_poison: PoisonHandler | None = None,
+        replay_retained: bool = True,
         workers: int = 4,
         attempts: int = 3,
         retry_pause_s: float = 0.2,
@@ -116,6 +137,8 @@ class MqttDoor:
         # QoS 0 handlers run on the network thread: no pauses there, so no second attempt.
         self._attempts = max(1, attempts) if qos else 1
         self._retry_pause_s = retry_pause_s
+        self._replay_retained = replay_retained
+        self._session_present = False
         self._subscribed = threading.Event()
         self.granted_qos: list[int] = []
         persistent = qos > 0
@@ -144,10 +167,11 @@ class MqttDoor:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: object, flags: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
             log.error("MQTT connect refused", reason=str(reason))
             return
+        self._session_present = bool(getattr(flags, "session_present", False))
         # Resubscribe on every (re)connect; the broker may have lost our session.
         client.subscribe([(topic, self._qos) for topic in self._topics])
 
@@ -159,10 +183,33 @@ class MqttDoor:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if self._ignored(msg):
+            if self._qos:
+                client.ack(msg.mid, msg.qos)
+            return
         if self._workers is None:  # QoS 0: the handler only hands the work on
             self._run(msg)
             return
         self._workers.submit(_device_key(msg.topic), lambda: self._finish(client, msg))
+
+    def _ignored(self, msg: mqtt.MQTTMessage) -> bool:
+        """Messages that carry nothing to do.
+
+        - An empty payload: MQTT's way of deleting a retained message (the edge's own
+          `RetainedSweeper` sends them), never a photo.
+        - A retained copy replayed because we subscribed again: the session that is still
+          present got the live copy already. Without a session (first start, or a door with
+          `replay_retained=False`'s clean session) a capture's retained copy may be the only
+          one and is processed; recognition requests are never answered from a replay.
+        """
+        if not msg.payload:
+            return True
+        if msg.retain and (self._session_present or not self._replay_retained):
+            MQTT_RETAINED_SKIPPED.inc()
+            log.info("retained replay skipped", topic=msg.topic,
+                     session_present=self._session_present)
+            return True
+        return False
 
     def _finish(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         if self._run(msg):

@@ -49,8 +49,9 @@ from edge2core.edge.intake import Intake
 from edge2core.edge.kv_follower import LeafLink
 from edge2core.edge.model_agent import ModelAgent
 from edge2core.edge.model_trust import ModelTrust
-from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint
+from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint, private_client_id
 from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.retained_sweeper import RetainedSweeper
 from edge2core.edge.quality import QualityAction, QualityPolicy
 from edge2core.edge.shaping import TokenBucket, parse_windows
 from edge2core.edge.spool import Spool, WhenFull
@@ -235,7 +236,7 @@ def start_doors(
     doors = [
         MqttDoor(
             endpoint,
-            f"e2c-{settings.site}-capture",
+            private_client_id(settings.data_dir, f"e2c-{settings.site}-capture"),
             [subs["kiosk"]],
             handlers.on_capture,
             on_poison=handlers.on_capture_poison,
@@ -243,16 +244,29 @@ def start_doors(
         ),
         MqttDoor(
             endpoint,
-            f"e2c-{settings.site}-recognize",
+            private_client_id(settings.data_dir, f"e2c-{settings.site}-recognize"),
             [subs["shopper"]],
             handlers.on_recognize,
             qos=0,
             on_poison=handlers.on_recognize_poison,
+            replay_retained=False,
         ),
     ]
     for door in doors:
         door.start()
     return doors
+
+
+def start_sweeper(settings: EdgeSettings, access: SiteAccess | None = None) -> RetainedSweeper:
+    subs = topics.subscriptions(settings.site)
+    sweeper = RetainedSweeper(
+        mqtt_endpoint(settings, access),
+        private_client_id(settings.data_dir, f"e2c-{settings.site}-sweeper"),
+        [subs["kiosk"], subs["shopper"]],
+        every_s=settings.retained_sweep_s,
+    )
+    sweeper.start()
+    return sweeper
 
 
 async def event_sink(client: NatsClient, site: str) -> EventSink:
@@ -324,6 +338,7 @@ async def serve_edge(settings: EdgeSettings) -> None:
     parts.agent.reporter = site_reporter(client, settings.token)
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
+    sweeper = await asyncio.to_thread(start_sweeper, settings, access)
     # The core's desired state (model per site, catalogue) lives in its JetStream domain,
     # reached over the leaf link; the link's ups and downs are read off our own broker.
     link = LeafLink(server.config.monitor_url) if settings.core_leaf_url else None
@@ -364,6 +379,7 @@ async def serve_edge(settings: EdgeSettings) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        sweeper.stop()
         for door in doors:
             door.stop()
         parts.gateway.close()
