@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -191,6 +192,30 @@ def devices_list(data_dir: DataDir = None) -> None:
         table.add_column(column)
     for device in _registry(data_dir).list():
         table.add_row(device.id, device.role.value, str(device.revoked), device.created_at)
+    Console().print(table)
+
+
+@edge_app.command("dead-letters")
+def edge_dead_letters(
+    data_dir: DataDir = None,
+    payload: Annotated[str | None, typer.Option(help="Write this letter's raw payload to stdout.")] = None,
+) -> None:
+    """Device messages the edge failed on every attempt: kept with the reason, never dropped."""
+    from edge2core.edge.dead_letters import DeadLetters
+
+    letters = DeadLetters((data_dir or EdgeSettings().data_dir) / "dead-letters")
+    if payload:
+        matches = [letter for letter in letters.list() if letter.id.startswith(payload)]
+        if len(matches) != 1:
+            typer.echo(f"error: {len(matches)} dead letters start with {payload!r}", err=True)
+            raise typer.Exit(2)
+        sys.stdout.buffer.write(letters.payload(matches[0].id))
+        return
+    table = Table(title="dead letters (republish a payload once the cause is fixed)")
+    for column in ("id", "topic", "bytes", "reason", "error"):
+        table.add_column(column)
+    for letter in letters.list():
+        table.add_row(letter.id[:12], letter.topic, str(letter.size), letter.reason, letter.error)
     Console().print(table)
 
 

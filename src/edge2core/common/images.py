@@ -12,7 +12,9 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
+
+from edge2core.common.colour import orientation, to_srgb8
 
 # Pillow's own bomb guard only warns below 2x this; we check pixel counts ourselves first.
 Image.MAX_IMAGE_PIXELS = None
@@ -48,8 +50,41 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
     (b"WEBP", 8, "WEBP"),
 )
-SUPPORTED_FORMATS = frozenset(fmt for _, _, fmt in _MAGIC)
-_OTHER_IMAGE_MAGIC = (b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+# ISO base media files (HEIF, AVIF) name their kind by the `ftyp` box's major brand.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_OTHER_IMAGE_MAGIC = (b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
+
+
+def _heif_available() -> bool:
+    """HEIC, what iPhones save by default, comes from pillow-heif (part of the edge install)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+SUPPORTED_FORMATS = frozenset(
+    {"JPEG", "PNG", "WEBP"}
+    | ({"AVIF"} if features.check("avif") else set())
+    | ({"HEIF"} if _heif_available() else set())
+)
+
+
+def _iso_bmff_format(data: bytes) -> str | None:
+    if data[4:8] != b"ftyp":
+        return None
+    brand = data[8:12]
+    return "AVIF" if brand in _AVIF_BRANDS else "HEIF" if brand in _HEIF_BRANDS else None
+
+
+def _unsupported(what: str) -> ImageRejected:
+    return ImageRejected(
+        RejectReason.UNSUPPORTED_FORMAT,
+        f"{what} is not supported; supported formats are {', '.join(sorted(SUPPORTED_FORMATS))}",
+    )
 
 
 def sniff_format(data: bytes) -> str:
@@ -61,12 +96,16 @@ def sniff_format(data: bytes) -> str:
             if fmt == "WEBP" and data[:4] != b"RIFF":
                 break
             return fmt
+    if (iso := _iso_bmff_format(data)) is not None:
+        if iso not in SUPPORTED_FORMATS:
+            raise _unsupported(iso)
+        return iso
     if data.startswith(_OTHER_IMAGE_MAGIC):
-        raise ImageRejected(
-            RejectReason.UNSUPPORTED_FORMAT,
-            f"supported formats are {', '.join(sorted(SUPPORTED_FORMATS))}",
-        )
-    raise ImageRejected(RejectReason.NOT_AN_IMAGE, "the bytes are not a JPEG, PNG or WebP image")
+        raise _unsupported("this image format")
+    raise ImageRejected(
+        RejectReason.NOT_AN_IMAGE,
+        f"the bytes are not an image in a supported format ({', '.join(sorted(SUPPORTED_FORMATS))})",
+    )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -151,19 +190,25 @@ def open_checked(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
 
 
 def decode_rgb(image: Image.Image, *, reduce_to: int | None = None) -> Image.Image:
-    """Decode fully (truncated data fails here), apply EXIF orientation, return RGB.
+    """Decode fully (truncated data fails here), convert to 8-bit sRGB (`colour.to_srgb8`:
+    ICC profile, bit depth, transparency, mode), apply the EXIF orientation; returns RGB.
 
     `reduce_to` lets JPEG decode at 1/2, 1/4 or 1/8 scale when the target is that small:
     the cheapest resize is the one the decoder never has to do.
+    Raises `ImageRejected(CORRUPT)` for damaged pixels only; unreadable metadata is ignored.
     """
     try:
         if reduce_to and image.format == "JPEG":
-            image.draft("RGB", (reduce_to, reduce_to))
+            image.draft(image.mode, (reduce_to, reduce_to))  # scale only; colour comes next
         image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return oriented.convert("RGB") if oriented.mode != "RGB" else oriented
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(RejectReason.CORRUPT, f"the image data is damaged: {exc}") from exc
+    try:
+        rgb = to_srgb8(image)
+    except (OSError, ValueError) as exc:
+        raise ImageRejected(RejectReason.CORRUPT, f"the pixels cannot be read: {exc}") from exc
+    turn = orientation(image)  # read off the source: the converted copy has no EXIF
+    return rgb.transpose(turn) if turn is not None else rgb
 
 
 def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
