@@ -217,12 +217,12 @@ class Forwarder:
         link failed (the caller backs off).
 
         A photo leaves the spool only on proof that the core stored it: a receipt naming the
-        stored object's key.
+        stored object's key (or the core's word that the photo was erased, never to be stored).
         """
         try:
             data = await asyncio.to_thread(self._spool.read, item.sha256)
             receipt = await self._upload(item, data)
-            if not receipt.get("key"):
+            if not (receipt.get("key") or receipt.get("erased") is True):
                 raise TransientUploadError("the core's answer names no stored key: not proof")
         except TransientUploadError as exc:
             FORWARD_RETRIES.inc()
