@@ -194,9 +194,10 @@ BAD_INPUTS = [
      413, "too_large"),
     ("multipart_without_file", lambda: {"files": {"photo": ("a.jpg", photo(), "image/jpeg")}}, 400,
      "missing_photo"),
+    # RFC 7578: a part named `file` is the photo, filename or not; these bytes are no photo.
     ("multipart_file_is_text",
      lambda: {"data": {"file": "not a file"}, "files": {"other": ("a.txt", b"x", "text/plain")}},
-     400, "missing_photo"),
+     415, "not_an_image"),
     ("unsupported_gif", lambda: {"content": b"GIF89a" + b"\0" * 64}, 415, "unsupported_format"),
 ]
 
@@ -224,21 +225,21 @@ def test_bad_photo_is_refused_and_service_keeps_working(
 
 
 BAD_METADATA = [
-    ("kiosk_without_sku", {"device": "kiosk-1"}),
-    ("device_with_slash", {"device": "kiosk/1", "sku": "SKU-0000"}),
-    ("device_with_dot", {"device": "kiosk.1", "sku": "SKU-0000"}),
-    ("device_too_long", {"device": "k" * 65, "sku": "SKU-0000"}),
-    ("sku_too_long", {"device": "kiosk-1", "sku": "S" * 65}),
+    ("kiosk_without_sku", {"device": "kiosk-1"}, "malformed"),
+    ("device_with_slash", {"device": "kiosk/1", "sku": "SKU-0000"}, "invalid_id"),
+    ("device_with_dot", {"device": "kiosk.1", "sku": "SKU-0000"}, "invalid_id"),
+    ("device_too_long", {"device": "k" * 65, "sku": "SKU-0000"}, "invalid_id"),
+    ("sku_too_long", {"device": "kiosk-1", "sku": "S" * 65}, "invalid_id"),
 ]
 
 
-@pytest.mark.parametrize("name,params", BAD_METADATA, ids=[case[0] for case in BAD_METADATA])
-def test_bad_metadata_is_refused_as_malformed(edge: Edge, name: str, params: dict) -> None:
+@pytest.mark.parametrize("name,params,error", BAD_METADATA, ids=[case[0] for case in BAD_METADATA])
+def test_bad_metadata_is_refused(edge: Edge, name: str, params: dict, error: str) -> None:
     response = edge.client.post("/v1/photos", params=params, content=photo(),
                                 headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 400, response.text
     body = response.json()
-    assert body["error"] == "malformed"
+    assert body["error"] == error
     assert body["detail"]
     assert edge.spool.stats().items == 0
     assert post_photo(edge.client, photo()).status_code == 201

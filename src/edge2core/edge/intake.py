@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +24,8 @@ from edge2core.edge.spool import Spool
 PRIORITY = {Source.SHOPPER: 10, Source.KIOSK: 5}
 NEW_PRODUCT_PRIORITY = 8
 NEW_PRODUCT_PHOTOS = 30
+# Sizes of the photos the near-duplicate window may name (far more than it holds in its window).
+KEPT_SIZES = 4096
 
 
 class WrongSite(ValueError):
@@ -53,6 +57,10 @@ class Intake:
         self._on_spooled = on_spooled
         self._redactor = redactor
         self._near = near_duplicates or NearDuplicateWindow(window_s=0)
+        # sha256 -> size of each photo remembered in the near-duplicate window, so that a
+        # near-duplicate is answered with the kept photo's size, not the new photo's.
+        self._kept_sizes: OrderedDict[str, int] = OrderedDict()
+        self._kept_lock = threading.Lock()
         self._golden = golden
 
     def prepare(self, data: bytes) -> PreparedPhoto:
@@ -65,10 +73,12 @@ class Intake:
         """
         self._check_site(meta)
         prepared = self.prepare(data)
-        if (earlier := self._near.match(meta.device, prepared.phash, meta.sku)) is not None:
+        earlier = self._near.match(meta.device, prepared.phash, meta.sku)
+        if earlier is not None and (kept_size := self._kept_size(earlier)) is not None:
             PHOTOS_DUPLICATE.labels(kind="near").inc()
-            return IntakeReceipt(sha256=earlier, size=len(prepared.data), duplicate=True)
+            return IntakeReceipt(sha256=earlier, size=kept_size, duplicate=True)
         receipt = self._spool_prepared(prepared, meta)
+        self._remember_size(receipt.sha256, receipt.size)
         self._near.remember(meta.device, prepared.phash, receipt.sha256, meta.sku)
         if self._golden is not None and meta.source == Source.KIOSK and meta.sku:
             self._golden.offer(meta.sku, receipt.sha256, prepared.data)
@@ -92,6 +102,19 @@ class Intake:
             confidence=confidence,
             top_guesses=guesses,
         )
+
+    def _kept_size(self, sha256: str) -> int | None:
+        """The size of a photo the window names; None if forgotten (then the new photo is
+        simply kept: an answer never names a photo with another photo's size)."""
+        with self._kept_lock:
+            return self._kept_sizes.get(sha256)
+
+    def _remember_size(self, sha256: str, size: int) -> None:
+        with self._kept_lock:
+            self._kept_sizes[sha256] = size
+            self._kept_sizes.move_to_end(sha256)
+            while len(self._kept_sizes) > KEPT_SIZES:
+                self._kept_sizes.popitem(last=False)
 
     def _check_site(self, meta: CaptureMeta) -> None:
         if meta.site != self.site:
