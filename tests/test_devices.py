@@ -16,8 +16,9 @@ from edge2core.common import envelope, topics
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
+from edge2core.edge.broker_auth import BrokerAuth
 from edge2core.edge.catalogue_replica import CatalogueReplica
-from edge2core.edge.devices import DeviceRefused, DeviceRegistry, DeviceRole
+from edge2core.edge.devices import DeviceRefused, DeviceRegistry, DeviceRole, device_permissions
 from edge2core.edge.gateway import Gateway
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
@@ -25,8 +26,7 @@ from edge2core.edge.mqtt_door import MqttEndpoint, make_client
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.service import SiteAccess, edge_nats_config, start_doors
 from edge2core.edge.spool import Spool
-from edge2core.sim.devices import Kiosk
-from edge2core.sim.photos import LabelledPhoto, SyntheticCatalogue
+from edge2core.sim.photos import SyntheticCatalogue
 from edge2core.sim.synthetic import render_photo
 from tests import waiting
 
@@ -52,7 +52,6 @@ def test_registry_issues_secrets_and_keeps_only_hashes(tmp_path: Path) -> None:
     with pytest.raises(DeviceRefused) as revoked:
         registry.authenticate(token)
     assert revoked.value.reason == "revoked_device"
-    assert registry.broker_users(SITE) == ()
     # Re-issuing after revocation gives a new secret; the old one stays dead.
     fresh = registry.add("kiosk-1", DeviceRole.KIOSK)
     assert fresh != token and registry.authenticate(fresh).id == "kiosk-1"
@@ -82,10 +81,67 @@ def test_a_second_registry_sees_changes_made_by_another_process(tmp_path: Path) 
 def test_broker_permissions_cover_only_the_devices_own_topics(tmp_path: Path) -> None:
     registry = DeviceRegistry(tmp_path / "devices.json")
     registry.add("kiosk-1", DeviceRole.KIOSK)
-    (user,) = registry.broker_users(SITE)
-    assert user.user == "kiosk-1" and user.password.startswith("$2")
-    assert user.publish == ("e2c.store-9.kiosk.kiosk-1.>",)
-    assert user.subscribe == user.publish
+    (device,) = registry.list()
+    assert device.password_bcrypt.startswith("$2")
+    publish, subscribe = device_permissions(SITE, device)
+    assert publish == ("e2c.store-9.kiosk.kiosk-1.>",)
+    # MQTT's `<prefix>/#` is two NATS subscriptions: the prefix itself and everything below.
+    assert subscribe == ("e2c.store-9.kiosk.kiosk-1", "e2c.store-9.kiosk.kiosk-1.>")
+
+
+@pytest.mark.parametrize(("client_id", "owner"), [
+    ("kiosk-1", "kiosk-1"),
+    ("kiosk-1-2", "kiosk-1"),
+    ("kiosk-1-pub-x", "kiosk-1"),
+    ("kiosk-12", "kiosk"),  # kiosk's, until a device kiosk-12 is registered
+    ("kiosk1-x", None),  # no '-' right after a registered id: nobody's
+    ("kiosk-1-7", "kiosk-1-7"),  # the longest registered id wins
+    ("kiosk-1-7-b", "kiosk-1-7"),
+    ("kiosk", "kiosk"),
+    ("e2c-store-9-capture-0a1b", None),  # the edge's own
+    ("e2c", None),
+    ("paho1234", None),
+    ("", None),
+])
+def test_client_ids_belong_to_the_device_whose_id_they_start_with(client_id: str, owner) -> None:  # noqa: ANN001
+    from edge2core.edge.devices import client_id_owner, owns_client_id
+
+    ids = ["kiosk", "kiosk-1", "kiosk-1-7"]
+    assert client_id_owner(client_id, ids) == owner
+    for device in ids:
+        assert owns_client_id(device, client_id, ids) == (device == owner)
+
+
+def test_broker_check_refuses_with_a_reason(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    token = registry.add("kiosk-1", DeviceRole.KIOSK)
+    registry.add("kiosk-1-b", DeviceRole.KIOSK)
+    assert registry.authenticate_broker("kiosk-1", token, "kiosk-1").id == "kiosk-1"
+    assert registry.authenticate_broker("kiosk-1", token, "kiosk-1-x").id == "kiosk-1"
+    assert registry.authenticate_broker("kiosk-1", token, None).id == "kiosk-1"  # not MQTT
+    for user, secret, client_id, reason in [
+        ("nobody", token, "nobody", "unknown_device"),
+        ("kiosk-1", "wrong", "kiosk-1", "wrong_secret"),
+        ("kiosk-1", token, "kiosk-1-b", "client_id_not_owned"),
+        ("kiosk-1", token, "kiosk-1-b-2", "client_id_not_owned"),
+        ("kiosk-1", token, "e2c-store-9-capture", "client_id_not_owned"),
+        ("kiosk-1", token, "", "client_id_not_owned"),
+    ]:
+        with pytest.raises(DeviceRefused) as refused:
+            registry.authenticate_broker(user, secret, client_id)
+        assert refused.value.reason == reason, (user, client_id)
+    registry.revoke("kiosk-1")
+    with pytest.raises(DeviceRefused) as revoked:
+        registry.authenticate_broker("kiosk-1", token, "kiosk-1")
+    assert revoked.value.reason == "revoked_device"
+
+
+def test_device_ids_cannot_take_the_edges_client_id_namespace(tmp_path: Path) -> None:
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    for bad in ("e2c", "e2c-store-9"):
+        with pytest.raises(ValueError, match="the edge's own"):
+            registry.add(bad, DeviceRole.KIOSK)
+    registry.add("e2cam", DeviceRole.KIOSK)  # only the exact prefix is reserved
 
 
 # --- the HTTP door -------------------------------------------------------------------------
@@ -145,7 +201,7 @@ def test_http_refuses_unknown_revoked_and_impostor_devices(http_site, case: str)
 
 
 @pytest.fixture
-def mqtt_site(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, SiteAccess, EdgeSettings, Spool]]:
+def mqtt_site(tmp_path: Path) -> Iterator[tuple[BrokerAuth, SiteAccess, EdgeSettings, Spool]]:
     probe = NatsServerConfig.with_free_ports("probe", tmp_path / "js")
     settings = EdgeSettings(
         site=SITE, data_dir=tmp_path / "edge", mqtt_port=probe.mqtt_port,
@@ -155,18 +211,23 @@ def mqtt_site(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, SiteAccess, EdgeSe
     registry = DeviceRegistry(settings.data_dir / "devices.json")
     access = SiteAccess(registry, NatsUser("e2c-edge-internal", "internal-secret"))
     server = EmbeddedNats(edge_nats_config(settings, access), tmp_path / "run").start()
+    auth = access.broker_auth(SITE, server.client_url)
+    assert auth is not None
+    auth.start()
     spool = Spool(tmp_path / "spool", 50_000_000)
     gateway = Gateway(Intake(SITE, PreparePolicy(), spool), Recognizer(CatalogueReplica(tmp_path / "c.json")))
     doors = start_doors(settings, gateway, access)
-    yield server, access, settings, spool
+    yield auth, access, settings, spool
     for door in doors:
         door.stop()
     gateway.close()
     spool.close()
+    auth.stop()
     server.stop()
 
 
 def _connect(port: int, user: str, password: str) -> tuple[mqtt.Client, object]:
+    # Client id = the device id: a device may use only client ids of its own.
     client = make_client(MqttEndpoint("127.0.0.1", port, username=user, password=password), user)
     answered = threading.Event()
     result: dict[str, object] = {}
@@ -190,43 +251,43 @@ def _admitted(port: int, user: str, password: str) -> bool:
 
 
 def test_mqtt_admits_registered_devices_only_and_only_under_their_topics(mqtt_site) -> None:  # noqa: ANN001
-    server, access, settings, spool = mqtt_site
+    _auth, access, settings, spool = mqtt_site
     token = access.devices.add("kiosk-1", DeviceRole.KIOSK)
-    server.reload(edge_nats_config(settings, access))
 
-    wait_until(lambda: _admitted(settings.mqtt_port, "kiosk-1", token),
-               what="the reloaded broker to admit kiosk-1")
-    kiosk = Kiosk(MqttEndpoint("127.0.0.1", settings.mqtt_port, username="kiosk-1", password=token),
-                  SITE, "kiosk-1")
-    photo = render_photo(0, 5)
+    # No broker reload: the auth service reads the registry on each connect.
+    assert _admitted(settings.mqtt_port, "kiosk-1", token)
+    kiosk, _ = _connect(settings.mqtt_port, "kiosk-1", token)
     try:
         product = SyntheticCatalogue(2).products()[0]
-        assert kiosk.send([LabelledPhoto(product, photo, "own")]) == 1
+        own = kiosk.publish(topics.capture_topic(SITE, "kiosk-1"),
+                            envelope.encode(render_photo(0, 5), {"sku": product.sku}), qos=1)
+        own.wait_for_publish(10)
+        assert own.is_published()
         wait_until(lambda: spool.stats().items == 1, what="the kiosk's own capture")
         # Publishing as another device is dropped by the broker, never spooled.
-        kiosk._client.publish(topics.capture_topic(SITE, "kiosk-2"),
-                              envelope.encode(render_photo(0, 6), {"sku": product.sku}), qos=1)
+        kiosk.publish(topics.capture_topic(SITE, "kiosk-2"),
+                      envelope.encode(render_photo(0, 6), {"sku": product.sku}), qos=1)
         time.sleep(1.0)  # nothing to wait for: the point is that nothing arrives
         assert spool.stats().items == 1
     finally:
-        kiosk.close()
+        kiosk.disconnect()
+        kiosk.loop_stop()
 
     for user, password in (("kiosk-1", "wrong"), ("stranger", "x")):
         assert not _admitted(settings.mqtt_port, user, password), user
 
 
 def test_revoked_device_is_disconnected_and_cannot_come_back(mqtt_site) -> None:  # noqa: ANN001
-    server, access, settings, _spool = mqtt_site
+    auth, access, settings, _spool = mqtt_site
     token = access.devices.add("kiosk-7", DeviceRole.KIOSK)
-    server.reload(edge_nats_config(settings, access))
-    wait_until(lambda: _admitted(settings.mqtt_port, "kiosk-7", token), what="kiosk-7 admitted")
+    assert _admitted(settings.mqtt_port, "kiosk-7", token)
     client, _ = _connect(settings.mqtt_port, "kiosk-7", token)
     dropped = threading.Event()
     client.on_disconnect = lambda *_a: dropped.set()
     client.reconnect_delay_set(30, 60)  # we only watch the first drop
 
     access.devices.revoke("kiosk-7")
-    server.reload(edge_nats_config(settings, access))
+    assert auth.enforce() != []  # what `watch_devices` does every 2 s
     assert dropped.wait(10), "the broker kept a revoked device connected"
     client.loop_stop()
     wait_until(lambda: not _admitted(settings.mqtt_port, "kiosk-7", token), what="kiosk-7 refused")

@@ -275,6 +275,64 @@ def test_only_sites_with_their_token_join_the_core_as_leaf_nodes(tmp_path: Path)
             core.wait_for_leafnodes(1)
 
 
+def test_auth_callout_and_system_account_render_and_are_accepted(tmp_path: Path) -> None:
+    from edge2core.common.nats_server import AuthCallout, NatsUser
+    from edge2core.edge.broker_auth import Issuer
+
+    users = (NatsUser("e2c-internal", "pw-1"),)
+    system = (NatsUser("e2c-system", "pw-2"),)
+    callout = AuthCallout(Issuer().public_key, ("e2c-internal", "e2c-system"))
+    cfg = NatsServerConfig.with_free_ports("callout", tmp_path / "js", jetstream_domain="edge1",
+                                           users=users, auth_callout=callout, system_users=system)
+    text = render_config(cfg)
+    assert "auth_callout" in text and callout.issuer in text and '"$SYS"' in text
+    path = tmp_path / "callout.conf"
+    path.write_text(text)
+    res = subprocess.run([str(nats_server_binary()), "-t", "-c", str(path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Every user that bypasses the callout must exist, or nobody could answer it.
+    bad = NatsServerConfig.with_free_ports("bad", tmp_path / "js2", users=users,
+                                           auth_callout=AuthCallout(callout.issuer, ("ghost",)))
+    with pytest.raises(ValueError, match="ghost"):
+        render_config(bad)
+
+
+async def test_edge_with_auth_callout_keeps_its_leaf_link_and_jetstream(tmp_path: Path) -> None:
+    """Declaring the system account (for the callout service's kicks) leaves the global
+    account as it was: edge2core's internal user still has the edge's JetStream domain, the
+    leaf link to the core and, through it, the core's domain."""
+    from edge2core.common.nats_server import AuthCallout, NatsUser
+    from edge2core.edge.broker_auth import Issuer
+
+    internal, system = NatsUser("e2c-internal", "pw-1"), NatsUser("e2c-system", "pw-2")
+    core_cfg = NatsServerConfig.with_free_ports(
+        "core", tmp_path / "core-js", mqtt=False, websocket=False, leafnode=True,
+        jetstream_domain="core",
+    )
+    edge_cfg = NatsServerConfig.with_free_ports(
+        "edge1", tmp_path / "edge-js", jetstream_domain="edge1",
+        leafnode_remotes=(core_cfg.leafnode_url,), users=(internal,), system_users=(system,),
+        auth_callout=AuthCallout(Issuer().public_key, (internal.user, system.user)),
+    )
+    with EmbeddedNats(core_cfg, tmp_path / "core") as core, EmbeddedNats(
+        edge_cfg, tmp_path / "edge"
+    ) as edge:
+        edge.wait_for_leafnodes(1)
+        core.wait_for_leafnodes(1)
+        edge_url = f"nats://{internal.user}:{internal.password}@127.0.0.1:{edge_cfg.client_port}"
+        assert await _relay_until_received(core.client_url, edge_url, "down.x") == b"ping"
+        assert await _relay_until_received(edge_url, core.client_url, "up.x") == b"ping"
+        nc = await nats.connect(edge_url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="EVENTS", subjects=["e2c.events.>"])
+            assert (await js.publish("e2c.events.x", b"1")).domain == "edge1"
+            assert (await nc.jetstream(domain="core").account_info()).domain == "core"
+        finally:
+            await nc.close()
+
+
 async def test_stop_leaves_no_process_and_restart_keeps_store(tmp_path: Path) -> None:
     cfg = NatsServerConfig.with_free_ports("restart", tmp_path / "js", mqtt=False, websocket=False)
     srv = EmbeddedNats(cfg, tmp_path / "run")

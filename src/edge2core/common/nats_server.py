@@ -35,6 +35,7 @@ from edge2core.common.net import free_port, port_open
 from edge2core.common.processes import die_with_parent_preexec, kill_process, read_tail
 
 __all__ = [
+    "AuthCallout",
     "NatsServerConfig",
     "EmbeddedNats",
     "render_config",
@@ -54,16 +55,30 @@ _LOG_TAIL_BYTES = 4000
 
 @dataclass(frozen=True)
 class NatsUser:
-    """A client the server lets in: a device (MQTT username) or an edge2core process.
+    """A client the server lets in by its config: an edge2core process, or a site (leaf link).
 
-    `password` may be a bcrypt hash ("$2a$..."/"$2b$..."), which nats-server verifies itself,
-    so device secrets never sit in the config file in clear. Empty allow lists mean "all".
+    `password` may be a bcrypt hash ("$2a$..."/"$2b$..."), which nats-server verifies itself.
+    Empty allow lists mean "all". (Devices are not config users: see `AuthCallout`.)
     """
 
     user: str
     password: str
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthCallout:
+    """Delegate client authentication to a service (nats-server's auth callout).
+
+    The server sends every connecting client not in `auth_users` to the service, on
+    `$SYS.REQ.USER.AUTH` in the global account, with its MQTT client id among the facts; the
+    service answers with a user JWT signed by `issuer` (an account public nkey, "A...") or an
+    error. `auth_users` (edge2core's own clients, the service's among them) bypass it.
+    """
+
+    issuer: str
+    auth_users: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +102,10 @@ class NatsServerConfig:
     mqtt_ack_wait: str | None = None
     # No users: anyone on the listeners may connect (development); else only these.
     users: tuple[NatsUser, ...] = ()
+    # With it, every other client is admitted (or not) by the callout service.
+    auth_callout: AuthCallout | None = None
+    # Users of the system account ($SYS): server requests such as kicking a connection.
+    system_users: tuple[NatsUser, ...] = ()
 
     @classmethod
     def with_free_ports(
@@ -104,6 +123,8 @@ class NatsServerConfig:
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         mqtt_ack_wait: str | None = None,
         users: tuple[NatsUser, ...] = (),
+        auth_callout: AuthCallout | None = None,
+        system_users: tuple[NatsUser, ...] = (),
     ) -> NatsServerConfig:
         """Build a config whose listeners all use ports that are free right now (tests, dev)."""
         return cls(
@@ -121,6 +142,8 @@ class NatsServerConfig:
             max_payload=max_payload,
             mqtt_ack_wait=mqtt_ack_wait,
             users=users,
+            auth_callout=auth_callout,
+            system_users=system_users,
         )
 
     @property
@@ -174,15 +197,40 @@ def _allow(kind: str, subjects: tuple[str, ...]) -> str:
     return f"{kind}: {{ allow: [{', '.join(_q(s) for s in subjects)}] }}"
 
 
+def _user_line(user: NatsUser) -> str:
+    perms = [_allow(k, v) for k, v in (("publish", user.publish), ("subscribe", user.subscribe)) if v]
+    permissions = f", permissions: {{ {', '.join(perms)} }}" if perms else ""
+    return f"{{ user: {_q(user.user)}, password: {_q(user.password)}{permissions} }}"
+
+
 def _authorization_block(cfg: NatsServerConfig) -> list[str]:
     if not cfg.users:
         return []
     lines = ["authorization {", "  users: ["]
-    for user in cfg.users:
-        perms = [_allow(k, v) for k, v in (("publish", user.publish), ("subscribe", user.subscribe)) if v]
-        permissions = f", permissions: {{ {', '.join(perms)} }}" if perms else ""
-        lines.append(f"    {{ user: {_q(user.user)}, password: {_q(user.password)}{permissions} }}")
-    return [*lines, "  ]", "}"]
+    lines += [f"    {_user_line(user)}" for user in cfg.users]
+    lines.append("  ]")
+    if cfg.auth_callout is not None:
+        known = {u.user for u in (*cfg.users, *cfg.system_users)}
+        missing = [u for u in cfg.auth_callout.auth_users if u not in known]
+        if missing:
+            raise ValueError(f"auth_callout.auth_users {missing} are not configured users")
+        lines += [
+            "  auth_callout {",
+            f"    issuer: {_q(cfg.auth_callout.issuer)}",
+            f"    auth_users: [{', '.join(_q(u) for u in cfg.auth_callout.auth_users)}]",
+            "  }",
+        ]
+    return [*lines, "}"]
+
+
+def _accounts_block(cfg: NatsServerConfig) -> list[str]:
+    # Only the system account is declared: everything else (edge2core's clients, devices, MQTT,
+    # JetStream, the leaf link) stays in the global account, as without this block.
+    if not cfg.system_users:
+        return []
+    lines = ["accounts {", '  "$SYS": {', "    users: ["]
+    lines += [f"      {_user_line(user)}" for user in cfg.system_users]
+    return [*lines, "    ]", "  }", "}"]
 
 
 def _websocket_block(cfg: NatsServerConfig) -> list[str]:
@@ -242,6 +290,7 @@ def render_config(cfg: NatsServerConfig) -> str:
         *_websocket_block(cfg),
         *_leafnodes_block(cfg),
         *_authorization_block(cfg),
+        *_accounts_block(cfg),
     ]
     return "\n".join(lines) + "\n"
 
@@ -348,9 +397,11 @@ class EmbeddedNats:
             fh.write(render_config(self.config))
 
     def reload(self, config: NatsServerConfig) -> None:
-        """Apply a changed config (e.g. users added or revoked) without a restart.
+        """Apply a changed config without a restart.
 
         nats-server re-reads its file on SIGHUP and closes connections whose user is gone.
+        With an auth callout, every reload (even of an unchanged file, nats-server 2.15.1)
+        closes every client the callout admitted: they reconnect and are asked about again.
         Listeners and ports cannot change this way.
         """
         self.config = config

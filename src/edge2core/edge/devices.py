@@ -1,8 +1,9 @@
 """Device identity: who may send photos to this site, and under which topics.
 
 Each device has a random secret. The registry keeps only hashes: SHA-256 to check HTTP bearer
-tokens quickly, bcrypt for the broker (nats-server checks bcrypt passwords itself). A device
-may publish only under its own topics; revoking it closes its broker connection at once.
+tokens quickly, bcrypt for the broker (checked by the edge's broker auth service, see
+`broker_auth`). A device may publish only under its own topics and connect over MQTT only with
+client ids of its own; revoking it closes its broker connection within seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import re
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +23,6 @@ import bcrypt
 from edge2core.common import topics
 from edge2core.common.events import ID_PATTERN, utcnow
 from edge2core.common.fsutil import write_atomic
-from edge2core.common.nats_server import NatsUser
 
 
 class DeviceRole(StrEnum):
@@ -29,10 +30,16 @@ class DeviceRole(StrEnum):
     SHOPPER = "shopper"
 
 
+#: MQTT client ids starting with this (and device ids, so that no device owns them) are the
+#: edge's own (`e2c-<site>-capture-<random>`...): no device may connect with one.
+EDGE_CLIENT_ID_PREFIX = "e2c-"
+
+
 class DeviceRefused(PermissionError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
-        self.reason = reason  # "unknown_device" or "revoked_device"
+        # "unknown_device", "revoked_device", "wrong_secret" or "client_id_not_owned"
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,27 @@ def device_permissions(site: str, device: Device) -> tuple[tuple[str, ...], tupl
     return (f"{prefix}.>",), (prefix, f"{prefix}.>")
 
 
+def is_edge_client_id(client_id: str) -> bool:
+    return client_id == EDGE_CLIENT_ID_PREFIX[:-1] or client_id.startswith(EDGE_CLIENT_ID_PREFIX)
+
+
+def client_id_owner(client_id: str, device_ids: Iterable[str]) -> str | None:
+    """The registered device an MQTT client id belongs to: the device whose id it is, or starts
+    with followed by '-'; the longest such id wins (`kiosk-7-a` is kiosk-7's, not kiosk's).
+    None: nobody's, or the edge's own (`EDGE_CLIENT_ID_PREFIX`)."""
+    if is_edge_client_id(client_id):
+        return None
+    owners = [d for d in device_ids if client_id == d or client_id.startswith(f"{d}-")]
+    return max(owners, key=len, default=None)
+
+
+def owns_client_id(device_id: str, client_id: str, device_ids: Iterable[str]) -> bool:
+    """Brokers key MQTT sessions by client id alone, so a client id is an identity: a device may
+    use its own id, or its id followed by '-' and anything, unless that is another registered
+    (or revoked) device's, or the edge's own."""
+    return client_id_owner(client_id, [device_id, *device_ids]) == device_id
+
+
 class DeviceRegistry:
     """A JSON file of devices, written atomically; safe to edit while the edge runs."""
 
@@ -69,6 +97,10 @@ class DeviceRegistry:
         self._lock = threading.Lock()
         self._devices: dict[str, Device] = {}
         self._mtime: float | None = None
+        # (device id, bcrypt hash) -> SHA-256 of the secret bcrypt accepted: a device's next
+        # connects (a reconnect storm after a restart) skip bcrypt. Memory only; a re-issued
+        # secret has another hash, so it never matches an old entry.
+        self._verified: dict[tuple[str, str], bytes] = {}
         self.refresh()
 
     def refresh(self) -> bool:
@@ -94,6 +126,8 @@ class DeviceRegistry:
         """Register a device; returns its secret (shown once, never stored in clear)."""
         if not re.match(ID_PATTERN, device_id):
             raise ValueError(f"device id {device_id!r} must match {ID_PATTERN}")
+        if is_edge_client_id(device_id):
+            raise ValueError(f"device ids starting with {EDGE_CLIENT_ID_PREFIX!r} are the edge's own")
         token = secrets.token_urlsafe(24)
         device = Device(
             id=device_id,
@@ -124,6 +158,38 @@ class DeviceRegistry:
     def list(self) -> list[Device]:
         return sorted(self._devices.values(), key=lambda d: d.id)
 
+    def get(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    def ids(self) -> list[str]:
+        """Every registered id, revoked ones too (their client ids stay theirs)."""
+        with self._lock:
+            return list(self._devices)
+
+    def authenticate_broker(self, device_id: str, password: str, client_id: str | None) -> Device:
+        """The broker's check: username = device id, password = its secret (bcrypt, tens of ms
+        the first time in this process: call it off any event loop), and an MQTT client id of
+        its own (`owns_client_id`); `client_id` None: not MQTT, no client id to check."""
+        with self._lock:
+            device, registered = self._devices.get(device_id), list(self._devices)
+        if device is None:
+            raise DeviceRefused("unknown_device", f"no device {device_id!r}; register it first")
+        if device.revoked:
+            raise DeviceRefused("revoked_device", f"device {device_id!r} is revoked")
+        digest = hashlib.sha256(password.encode()).digest()
+        known = self._verified.get((device.id, device.password_bcrypt))
+        if known is None or not secrets.compare_digest(known, digest):
+            if not bcrypt.checkpw(password.encode(), device.password_bcrypt.encode()):
+                raise DeviceRefused("wrong_secret", f"wrong secret for device {device_id!r}")
+            self._verified[(device.id, device.password_bcrypt)] = digest
+        if client_id is not None and not owns_client_id(device_id, client_id, registered):
+            raise DeviceRefused(
+                "client_id_not_owned",
+                f"device {device_id!r} may not use MQTT client id {client_id!r}: use its id or "
+                f"'{device_id}-<anything>'",
+            )
+        return device
+
     def authenticate(self, token: str) -> Device:
         digest = hashlib.sha256(token.encode()).hexdigest()
         for device in self._devices.values():
@@ -132,13 +198,3 @@ class DeviceRegistry:
                     raise DeviceRefused("revoked_device", f"device {device.id!r} is revoked")
                 return device
         raise DeviceRefused("unknown_device", "no device has this token; register it first")
-
-    def broker_users(self, site: str) -> tuple[NatsUser, ...]:
-        users = []
-        for device in self.list():
-            if device.revoked:
-                continue
-            publish, subscribe = device_permissions(site, device)
-            users.append(NatsUser(device.id, device.password_bcrypt, publish, subscribe))
-        return tuple(users)
-

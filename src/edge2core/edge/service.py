@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats
 import uvicorn
@@ -22,6 +22,7 @@ from edge2core.common.events import (
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
 from edge2core.common.nats_server import (
+    AuthCallout,
     EmbeddedNats,
     NatsServerConfig,
     NatsUser,
@@ -29,6 +30,7 @@ from edge2core.common.nats_server import (
 )
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
+from edge2core.edge.broker_auth import BrokerAuth, Issuer
 from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
@@ -61,24 +63,52 @@ log = get_logger(__name__)
 EVENTS_STREAM = "E2C_EVENTS"
 
 
+def _system_user() -> NatsUser:
+    return NatsUser("e2c-edge-system", secrets.token_urlsafe(24))
+
+
 @dataclass(frozen=True)
 class SiteAccess:
-    """Who may use this site's broker: registered devices, plus edge2core's own clients."""
+    """Who may use this site's broker: registered devices, each connection admitted (or not) by
+    the edge's auth callout service (`broker_auth`), plus edge2core's own clients, which bypass
+    it. No registry or no internal user: anyone may connect (`device_auth = false`)."""
 
     devices: DeviceRegistry | None
     internal: NatsUser | None
+    # A system-account user: the auth service disconnects revoked devices with it.
+    system: NatsUser = field(default_factory=_system_user)
+    # Signs the auth service's answers: made afresh per run, kept in memory (the server config
+    # holds only its public key).
+    issuer: Issuer = field(default_factory=Issuer)
+
+    @property
+    def enabled(self) -> bool:
+        return self.devices is not None and self.internal is not None
 
     def users(self, site: str) -> tuple[NatsUser, ...]:
+        """The server's own users: only edge2core's (devices come through the callout)."""
+        return (self.internal,) if self.enabled and self.internal is not None else ()
+
+    def auth_callout(self) -> AuthCallout | None:
+        if not self.enabled or self.internal is None:
+            return None
+        return AuthCallout(self.issuer.public_key, (self.internal.user, self.system.user))
+
+    def system_users(self) -> tuple[NatsUser, ...]:
+        return (self.system,) if self.enabled else ()
+
+    def broker_auth(self, site: str, url: str) -> BrokerAuth | None:
+        """The callout service for a server started with `edge_nats_config` (not started)."""
         if self.devices is None or self.internal is None:
-            return ()
-        return (*self.devices.broker_users(site), self.internal)
+            return None
+        return BrokerAuth(url, site, self.devices, self.issuer, self.internal, self.system)
 
 
 def site_access(settings: EdgeSettings) -> SiteAccess:
     if not settings.device_auth:
         return SiteAccess(None, None)
-    # A fresh secret per run for our own doors and NATS client; it never leaves this process
-    # (and the 0600 server config file).
+    # Fresh secrets per run for our own doors, NATS clients and auth service; they never leave
+    # this process (and the 0600 server config file).
     internal = NatsUser("e2c-edge-internal", secrets.token_urlsafe(24))
     return SiteAccess(DeviceRegistry(settings.data_dir / "devices.json"), internal)
 
@@ -103,6 +133,8 @@ def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -
         jetstream_domain=settings.jetstream_domain,
         leafnode_remotes=(core_leaf_remote(settings),) if settings.core_leaf_url else (),
         users=access.users(settings.site) if access else (),
+        auth_callout=access.auth_callout() if access else None,
+        system_users=access.system_users() if access else (),
     )
 
 
@@ -306,17 +338,17 @@ async def supervised(name: str, run: Callable[[], Awaitable[None]], delay_s: flo
             await asyncio.sleep(delay_s)
 
 
-async def watch_devices(
-    settings: EdgeSettings, access: SiteAccess, server: EmbeddedNats, every_s: float = 2.0
-) -> None:
-    """Apply `edge2core edge devices add/revoke` to the running broker within seconds."""
-    assert access.devices is not None
+async def watch_devices(auth: BrokerAuth, every_s: float = 2.0) -> None:
+    """Apply `edge2core edge devices add/revoke` to the running broker within seconds.
+
+    A device added is admitted at once (the auth service reads the registry on each connect);
+    this closes connections the registry no longer allows: revoked or re-issued devices, client
+    ids that became another device's. The server is never reloaded: any reload closes every
+    connection the auth callout admitted.
+    """
     while True:
         await asyncio.sleep(every_s)
-        if access.devices.refresh():
-            server.reload(edge_nats_config(settings, access))
-            log.info("device registry changed; broker users reloaded",
-                     devices=len(access.devices.broker_users(settings.site)))
+        await asyncio.to_thread(auth.enforce)
 
 
 async def serve_edge(settings: EdgeSettings) -> None:
@@ -328,6 +360,9 @@ async def serve_edge(settings: EdgeSettings) -> None:
     # replaces it as the devices' MQTT door.
     server = EmbeddedNats(edge_nats_config(settings, access), work_dir=settings.data_dir / "nats")
     server.start()  # in this thread: the server is tied to the thread that starts it
+    auth = access.broker_auth(settings.site, server.client_url)
+    if auth is not None:  # before anything else: devices reconnecting now need it
+        await asyncio.to_thread(auth.start)
     internal = access.internal
     client = await nats.connect(
         server.client_url,
@@ -351,14 +386,15 @@ async def serve_edge(settings: EdgeSettings) -> None:
     ]
     if link is not None:
         tasks.append(asyncio.create_task(supervised("leaf-link", link.run), name="leaf-link"))
-    if access.devices is not None:
+    if auth is not None:
         tasks += [
+            asyncio.create_task(supervised("devices", lambda: watch_devices(auth)), name="devices"),
             asyncio.create_task(
-                supervised("devices", lambda: watch_devices(settings, access, server)),
-                name="devices",
-            ),
-            asyncio.create_task(
-                supervised("auth-failures", lambda: watch_auth_failures(server.config.monitor_url)),
+                supervised(
+                    "auth-failures",
+                    # The auth service counts its own refusals; this counts the rest once each.
+                    lambda: watch_auth_failures(server.config.monitor_url, skip=auth.refused),
+                ),
                 name="auth-failures",
             ),
         ]
@@ -386,4 +422,6 @@ async def serve_edge(settings: EdgeSettings) -> None:
         await client.drain()
         await parts.core.aclose()
         parts.spool.close()
+        if auth is not None:
+            auth.stop()
         server.stop()

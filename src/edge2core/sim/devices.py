@@ -34,7 +34,7 @@ class Kiosk:
     def __init__(self, endpoint: MqttEndpoint, site: str, device: str) -> None:
         self.site = site
         self.device = device
-        self._client = make_client(endpoint, f"kiosk-{site}-{device}")
+        self._client = make_client(endpoint, f"{device}-sim")  # a device uses ids of its own
         _connect(self._client, endpoint)
 
     def send(
@@ -78,7 +78,7 @@ class Shopper:
         self.device = device
         self._pending: dict[str, tuple[threading.Event, list[Reply], float]] = {}
         self._lock = threading.Lock()
-        self._client = make_client(endpoint, f"shopper-{site}-{device}")
+        self._client = make_client(endpoint, f"{device}-sim")
         self._client.on_message = self._on_message
         _connect(self._client, endpoint)
         subscribed = threading.Event()

@@ -1,0 +1,478 @@
+"""Who may connect to the site's broker, decided by the edge: nats-server's auth callout.
+
+MQTT brokers key sessions by client id alone. A registered kiosk that connected with the edge's
+own client id replaced the edge's persistent session and the broker dropped 8 of 10 captures it
+had acknowledged (field case 14). nats-server has no setting that ties client ids to users, but
+its auth callout hands every connecting client's username, password and MQTT client id to a
+service, which answers with the client's account and permissions, or an error. This module is
+that service; it runs in the edge process, in a thread of its own (its own event loop: a busy
+edge loop never delays a connect), with a NATS connection as edge2core's internal user (which,
+like the edge's own doors, is in the server's `auth_users` and bypasses the callout):
+
+* the device registry decides as before: username = device id, password = its secret (bcrypt,
+  in a small thread pool), unknown and revoked devices refused, the same per-device permissions
+  (`device_permissions`), in the account the edge's own clients use (the global account);
+* an MQTT client id must be the device's own (`owns_client_id`: its id, or its id followed by
+  '-' and anything; never another device's, never the edge's `e2c-...`);
+* a refusal is answered with an error (the device gets CONNACK "not authorised"), logged with
+  device, client id and reason, and counted in `e2c_devices_refused_total{door, reason}`;
+* `enforce()` (every couple of seconds) disconnects connections admitted earlier that are no
+  longer valid: device revoked or re-issued, or its client id now another device's. It kicks
+  them through the system account (`$SYS.REQ.SERVER.<id>.KICK`).
+
+Requests and answers are JWTs signed with ed25519 nkeys: the server signs requests with its
+server key; answers are signed with an issuer (account) key generated afresh for each edge run
+and kept only in memory; the server config holds its public half. nkeys are encoded here with
+`cryptography`, already a dependency (the `nkeys` package is an optional extra of nats-py,
+not installed, and would bring PyNaCl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from edge2core.common.logging import get_logger
+from edge2core.common.metrics import DEVICES_REFUSED
+from edge2core.common.nats_server import NatsUser
+from edge2core.edge.devices import (
+    Device,
+    DeviceRefused,
+    DeviceRegistry,
+    device_permissions,
+    owns_client_id,
+)
+
+log = get_logger(__name__)
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+KICK_SUBJECT = "$SYS.REQ.SERVER.{server_id}.KICK"
+DISCONNECT_EVENTS = "$SYS.ACCOUNT.*.DISCONNECT"
+#: nats-server's global account: where edge2core's own clients, JetStream and the leaf link are.
+GLOBAL_ACCOUNT = "$G"
+REQUEST_AUDIENCE = "nats-authorization-request"
+
+# nkey prefix bytes (first byte of the decoded key): what kind of key it is.
+PREFIX_ACCOUNT = 0  # "A..."
+PREFIX_SERVER = 13 << 3  # "N..."
+PREFIX_USER = 20 << 3  # "U..."
+
+_JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
+
+
+# --------------------------------------------------------------------------- nkeys and JWTs
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16/XMODEM, the checksum nkeys append (little-endian)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def encode_public_key(prefix: int, raw: bytes) -> str:
+    body = bytes([prefix]) + raw
+    crc = _crc16(body)
+    return base64.b32encode(body + bytes([crc & 0xFF, crc >> 8])).decode().rstrip("=")
+
+
+def decode_public_key(prefix: int, key: str) -> bytes:
+    """The 32 raw ed25519 bytes of a public nkey of the given kind; ValueError if it is not."""
+    try:
+        data = base64.b32decode(key + "=" * (-len(key) % 8))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an nkey: {key!r}") from exc
+    body, crc = data[:-2], data[-2:]
+    if len(body) != 33 or body[0] != prefix or _crc16(body) != crc[0] | crc[1] << 8:
+        raise ValueError(f"not a public nkey of kind {prefix}: {key!r}")
+    return body[1:]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Issuer:
+    """An account nkey made for this run only: it signs the answers; nats-server trusts its
+    public half (`public_key`, "A...", in the server config). Never written anywhere."""
+
+    def __init__(self) -> None:
+        self._key = Ed25519PrivateKey.generate()
+        raw = self._key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.public_key = encode_public_key(PREFIX_ACCOUNT, raw)
+
+    def __repr__(self) -> str:
+        return f"Issuer({self.public_key})"
+
+    def encode(self, claims: dict[str, Any]) -> str:
+        """A signed JWT (nats-io/jwt v2 layout): `iss` and `iat` added, `jti` a hash."""
+        claims = {**claims, "iat": int(time.time()), "iss": self.public_key}
+        digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+        claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+        signing_input = f"{_b64(json.dumps(_JWT_HEADER).encode())}.{_b64(json.dumps(claims).encode())}"
+        return f"{signing_input}.{_b64(self._key.sign(signing_input.encode()))}"
+
+
+def decode_request(token: str | bytes) -> dict[str, Any]:
+    """An authorization request's claims, once its signature by the server's key (its `iss`,
+    the server id) is checked; ValueError otherwise."""
+    if isinstance(token, bytes):
+        token = token.decode("ascii", errors="replace")
+    try:
+        header_b64, claims_b64, signature_b64 = token.split(".")
+        header = json.loads(_b64decode(header_b64))
+        claims = json.loads(_b64decode(claims_b64))
+        signature = _b64decode(signature_b64)
+    except ValueError as exc:
+        raise ValueError("not a JWT") from exc
+    if header.get("alg") != _JWT_HEADER["alg"]:
+        raise ValueError(f"unexpected JWT algorithm {header.get('alg')!r}")
+    issuer = str(claims.get("iss", ""))
+    key = Ed25519PublicKey.from_public_bytes(decode_public_key(PREFIX_SERVER, issuer))
+    try:
+        key.verify(signature, f"{header_b64}.{claims_b64}".encode())
+    except InvalidSignature as exc:
+        raise ValueError("authorization request signature does not verify") from exc
+    nats_part = claims.get("nats") or {}
+    if (claims.get("aud") != REQUEST_AUDIENCE or nats_part.get("type") != "authorization_request"
+            or (nats_part.get("server_id") or {}).get("id") != issuer):
+        raise ValueError("not an authorization request from the server that signed it")
+    decode_public_key(PREFIX_USER, str(nats_part.get("user_nkey", "")))
+    return claims
+
+
+def user_claims(user_nkey: str, device_id: str, publish: tuple[str, ...],
+                subscribe: tuple[str, ...]) -> dict[str, Any]:
+    """The user the server should make of an admitted device: named after it, in the global
+    account, allowed only its own subjects, no other limits."""
+    return {
+        "sub": user_nkey,
+        "aud": GLOBAL_ACCOUNT,  # non-operator mode: the account to place the user in
+        "name": device_id,
+        "nats": {
+            "pub": {"allow": list(publish)},
+            "sub": {"allow": list(subscribe)},
+            "subs": -1,
+            "data": -1,
+            "payload": -1,
+            "type": "user",
+            "version": 2,
+        },
+    }
+
+
+def response_claims(request: dict[str, Any], *, user_jwt: str | None = None,
+                    error: str | None = None) -> dict[str, Any]:
+    """The answer to `request`: exactly one of a user JWT or an error."""
+    if (user_jwt is None) == (error is None):
+        raise ValueError("an answer carries a user JWT or an error")
+    nats_part = request["nats"]
+    answer: dict[str, Any] = {"type": "authorization_response", "version": 2}
+    answer.update({"jwt": user_jwt} if user_jwt is not None else {"error": error})
+    return {"sub": nats_part["user_nkey"], "aud": nats_part["server_id"]["id"], "nats": answer}
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What a connection was admitted as: checked again when the registry changes."""
+
+    device: str
+    password_bcrypt: str
+    client_id: str | None
+
+
+@dataclass(frozen=True)
+class Connecting:
+    """The facts of one authorization request that matter here."""
+
+    cid: int
+    username: str
+    password: str
+    client_id: str | None  # None: not MQTT (no client id to own)
+    door: str  # "mqtt", "nats" or "websocket": the metric's label
+    host: str
+
+    @classmethod
+    def from_request(cls, claims: dict[str, Any]) -> Connecting:
+        nats_part = claims["nats"]
+        info = nats_part.get("client_info") or {}
+        options = nats_part.get("connect_opts") or {}
+        kind = str(info.get("type") or "nats")
+        return cls(
+            cid=int(info.get("id") or 0),
+            username=str(options.get("user") or ""),
+            password=str(options.get("pass") or ""),
+            # MQTT over TCP and over WebSockets alike; an empty id is the broker's random one.
+            client_id=str(info.get("mqtt_id") or "") if kind == "mqtt" else None,
+            door=kind,
+            host=str(info.get("host") or ""),
+        )
+
+
+class BrokerAuth:
+    """The auth callout service of one site's broker (see the module docstring).
+
+    `start()` connects and subscribes, in a thread with its own event loop, and returns once the
+    server would reach it; `stop()` undoes it. `enforce()` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        site: str,
+        devices: DeviceRegistry,
+        issuer: Issuer,
+        internal: NatsUser,
+        system: NatsUser | None = None,
+        *,
+        workers: int | None = None,
+    ) -> None:
+        self.url = url
+        self.site = site
+        self.devices = devices
+        self.issuer = issuer
+        self._internal = internal
+        self._system = system
+        # bcrypt releases the GIL: as many checks at once as there are cores.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers or max(2, os.cpu_count() or 2), thread_name_prefix="e2c-broker-auth"
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._nc: NatsClient | None = None
+        self._sys: NatsClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server_id: str | None = None
+        self._admitted: dict[int, Admitted] = {}
+        # Connections this service refused (the broker then closes them with "Authentication
+        # Failure"): `broker_watch` skips them, so each refusal is counted once.
+        self._refused_order: deque[int] = deque(maxlen=8192)
+        self._refused: set[int] = set()
+        self._refused_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 10.0) -> BrokerAuth:
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="e2c-broker-auth", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._connect(), loop).result(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("broker auth service up", issuer=self.issuer.public_key, site=self.site)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _connect(self) -> None:
+        common: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+        self._nc = await nats.connect(
+            self.url, user=self._internal.user, password=self._internal.password,
+            name="e2c-broker-auth", **common,
+        )
+        await self._nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        await self._nc.flush()
+        if self._system is not None:
+            self._sys = await nats.connect(
+                self.url, user=self._system.user, password=self._system.password,
+                name="e2c-broker-auth-system", **common,
+            )
+            await self._sys.subscribe(DISCONNECT_EVENTS, cb=self._on_disconnect)
+            await self._sys.flush()
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for client in (self._nc, self._sys):
+            if client is not None and not client.is_closed:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+    # ------------------------------------------------------------------ requests
+
+    def refused(self, cid: int) -> bool:
+        """Whether this service refused (and counted) the broker connection `cid`."""
+        with self._refused_lock:
+            return cid in self._refused
+
+    def _remember_refusal(self, cid: int) -> None:
+        with self._refused_lock:
+            if len(self._refused_order) == self._refused_order.maxlen:
+                self._refused.discard(self._refused_order[0])
+            self._refused_order.append(cid)
+            self._refused.add(cid)
+
+    async def _on_request(self, msg: Msg) -> None:
+        # nats-py runs one callback at a time per subscription: answer each request in a task
+        # of its own, so one device's bcrypt check never holds up another's connect.
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            request = decode_request(msg.data)
+        except ValueError as exc:
+            # Nothing to answer to (no trustworthy user key or server id): the server times
+            # the client out, which refuses it.
+            log.warning("broker auth: unreadable authorization request", error=str(exc))
+            return
+        self._server_id = request["nats"]["server_id"]["id"]
+        who = Connecting.from_request(request)
+        loop = asyncio.get_running_loop()
+        try:
+            # Checked even if the request has expired meanwhile: a good secret is remembered,
+            # so the device's next attempt is answered at once.
+            device, admitted = await loop.run_in_executor(self._pool, self._decide, who)
+            if self._expired(request):
+                self._too_late(who)
+                return
+        except DeviceRefused as refusal:
+            if self._expired(request):
+                self._too_late(who)
+                return
+            answer = response_claims(request, error=f"{refusal.reason}: {refusal}")
+            self._refuse(who, refusal.reason, str(refusal))
+        except Exception as exc:  # a bug or an unreadable registry: refuse, never admit
+            log.exception("broker auth failed; refusing the client", device=who.username)
+            answer = response_claims(request, error="internal_error")
+            self._refuse(who, "internal_error", repr(exc))
+        else:
+            publish, subscribe = device_permissions(self.site, device)
+            user = self.issuer.encode(
+                user_claims(request["nats"]["user_nkey"], device.id, publish, subscribe)
+            )
+            answer = response_claims(request, user_jwt=user)
+            self._admitted[who.cid] = admitted
+        if msg.reply:
+            await msg.respond(self.issuer.encode(answer).encode())
+
+    @staticmethod
+    def _too_late(who: Connecting) -> None:
+        # The server stopped waiting (its auth timeout, e.g. the edge was stalled) and refused
+        # the client already; `broker_watch` counts that one. Nothing to answer any more.
+        log.warning("broker auth: request answered after the broker's deadline", cid=who.cid,
+                    device=who.username, client_id=who.client_id)
+
+    @staticmethod
+    def _expired(request: dict[str, Any]) -> bool:
+        expires = request.get("exp")
+        # `exp` is the server's deadline cut to whole seconds: one second of slack.
+        return isinstance(expires, int | float) and time.time() > expires + 1
+
+    def _decide(self, who: Connecting) -> tuple[Device, Admitted]:
+        """In the thread pool: registry file and bcrypt."""
+        self.devices.refresh()  # a device added a moment ago may connect at once
+        device = self.devices.authenticate_broker(who.username, who.password, who.client_id)
+        return device, Admitted(device.id, device.password_bcrypt, who.client_id)
+
+    def _refuse(self, who: Connecting, reason: str, detail: str) -> None:
+        self._remember_refusal(who.cid)
+        DEVICES_REFUSED.labels(door=who.door, reason=reason).inc()
+        log.warning("broker refused a device", device=who.username, client_id=who.client_id,
+                    reason=reason, detail=detail, ip=who.host, door=who.door)
+
+    # ------------------------------------------------------------------ after the connect
+
+    async def _on_disconnect(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            self._admitted.pop(int(json.loads(msg.data)["client"]["id"]), None)
+
+    def _stale(self, admitted: Admitted, ids: list[str]) -> str | None:
+        device = self.devices.get(admitted.device)
+        if device is None:
+            return "unknown_device"
+        if device.revoked:
+            return "revoked_device"
+        if device.password_bcrypt != admitted.password_bcrypt:
+            return "secret_reissued"
+        if admitted.client_id is not None and not owns_client_id(device.id, admitted.client_id, ids):
+            return "client_id_not_owned"
+        return None
+
+    async def _enforce(self) -> list[int]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.devices.refresh)
+        ids = self.devices.ids()
+        stale = {cid: reason for cid, admitted in list(self._admitted.items())
+                 if (reason := self._stale(admitted, ids)) is not None}
+        kicked = []
+        for cid, reason in stale.items():
+            admitted = self._admitted.pop(cid, None)
+            if admitted is None:  # gone meanwhile
+                continue
+            if await self._kick(cid):
+                kicked.append(cid)
+                log.warning("broker connection of a device closed", device=admitted.device,
+                            client_id=admitted.client_id, reason=reason, cid=cid)
+        return kicked
+
+    async def _kick(self, cid: int) -> bool:
+        if self._sys is None or self._server_id is None:
+            log.error("cannot disconnect a device: no system account connection", cid=cid)
+            return False
+        subject = KICK_SUBJECT.format(server_id=self._server_id)
+        try:
+            reply = await self._sys.request(subject, json.dumps({"cid": cid}).encode(), timeout=2)
+            error = json.loads(reply.data).get("error")
+        except Exception as exc:
+            log.warning("kicking a broker connection failed", cid=cid, error=repr(exc))
+            return False
+        return not error  # "no such client": it had gone already
+
+    def enforce(self, timeout: float = 10.0) -> list[int]:
+        """Close connections admitted earlier that the registry no longer allows (revoked or
+        re-issued devices, client ids now another device's); returns their connection ids."""
+        if self._loop is None:
+            return []
+        return asyncio.run_coroutine_threadsafe(self._enforce(), self._loop).result(timeout)
+
+    def admitted(self) -> dict[int, Admitted]:
+        """Open connections this service admitted, by connection id (a copy)."""
+        return self._admitted.copy()
