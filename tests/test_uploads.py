@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import socket
 import struct
 import time
@@ -516,3 +517,102 @@ def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
     assert [p["sku"] for p in listed.json()] == ["SKU-1"]
     assert client.get("/v1/products", headers={"Authorization": site}).status_code == 401
     assert client.get("/healthz").status_code == 200
+
+
+# --- no input gets a 500 --------------------------------------------------------------------
+
+_LEAKS = re.compile(r'Traceback|File "|\.py\b|/tmp/|/work/|line \d+')
+
+
+def assert_refused_cleanly(response: httpx.Response, status: int | None = None) -> None:
+    """A 4xx (the one expected, if given) with `{"error", "detail"}` and no internals."""
+    request = response.request
+    what = f"{request.method} {request.headers} -> {response.status_code} {response.text}"
+    assert 400 <= response.status_code < 500, what
+    if status is not None:
+        assert response.status_code == status, what
+    if request.method != "HEAD":
+        body = response.json()
+        assert set(body) == {"error", "detail"}, what
+        assert isinstance(body["error"], str) and isinstance(body["detail"], str), what
+        assert not _LEAKS.search(response.text), what
+
+
+def b64(raw: bytes | str) -> str:
+    return base64.b64encode(raw.encode() if isinstance(raw, str) else raw).decode()
+
+
+def test_no_input_gets_a_500(core: Core) -> None:
+    data = noisy_jpeg(20)
+    record = record_for(data)
+    sha = record.sha256
+    good_meta = upload_metadata(record)
+    deep = "[" * 5000 + "]" * 5000
+
+    def post(
+        path: str, length: str | bytes, meta: str | bytes, **extra: str | bytes
+    ) -> httpx.Response:
+        return core.http.post(path, headers={**TUS, "Upload-Length": length,
+                                             "Upload-Metadata": meta, **extra})
+
+    for path in (f"/v1/uploads/{sha}", "/v1/uploads"):
+        for length in ("abc", "-5", "+5", "1e3", "12.5", "", "0", "5_000", "9" * 100,
+                       "\u0663".encode()):
+            assert_refused_cleanly(post(path, length, good_meta), 400)
+        for length, status in (("99999999999999999999", 422), (str(len(data) + 1), 422)):
+            assert_refused_cleanly(post(path, length, good_meta), status)
+        for meta in ("record !!!not-base64", "record " + b64("not json"), "record " + b64("{"),
+                     "record " + b64('{"site": "store-1"}'), "record " + b64(b"\xff\xfe\x00"),
+                     b"record \xc3\xa4\xc3\xb6", "record " + b64(deep), "record " + b64("[]"),
+                     f"{good_meta},{good_meta}", "sha256 " + b64("XYZ"), "filename " + b64("a.jpg"),
+                     "sha256 " + b64(sha) + ",site " + b64("store-1") + ",width " + b64("wide"),
+                     "sha256 " + b64(sha) + ",top_guesses " + b64("nope"),
+                     "sha256 " + b64(sha) + ",top_guesses " + b64(deep),
+                     "sha256 " + b64(sha) + ",sku " + b64("K\u00e4se-01"),
+                     "record " + b64(record.model_dump_json().replace("store-1", "x" * 80))):
+            assert_refused_cleanly(post(path, str(len(data)), meta))
+        assert_refused_cleanly(post(path, str(len(data)), "", **{"X-E2C-Meta": "{"}), 400)
+        non_ascii = b'{"site": "\xc3\xa4"}'
+        assert_refused_cleanly(post(path, str(len(data)), "", **{"X-E2C-Meta": non_ascii}), 400)
+        no_tus = core.http.post(path, headers={"Tus-Resumable": "0.2.2", "Upload-Length": "5",
+                                               "Upload-Metadata": good_meta})
+        assert_refused_cleanly(no_tus, 412)
+    assert_refused_cleanly(post("/v1/uploads/" + "A" * 64, str(len(data)), good_meta), 400)
+
+    assert core.create(record).status_code == 201
+    for offset in ("abc", "-1", "", "+0", "0x10", "9" * 100, "\u0663".encode()):
+        assert_refused_cleanly(core.patch(sha, 0, b"x", **{"Upload-Offset": offset}), 400)
+    for offset in ("99999999999999999999", str(len(data) + 10), "5"):
+        refused = core.patch(sha, 0, b"x", **{"Upload-Offset": offset})
+        assert_refused_cleanly(refused, 409)
+        assert refused.headers["Upload-Offset"] == "0"
+    for content_type in ("", "image/jpeg", "application/octet-stream", "\u00e4".encode()):
+        assert_refused_cleanly(core.patch(sha, 0, b"x", **{"Content-Type": content_type}), 415)
+    assert_refused_cleanly(core.patch("not-a-sha", 0, b"x"), 400)
+    assert_refused_cleanly(core.patch("0" * 64, 0, b"x"), 404)
+    assert_refused_cleanly(core.http.delete("/v1/uploads/not-a-sha", headers=TUS), 400)
+    assert_refused_cleanly(core.http.delete("/v1/uploads/" + "0" * 64, headers=TUS), 404)
+    assert_refused_cleanly(core.head("not-a-sha"), 400)
+    # Media types are case-insensitive (RFC 9110), parameters allowed.
+    mixed = core.patch(sha, 0, data[:100], **{"Content-Type": "Application/Offset+Octet-Stream"})
+    assert (mixed.status_code, mixed.headers["Upload-Offset"]) == (204, "100")
+    done = core.patch(sha, 100, data[100:],
+                      **{"Content-Type": "APPLICATION/OFFSET+OCTET-STREAM; charset=binary"})
+    assert done.status_code == 204 and done.headers["X-E2C-Key"] == image_key(sha)
+    assert core.rows() == 1
+    other = noisy_jpeg(22)
+    assert core.create(record_for(other)).status_code == 201
+    assert_refused_cleanly(core.patch(hashlib.sha256(other).hexdigest(), 0, other + b"more"), 413)
+
+
+def test_a_torn_upload_record_is_no_upload(core: Core) -> None:
+    """Metadata that is not what the core wrote (a disk fault, a hand edit) is dropped rather
+    than answered with a 500; the upload starts again."""
+    data = noisy_jpeg(21)
+    record = record_for(data)
+    assert core.create(record).status_code == 201
+    (core.services.receiver.uploads.dir / f"{record.sha256}.json").write_text("{not json")
+    assert core.head(record.sha256).status_code == 404
+    assert_refused_cleanly(core.patch(record.sha256, 0, data), 404)
+    assert core.create(record).status_code == 201
+    assert core.patch(record.sha256, 0, data).status_code == 204

@@ -7,6 +7,11 @@ so after a crash the upload resumes from a point that is really on disk (the par
 back to it). Because the id is the content hash, a retry after any failure finds the same
 upload, and an upload of a photo the core already holds completes at once.
 
+"All bytes received" is not "stored": the upload is forgotten only once the photo is in the
+object store and recorded. If finishing fails (the object store refuses the write), the upload
+stays, complete, and a PATCH with an empty body at `Upload-Offset` = `Upload-Length` finishes it
+again; until then nothing answers with the stored key, which is the client's only proof.
+
 Locks are per process: run one core process per staging folder, or route an upload's requests
 to the same process.
 """
@@ -26,14 +31,18 @@ from typing import TYPE_CHECKING
 
 from edge2core.common.events import PhotoRecord, utcnow
 from edge2core.common.fsutil import write_atomic
+from edge2core.common.logging import get_logger
 
 if TYPE_CHECKING:
-    from edge2core.core.receiver import ImageReceiver, Receipt
+    from edge2core.core.receiver import ImageReceiver, Receipt, UploadError
+
+log = get_logger(__name__)
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"
 _PURGE_EVERY_S = 60.0
 _HASH_BLOCK = 1 << 20
+_RETRY_AFTER_S = "5"
 
 
 class ClientGone(Exception):
@@ -102,6 +111,10 @@ class ResumableUploads:
             state = UploadState.from_json(self._meta(sha256).read_bytes())
         except FileNotFoundError:
             return None
+        except (ValueError, KeyError, TypeError):
+            # Not written by `_save` (which is atomic): nothing can be finished from it.
+            self.discard(sha256)
+            return None
         if state.expires_at <= utcnow():
             self.discard(sha256)
             return None
@@ -150,7 +163,37 @@ class ResumableUploads:
     # --- tus operations ----------------------------------------------------------------------
 
     def create(self, record: PhotoRecord, length: int) -> tuple[UploadState, bool]:
-        """POST: start an upload, or find the one already there. True if it is new."""
+        """POST by id: start an upload, or find the one already there. True if it is new."""
+        self._check_length(record, length)
+        self._purge_now_and_then()
+        now = utcnow()
+        if (done := self._receiver.existing(record.sha256)) is not None:
+            state = UploadState(record, length, length, now, now, done=done)
+            return state, False
+        if (state := self.state(record.sha256)) is not None:
+            return state, False
+        return self._start(record, length), True
+
+    async def restart(self, record: PhotoRecord, length: int) -> UploadState:
+        """POST to the collection (a stock tus client): a new upload at offset 0, always.
+
+        A stock client PATCHes from 0 after its POST whatever the answer says (tuspy ignores
+        `Upload-Offset` there), so the only answer it can use is a fresh upload: an earlier
+        partial upload of the same photo is dropped, and a photo already stored is received
+        again and acknowledged as a replay when it completes (stored once, under one key).
+        Clients that keep the upload's URL resume with HEAD instead.
+        """
+        from edge2core.core.receiver import UploadError
+
+        self._check_length(record, length)
+        lock = self._locks.setdefault(record.sha256, asyncio.Lock())
+        if lock.locked():
+            raise UploadError(423, "upload_busy", "another request is appending to this upload")
+        async with lock:
+            await asyncio.to_thread(self._purge_now_and_then)
+            return await asyncio.to_thread(self._start, record, length)
+
+    def _check_length(self, record: PhotoRecord, length: int) -> None:
         from edge2core.core.receiver import UploadError
 
         if length != record.size:
@@ -159,20 +202,20 @@ class ResumableUploads:
             )
         if length > self._receiver.max_bytes:
             raise UploadError(413, "too_large", f"over {self._receiver.max_bytes} bytes")
+
+    def _purge_now_and_then(self) -> None:
         if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
             self.purge_expired()
+
+    def _start(self, record: PhotoRecord, length: int) -> UploadState:
+        """A new, empty upload; whatever partial upload had this id is dropped."""
+        self.discard(record.sha256)
         now = utcnow()
-        if (done := self._receiver.existing(record.sha256)) is not None:
-            state = UploadState(record, length, length, now, now, done=done)
-            return state, False
-        if (state := self.state(record.sha256)) is not None:
-            return state, False
         state = UploadState(record, length, 0, now, now + timedelta(seconds=self.expiry_s))
-        part = self._part(record.sha256)
-        with part.open("wb") as fh:
+        with self._part(record.sha256).open("wb") as fh:
             os.fsync(fh.fileno())
         self._save(state)
-        return state, True
+        return state
 
     def head(self, sha256: str) -> UploadState | None:
         """HEAD: the durable offset; a stored photo reads as a finished upload."""
@@ -233,14 +276,24 @@ class ResumableUploads:
             return state
 
     async def _write(self, state: UploadState, hasher: hashlib._Hash, body: AsyncIterable[bytes]) -> bool:
-        """Append, then fsync and record the new offset even if the client vanished mid-way."""
+        """Append, then fsync and record the new offset even if the client vanished mid-way.
+
+        True if the client went away. A failing staging disk (full, read-only) is the core's
+        fault, not the client's: what was written is kept and the request ends in a 503.
+        """
         from starlette.requests import ClientDisconnect
 
         from edge2core.core.receiver import UploadError
 
         gone = False
         too_long = False
-        fd = os.open(self._part(state.sha256), os.O_WRONLY)
+        disk_error: OSError | None = None
+        try:
+            # O_CREAT: the part file may be gone (moved into the store by a finish that then
+            # failed to record the photo); the offset then reads 0 and the upload starts over.
+            fd = os.open(self._part(state.sha256), os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _staging_failed(state, exc) from exc
         try:
             os.ftruncate(fd, state.offset)  # drop bytes past the durable offset (a crash's tail)
             os.lseek(fd, state.offset, os.SEEK_SET)
@@ -250,7 +303,11 @@ class ResumableUploads:
                     room = state.length - state.offset - written
                     if len(chunk) > room:
                         chunk, too_long = chunk[:room], True
-                    _write_all(fd, chunk)
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as exc:
+                        disk_error = exc
+                        break
                     hasher.update(chunk)
                     written += len(chunk)
                     if too_long:
@@ -261,8 +318,12 @@ class ResumableUploads:
                     await asyncio.shield(self._checkpoint(fd, state, written, hasher))
                     raise
             await self._checkpoint(fd, state, written, hasher)
+        except OSError as exc:  # truncating, or fsync'ing and recording the offset
+            raise _staging_failed(state, exc) from exc
         finally:
             os.close(fd)
+        if disk_error is not None:
+            raise _staging_failed(state, disk_error)
         if too_long:
             raise UploadError(
                 413, "exceeds_length", f"the body goes past Upload-Length {state.length}",
@@ -285,6 +346,8 @@ class ResumableUploads:
         if cached is not None and cached[0] == offset:
             return cached[1]
         hasher = hashlib.sha256()  # after a restart: rehash what is on disk
+        if offset == 0:
+            return hasher
         with self._part(sha256).open("rb") as fh:
             remaining = offset
             while remaining > 0:
@@ -299,21 +362,48 @@ class ResumableUploads:
         """All bytes are here: verify, privacy re-check, store, record; then forget the upload.
 
         A refusal (wrong hash, metadata left, not an image) ends the upload for good. Any other
-        failure (the object store is down) keeps it complete, and a repeat of the final PATCH
-        (offset == length, empty body) tries again.
+        failure (the object store refuses the write, the database is down) keeps it, complete
+        and unfinished, and answers 503 without a key: the client must not take the bytes'
+        arrival for storage. A PATCH with an empty body at offset == length tries again.
         """
         from edge2core.core.receiver import UploadError
 
         try:
             self._receiver.verify(state.record, digest, state.offset)
-            receipt = self._receiver.accept(
-                state.record, self._part(state.sha256), keep_on_failure=True
-            )
+            # Already stored (sent again by a client that lost its answer) or erased: the
+            # receipt stands and nothing is written twice.
+            receipt = self._receiver.existing(state.sha256)
+            if receipt is None:
+                receipt = self._receiver.accept(
+                    state.record, self._part(state.sha256), keep_on_failure=True
+                )
         except UploadError:
             self.discard(state.sha256)
             raise
+        except Exception as exc:
+            log.exception("finishing an upload failed; it is kept for another try",
+                          sha256=state.sha256, size=state.length)
+            raise UploadError(
+                503, "store_unavailable",
+                "all bytes arrived but the photo could not be stored yet; finish the upload "
+                "again later (PATCH with an empty body at Upload-Offset = Upload-Length)",
+                {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+            ) from exc
         self.discard(state.sha256)
         return receipt
+
+
+def _staging_failed(state: UploadState, exc: OSError) -> UploadError:
+    """The core could not write an upload's bytes (its own disk): a 503 naming no path."""
+    from edge2core.core.receiver import UploadError
+
+    log.error("writing an upload's bytes failed", sha256=state.sha256,
+              errno=exc.errno, error=exc.strerror)
+    return UploadError(
+        503, "staging_unavailable",
+        "the core could not keep the bytes; HEAD says how many it holds, resume from there",
+        {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -41,13 +42,54 @@ TUS_VERSION = "1.0.0"
 
 
 def _transient(status: int) -> bool:
-    return status in (408, 423, 425, 429) or status >= 500
+    """Worth retrying: overload and server faults, and any answer that is not a refusal at all
+    (a 2xx or 3xx that was not the expected one proves nothing, so it is never a rejection)."""
+    return status < 400 or status in (408, 423, 425, 429) or status >= 500
+
+
+def _header_json(record: PhotoRecord) -> str:
+    """The record as JSON for an HTTP header: ASCII only (non-ASCII text escaped), since a
+    header is Latin-1 at best and one odd character in a guess must not stall forwarding."""
+    return json.dumps(record.model_dump(mode="json"), ensure_ascii=True, separators=(",", ":"))
+
+
+def _proven(receipt: dict, record: PhotoRecord) -> dict:
+    """`receipt` if it proves the core kept the photo (it names the stored object's key) or
+    erased it for good; else the upload is not done, whatever the status said."""
+    if receipt.get("sha256", record.sha256) != record.sha256:
+        raise TransientUploadError("the core's receipt names another photo")
+    if receipt.get("erased") is True:
+        return receipt
+    key = receipt.get("key")
+    if not isinstance(key, str) or not key:
+        raise TransientUploadError("the core answered without the stored key: not proof")
+    return receipt
+
+
+def _tus_proof(response: httpx.Response) -> bool:
+    """A tus answer that proves storage: the stored key, or the core's word that the photo
+    was erased (acknowledged, never to be stored)."""
+    return bool(response.headers.get("X-E2C-Key")) or (
+        response.headers.get("X-E2C-Erased") == "true"
+    )
+
+
+def _tus_offset(response: httpx.Response, length: int) -> int:
+    """The core's Upload-Offset; an answer without a sensible one is a transient fault."""
+    value = response.headers.get("Upload-Offset", "")
+    if not (value.isascii() and value.isdigit()) or int(value) > length:
+        raise TransientUploadError(f"the core answered {response.status_code} without a valid "
+                                   f"Upload-Offset ({value[:20]!r})")
+    return int(value)
 
 
 class CoreClient:
     """Uploads go one-shot (`PUT /v1/images/<sha256>`) up to `resumable_above` bytes; larger
     photos go through the resumable protocol (`/v1/uploads/<sha256>`) in `chunk_bytes` PATCHes,
-    continuing from the core's durable offset after a broken connection."""
+    continuing from the core's durable offset after a broken connection.
+
+    Either way an upload is done only on proof that the core stored the photo: an answer that
+    carries the stored object's key. The forwarder deletes its spooled copy on that alone."""
 
     def __init__(
         self,
@@ -75,78 +117,45 @@ class CoreClient:
         await self._http.aclose()
 
     async def upload(self, record: PhotoRecord, data: bytes) -> dict:
-        """Send one photo; returns the core's receipt once the bytes are durable there.
+        """Send one photo; returns the core's receipt once the bytes are durable there: its
+        `key` is the stored object's (empty only with `erased: true`, a photo the core erased
+        and will never store).
 
-        Raises `TransientUploadError` (retry later) or `RejectedUpload` (refused for good).
+        Raises `TransientUploadError` (retry later: also for any answer that proves nothing)
+        or `RejectedUpload` (refused for good).
         """
         if len(data) > self.resumable_above:
-            return await self.upload_resumable(record, data)
-        return await self.upload_once(record, data)
+            receipt = await self.upload_resumable(record, data)
+        else:
+            receipt = await self.upload_once(record, data)
+        return _proven(receipt, record)
 
     async def upload_once(self, record: PhotoRecord, data: bytes) -> dict:
+        """PUT the photo; only a 200/201 whose JSON names the stored key is a receipt."""
         try:
             response = await self._http.put(
                 f"/v1/images/{record.sha256}",
                 content=data,
-                headers={META_HEADER: record.model_dump_json(), "Content-Type": "image/jpeg"},
+                headers={META_HEADER: _header_json(record), "Content-Type": "image/jpeg"},
             )
         except httpx.TransportError as exc:
             raise TransientUploadError(f"core unreachable: {exc!r}") from exc
-        if response.status_code in (200, 201):
-            return response.json()
-        if _transient(response.status_code):
-            raise TransientUploadError(f"core answered {response.status_code}")
-        raise RejectedUpload(response.status_code, response.text)
+        self._check(response, (200, 201))
+        try:
+            receipt = response.json()
+        except ValueError:
+            receipt = None
+        if not isinstance(receipt, dict):
+            raise TransientUploadError(f"core answered {response.status_code} without a receipt")
+        return _proven(receipt, record)
 
     async def upload_resumable(self, record: PhotoRecord, data: bytes) -> dict:
         """tus-style: create (or find) the upload, then PATCH from the core's offset; after a
-        broken connection ask the core for its offset (HEAD) and go on from there."""
-        url = f"/v1/uploads/{record.sha256}"
-        tus = {"Tus-Resumable": TUS_VERSION}
-        meta = base64.b64encode(record.model_dump_json().encode()).decode()
-
-        async def create() -> httpx.Response:
-            response = await self._http.post(url, headers={
-                **tus, "Upload-Length": str(len(data)), "Upload-Metadata": f"record {meta}"})
-            self._check(response, (200, 201))
-            return response
-
-        async def offset_now() -> httpx.Response:
-            response = await self._http.head(url, headers=tus)
-            if response.status_code == 404:
-                return await create()  # expired or discarded at the core: start again
-            self._check(response, (200,))
-            return response
-
-        failures = 0
+        broken connection or an out-of-step answer ask the core for its offset (HEAD) and go
+        on from there. All bytes there but no stored key (the core failed to store them):
+        finish with an empty PATCH at offset == length. A 5xx raises: retried later."""
         try:
-            last = await create()
-            while (offset := int(last.headers["Upload-Offset"])) < len(data):
-                end = min(offset + self.chunk_bytes, len(data))
-                try:
-                    response = await self._http.patch(url, content=data[offset:end], headers={
-                        **tus, "Upload-Offset": str(offset),
-                        "Content-Type": "application/offset+octet-stream"})
-                except httpx.TransportError:
-                    failures += 1
-                    if failures > self.resume_attempts:
-                        raise
-                    await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-                    last = await offset_now()
-                    continue
-                if response.status_code == 204:
-                    last, failures = response, 0
-                elif response.status_code in (404, 409, 423):  # out of step: ask where we are
-                    failures += 1
-                    if failures > self.resume_attempts:
-                        raise TransientUploadError(f"upload keeps failing ({response.status_code})")
-                    await asyncio.sleep(min(2.0, 0.05 * 2**failures))
-                    last = await offset_now()
-                else:
-                    self._check(response, (204,))
-            if "X-E2C-Key" not in last.headers:  # resumed onto a finished upload
-                last = await self._http.head(url, headers=tus)
-                self._check(last, (200,))
+            last = await _ResumableUpload(self, record, data).run()
         except httpx.TransportError as exc:
             raise TransientUploadError(f"core unreachable: {exc!r}") from exc
         return {
@@ -225,3 +234,73 @@ class CoreClient:
         response = await self._http.get("/v1/catalogue/products")
         response.raise_for_status()
         return read_products(response.json())
+
+
+class _ResumableUpload:
+    """One photo's way through the core's tus routes, until an answer proves it stored."""
+
+    def __init__(self, client: CoreClient, record: PhotoRecord, data: bytes) -> None:
+        self._http = client._http
+        self._check = client._check
+        self._attempts = client.resume_attempts
+        self._chunk = client.chunk_bytes
+        self._data = data
+        self._length = len(data)
+        self._url = f"/v1/uploads/{record.sha256}"
+        self._tus = {"Tus-Resumable": TUS_VERSION}
+        self._meta = base64.b64encode(record.model_dump_json().encode()).decode()
+        self._failures = 0
+
+    async def run(self) -> httpx.Response:
+        """The answer that proves storage (stored key, or erased); raises otherwise."""
+        last = await self._create()
+        while not _tus_proof(last):
+            last = await self._next(_tus_offset(last, self._length))
+        return last
+
+    async def _next(self, offset: int) -> httpx.Response:
+        """PATCH the next chunk from `offset` (none at the end: that PATCH finishes the
+        upload); the answer to go on from."""
+        end = min(offset + self._chunk, self._length)
+        try:
+            response = await self._http.patch(self._url, content=self._data[offset:end], headers={
+                **self._tus, "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream"})
+        except httpx.TransportError as exc:
+            return await self._out_of_step(repr(exc))
+        if response.status_code in (404, 409, 423):  # out of step: ask where we are
+            return await self._out_of_step(str(response.status_code))
+        self._check(response, (204,))
+        if _tus_proof(response):
+            return response
+        if offset == self._length:
+            raise TransientUploadError("the core acknowledged finishing without the stored key")
+        if _tus_offset(response, self._length) > offset:
+            self._failures = 0
+        else:  # acknowledged, but no progress: not forever
+            self._fail("the core takes no bytes")
+        return response
+
+    async def _create(self) -> httpx.Response:
+        response = await self._http.post(self._url, headers={
+            **self._tus, "Upload-Length": str(self._length),
+            "Upload-Metadata": f"record {self._meta}"})
+        self._check(response, (200, 201))
+        return response
+
+    async def _offset_now(self) -> httpx.Response:
+        response = await self._http.head(self._url, headers=self._tus)
+        if response.status_code == 404:
+            return await self._create()  # expired or discarded at the core: start again
+        self._check(response, (200,))
+        return response
+
+    async def _out_of_step(self, why: str) -> httpx.Response:
+        self._fail(f"upload keeps failing ({why})")
+        await asyncio.sleep(min(2.0, 0.05 * 2**self._failures))
+        return await self._offset_now()
+
+    def _fail(self, why: str) -> None:
+        self._failures += 1
+        if self._failures > self._attempts:
+            raise TransientUploadError(why)
