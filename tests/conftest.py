@@ -17,10 +17,41 @@ from edge2core.common.db import create_schema, make_engine, make_sessionmaker
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
 FACES = REPO.parent / "shared" / "datasets" / "faces"
-PG_URL = os.environ.get("E2C_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+PG_URL = os.environ.get("E2C_TEST_PG_URL", f"{PG_SERVER}/test")
+# Without E2C_TEST_PG_URL each pytest run gets a database of its own, made at start and dropped
+# at the end: two runs on one machine (developers, CI, benchmarks) never drop each other's tables.
+_PRIVATE_DB = None if "E2C_TEST_PG_URL" in os.environ else f"e2c_test_{os.getpid()}"
 
 # Fixtures for the object-store backends (local, S3 on moto) and the core backends pairs.
 pytest_plugins = ["tests.objectstores", "tests.backends"]
+
+
+def _admin(sql: str) -> None:
+    engine = make_engine(f"{PG_SERVER}/postgres").execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global PG_URL
+    if _PRIVATE_DB is None:
+        return
+    try:
+        _admin(f"DROP DATABASE IF EXISTS {_PRIVATE_DB}")
+        _admin(f"CREATE DATABASE {_PRIVATE_DB}")
+    except Exception:  # noqa: BLE001 - no server: fresh_postgres skips (fails in CI) as before
+        return
+    PG_URL = f"{PG_SERVER}/{_PRIVATE_DB}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PRIVATE_DB is not None and PG_URL.endswith(_PRIVATE_DB):
+        with contextlib.suppress(Exception):
+            _admin(f"DROP DATABASE IF EXISTS {_PRIVATE_DB} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
