@@ -48,6 +48,16 @@ def access_allowed(method: str, path: str, authorization: str | None, *, admin_t
             and site_token_ok(site_tokens, None, authorization))
 
 
+def token_required(method: str, path: str, *, admin_token: str | None,
+                   site_tokens: Mapping[str, str]) -> bool:
+    """Pure: is a request without a token refused here (by this middleware, or by the upload
+    routes with their site tokens)? `path` may be a route template (`/v1/models/{version}`)."""
+    if _is_upload(method, path):
+        return bool(site_tokens) and method != "OPTIONS"  # tus discovery is open
+    return not access_allowed(method, path, None, admin_token=admin_token,
+                              site_tokens=site_tokens)
+
+
 class AdminAccess:
     """ASGI middleware applying `access_allowed`; refusals are 401 with a JSON body."""
 
@@ -67,7 +77,8 @@ class AdminAccess:
                 response = JSONResponse(
                     {"error": "unauthorized",
                      "detail": "this needs the core's admin token (Authorization: Bearer ...); "
-                               "reads also take a site's token"}, status_code=401)
+                               "reads also take a site's token"}, status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from edge2core.common.events import META_HEADER, ModelPublished, PhotoRecord
+from edge2core.common.identifiers import IdKind, is_valid
 from edge2core.common.metrics import mount_metrics
 from edge2core.common.objectstore import ObjectStore
-from edge2core.core.access import AdminAccess, site_token_ok
+from edge2core.core.access import AdminAccess, site_token_ok, token_required
 from edge2core.core.api_automation import automation_router
 from edge2core.core.api_catalogue import catalogue_router
+from edge2core.core.api_common import (
+    INT32_MAX,
+    Version,
+    binary_answer,
+    binary_body,
+    document_core_api,
+    error_response,
+    errors,
+    install_error_handling,
+)
 from edge2core.core.api_models import models_router
 from edge2core.core.api_uploads import (
     ImagePutFastPath,
@@ -29,6 +40,7 @@ from edge2core.core.audit import AuditLog
 from edge2core.core.automation import LearningLoop
 from edge2core.core.catalogue import Catalogue
 from edge2core.core.datasets import DatasetInfo, DatasetQuery, DatasetStore
+from edge2core.core.jsontypes import json_int
 from edge2core.core.receiver import ImageReceiver, UploadError
 from edge2core.core.registry import ModelInfo, ModelRegistry
 from edge2core.core.routes import core_routes
@@ -54,11 +66,33 @@ class CoreServices:
     loop: LearningLoop | None = None
 
 
+JsonScalar = bool | int | float | str | None
+
+
 class TrainRequest(BaseModel):
-    dataset_version: int
-    seed: int = 0
+    # JSON types as the document states them ("1" is not an integer).
+    dataset_version: json_int(ge=1, le=INT32_MAX)
+    seed: json_int(ge=0, le=2**32 - 1) = 0
     path: Literal["fast", "full"] = "fast"  # cached embeddings + head, or fine-tuning
-    params: dict = {}  # hyper-parameters (core.trainer.FAST_DEFAULTS, core.finetune.FineTuneConfig)
+    # Hyper-parameters (core.trainer.FAST_DEFAULTS, core.finetune.FineTuneConfig, backbone,
+    # base_backbone): JSON scalars; unknown names are refused (422) before a run starts.
+    params: dict[str, JsonScalar] = {}
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Refuse (ValueError) hyper-parameters a run does not know, and backbone names that are
+    not plain names (they become object keys)."""
+    from edge2core.core.finetune import FineTuneConfig
+    from edge2core.core.trainer import FAST_DEFAULTS
+
+    known = {*FAST_DEFAULTS, *FineTuneConfig.__dataclass_fields__, "backbone", "base_backbone",
+             "full_head"}
+    if unknown := sorted(set(params) - known):
+        raise ValueError(f"unknown hyper-parameters {unknown}; known: {sorted(known)}")
+    for name in ("backbone", "base_backbone"):
+        value = params.get(name)
+        if value is not None and not (isinstance(value, str) and is_valid(IdKind.SKU, value)):
+            raise ValueError(f"{name} names a backbone version (letters, digits, '.', '_', '-')")
 
 
 class TrainResponse(BaseModel):
@@ -79,16 +113,14 @@ def resume_offset(range_header: str, size: int) -> int | None:
 
 
 def create_core_app(services: CoreServices) -> FastAPI:
-    app = FastAPI(title="edge2core core", version="0.1.0")
+    app = FastAPI(title="edge2core core", version="0.1.0", description=(
+        "The core of edge2core. Every error is JSON `{\"error\": code, \"detail\": message}` "
+        "(the `Error` schema); requests that do not fit the schema are answered 422 `invalid`."))
     mount_metrics(app)
 
     @app.exception_handler(UploadError)
     async def upload_error(_req: Request, exc: UploadError) -> JSONResponse:
         return upload_refusal(exc)
-
-    @app.exception_handler(LookupError)
-    async def not_found(_req: Request, exc: LookupError) -> JSONResponse:
-        return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -97,6 +129,8 @@ def create_core_app(services: CoreServices) -> FastAPI:
     def photo_record(
         sha256: str, meta: str = Header(alias=META_HEADER), authorization: str = Header("")
     ) -> PhotoRecord:
+        if not site_token_ok(services.site_tokens, None, authorization):
+            raise UploadError(401, "unauthorized", "no valid site token")
         try:
             record = PhotoRecord.model_validate_json(meta)
         except ValidationError as exc:
@@ -107,18 +141,28 @@ def create_core_app(services: CoreServices) -> FastAPI:
             raise UploadError(401, "unauthorized", f"no valid token for site {record.site!r}")
         return record
 
-    @app.head("/v1/images/{sha256}")
+    @app.head("/v1/images/{sha256}", response_class=Response, responses={
+        200: {"description": "The core has the photo (or erased it)"},
+        404: {"description": "The core does not have the photo"}})
     def image_head(sha256: str) -> Response:
         found = services.receiver.existing(sha256)
         return Response(status_code=200 if found else 404)
 
     # Well-formed one-shot uploads skip the framework (same answers; see ImagePutFastPath).
     app.add_middleware(ImagePutFastPath, services=services)
-    # Outermost: who may read and change what (uploads keep their per-site tokens).
+    # Who may read and change what (uploads keep their per-site tokens).
     app.add_middleware(AdminAccess, admin_token=services.admin_token,
                        site_tokens=services.site_tokens)
+    # Outermost: one error body for everything, a 500 for what nothing else caught.
+    install_error_handling(app)
+    document_core_api(app, lambda method, path: token_required(
+        method, path, admin_token=services.admin_token, site_tokens=services.site_tokens))
 
-    @app.put("/v1/images/{sha256}")
+    @app.put("/v1/images/{sha256}", responses={
+        200: {"description": "Already stored (or erased: `erased` is true)"},
+        201: {"description": "Stored: the bytes are durable and match the id"},
+        **errors(400, 401, 413, 415, 422)},
+        openapi_extra=binary_body("image/jpeg", description="The prepared photo"))
     async def upload_image(
         request: Request, record: PhotoRecord = Depends(photo_record)
     ) -> JSONResponse:
@@ -137,52 +181,59 @@ def create_core_app(services: CoreServices) -> FastAPI:
             by_source[source] = by_source.get(source, 0) + count
         return {"images": sum(by_source.values()), "by_source": by_source}
 
-    @app.post("/v1/datasets", status_code=201)
+    @app.post("/v1/datasets", status_code=201, responses=errors(404))
     def build_dataset(query: DatasetQuery) -> DatasetInfo:
         return services.datasets.build(query)
 
-    @app.get("/v1/datasets/{version}")
-    def get_dataset(version: int) -> DatasetInfo:
+    @app.get("/v1/datasets/{version:int}", responses=errors(404))
+    def get_dataset(version: Version) -> DatasetInfo:
         return services.datasets.get(version)
 
-    @app.post("/v1/training-runs", status_code=201)
+    @app.post("/v1/training-runs", status_code=201, responses=errors(404))
     async def train(req: TrainRequest) -> TrainResponse:
         try:
+            check_params(req.params)
             result = await run_in_threadpool(
                 services.trainer.train, req.dataset_version, seed=req.seed, path=req.path,
                 params=req.params,
             )
-        except ValueError as exc:  # e.g. a dataset of one class, a bad hyper-parameter
-            raise HTTPException(422, str(exc)) from exc
+        except (ValueError, TypeError) as exc:  # a dataset of one class, a bad hyper-parameter
+            raise HTTPException(422, {"error": "invalid", "detail": str(exc)}) from exc
         return TrainResponse(model=result.model, timings_s=result.timings_s)
 
     @app.get("/v1/models")
     def list_models() -> list[ModelInfo]:
         return services.registry.list()
 
-    @app.get("/v1/models/production")
+    @app.get("/v1/models/production", responses=errors(404))
     def production_model() -> ModelInfo:
         model = services.registry.production()
         if model is None:
             raise LookupError("no model is in production yet")
         return model
 
-    @app.get("/v1/sites/{site}/model")
-    def site_model(site: str) -> ModelPublished:
+    @app.get("/v1/sites/{site}/model", responses=errors(404))
+    def site_model(site: str = Path(max_length=64)) -> ModelPublished:
         """What a site should run (a canary targeting it, else production): the HTTP twin of
-        the `e2c-deploy` KV bucket, for sites without a leaf link."""
+        the `e2c-deploy` KV bucket, for sites without a leaf link. (A lookup: any name is
+        answered, `-` by an edge that does not know its id yet.)"""
         model = services.registry.desired_for(site)
         if model is None:
             raise LookupError("no model is in production yet")
         return model.published()
 
-    @app.get("/v1/models/{version}")
-    def get_model(version: int) -> ModelInfo:
+    @app.get("/v1/models/{version:int}", responses=errors(404))
+    def get_model(version: Version) -> ModelInfo:
         return services.registry.get(version)
 
-    @app.get("/v1/models/{version}/artifact")
+    @app.get("/v1/models/{version:int}/artifact", response_class=Response, responses={
+        200: binary_answer("application/octet-stream", "The whole file"),
+        206: binary_answer("application/octet-stream", "The file from the requested offset"),
+        **errors(404, 416)})
     def model_artifact(
-        version: int, kind: str = "full", range_: str = Header("", alias="Range")
+        version: Version,
+        kind: str = Query("full", max_length=64, description="full, head, backbone or int8"),
+        range_: str = Header("", alias="Range"),
     ) -> Response:
         """A model file (`kind`: full, head, backbone, int8); `Range: bytes=N-` resumes an
         interrupted download at byte N."""
@@ -192,7 +243,8 @@ def create_core_app(services: CoreServices) -> FastAPI:
             raise LookupError(f"model {version} has no {kind!r} artefact")
         start = resume_offset(range_, ref.size)
         if start is None:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{ref.size}"})
+            return error_response(416, None, f"the file has {ref.size} bytes",
+                                  {"Content-Range": f"bytes */{ref.size}"})
         handle = services.store.open(ref.key)
         handle.seek(start)
         headers = {"Content-Length": str(ref.size - start), "X-E2C-Sha256": ref.sha256,

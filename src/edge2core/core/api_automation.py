@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
 
-from edge2core.core.automation import Busy, decide
+from edge2core.common.identifiers import ID_PATTERN
+from edge2core.core.api_common import errors
+from edge2core.core.automation import Busy
+
+SitePath = Path(pattern=ID_PATTERN, max_length=64, description="a site's id")
 
 
 def automation_router(services: Any) -> APIRouter:
@@ -19,15 +23,17 @@ def automation_router(services: Any) -> APIRouter:
             raise HTTPException(404, "this core runs no learning loop")
         return services.loop
 
-    @router.get("/v1/automation/decision")
+    @router.get("/v1/automation/decision", responses=errors(404))
     async def decision() -> dict[str, Any]:
-        """A dry run: the trigger that would fire now (null if none), and the inputs."""
-        inputs = await run_in_threadpool(loop().inputs)
-        found = decide(inputs, loop().policy)
+        """A dry run: the trigger that would fire now (null if none), the inputs, and the
+        triggers held back (failed or without effect: tries, reason, when they go again)."""
+        inputs, found = await run_in_threadpool(loop().look)
         return {"decision": asdict(found) if found else None,
-                "inputs": {**asdict(inputs), "since_full_s": min(inputs.since_full_s, 1e12)}}
+                "inputs": {**asdict(inputs), "since_full_s": min(inputs.since_full_s, 1e12),
+                           "since_last_photo_s": min(inputs.since_last_photo_s, 1e12)},
+                "held": loop().held()}
 
-    @router.post("/v1/automation/step")
+    @router.post("/v1/automation/step", responses=errors(404, 409))
     async def step() -> dict[str, Any]:
         """Look at the state and run what it calls for, now (blocks until the rollout ends)."""
         try:
@@ -36,20 +42,19 @@ def automation_router(services: Any) -> APIRouter:
             raise HTTPException(409, f"{exc}; try again when it is done") from exc
         return {"model": model.model_dump(mode="json") if model else None}
 
-    @router.post("/v1/automation/retry")
+    @router.post("/v1/automation/retry", responses=errors(404))
     def retry() -> dict[str, Any]:
-        """Forget stopped rollouts, so their triggers may fire again (after a person looked)."""
-        cleared, loop().blocked = sorted(loop().blocked), set()  # rebinding: no lock needed
-        loop().wake.set()
-        return {"cleared": cleared}
+        """Forget stopped rollouts and held triggers, so they may fire again (after a person
+        looked)."""
+        return {"cleared": loop().retry()}
 
-    @router.get("/v1/sites")
+    @router.get("/v1/sites", responses=errors(404))
     def site_reports() -> dict[str, Any]:
         reports = loop().reports
         return {"sites": reports.all()}
 
-    @router.get("/v1/sites/{site}/why")
-    async def why(site: str) -> dict[str, Any]:
+    @router.get("/v1/sites/{site}/why", responses=errors(404))
+    async def why(site: str = SitePath) -> dict[str, Any]:
         """Why is this model at this site: target, dataset, trigger, gate, rollout."""
         return await run_in_threadpool(loop().explain, site)
 

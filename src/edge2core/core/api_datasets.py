@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from edge2core.common.events import SHA256_PATTERN, as_utc
+from edge2core.common.identifiers import ID_PATTERN, SKU_PATTERN, Sku
 from edge2core.common.objectstore import ObjectNotFound
+from edge2core.core.api_common import INT32_MAX, Version, binary_answer, errors
 from edge2core.core.datasets import DatasetDiff, DatasetInfo
 from edge2core.core.governance import EraseRequest, ErasureReport, Governance
 from edge2core.core.labelling import (
@@ -23,21 +26,36 @@ from edge2core.core.labelling import (
     UnknownSku,
 )
 from edge2core.core.schema import ImageRow, QuarantineRow
+from edge2core.core.jsontypes import UtcDateTime
 
 if TYPE_CHECKING:
     from edge2core.core.api import CoreServices
 
 
+PhotoId = Path(pattern=SHA256_PATTERN, description="the photo's sha256")
+
+
 class Decision(BaseModel):
-    by: str | None = None
+    by: str | None = Field(default=None, max_length=64, description="who decided")
 
 
 class Correction(Decision):
-    sku: str
+    sku: Sku
 
 
 class NewProductDecision(Decision, NewProduct):
     pass
+
+
+class QuarantinedPhoto(BaseModel):
+    sha256: str
+    site: str
+    device: str
+    reason: str
+    detail: str
+    attempts: int
+    first_at: UtcDateTime
+    last_at: UtcDateTime
 
 
 def governance_for(services: CoreServices) -> Governance:
@@ -59,14 +77,17 @@ def datasets_router(services: CoreServices) -> APIRouter:
     def list_datasets() -> list[DatasetInfo]:
         return datasets.list()
 
-    @router.get("/v1/datasets/{base}/diff/{other}")
-    def diff_datasets(base: int, other: int, limit: int = Query(1000, ge=0)) -> DatasetDiff:
+    @router.get("/v1/datasets/{base:int}/diff/{other:int}", responses=errors(404))
+    def diff_datasets(base: Version, other: Version,
+                      limit: int = Query(1000, ge=0, le=INT32_MAX)) -> DatasetDiff:
         diff = datasets.diff(base, other)
         return diff.model_copy(update={"added": diff.added[:limit], "removed": diff.removed[:limit],
                                        "relabelled": diff.relabelled[:limit]})
 
-    @router.get("/v1/datasets/{version}/manifest")
-    def dataset_manifest(version: int) -> Response:
+    @router.get("/v1/datasets/{version:int}/manifest", response_class=Response, responses={
+        200: binary_answer("application/vnd.apache.parquet", "The manifest (Parquet)"),
+        **errors(404)})
+    def dataset_manifest(version: Version) -> Response:
         info = datasets.get(version)
         return Response(datasets.manifest_bytes(version),
                         media_type="application/vnd.apache.parquet",
@@ -74,8 +95,9 @@ def datasets_router(services: CoreServices) -> APIRouter:
                                  "Content-Disposition":
                                      f'attachment; filename="dataset-v{version}.parquet"'})
 
-    @router.get("/v1/images/{sha256}")
-    def image_bytes(sha256: str) -> Response:
+    @router.get("/v1/images/{sha256}", response_class=Response, responses={
+        200: binary_answer("image/jpeg", "The photo's bytes"), **errors(404)})
+    def image_bytes(sha256: str = PhotoId) -> Response:
         with services.sessions() as session:
             row = session.get(ImageRow, sha256)
         if row is None:
@@ -104,35 +126,36 @@ def labelling_router(services: CoreServices) -> APIRouter:
     @router.get("/tasks")
     def list_tasks(
         status: LabelStatus | None = LabelStatus.PENDING,
-        site: str | None = None,
-        reason: str | None = None,
-        guess: str | None = Query(None, description="the edge's top guess"),
-        max_confidence: float | None = None,
+        site: str | None = Query(None, pattern=ID_PATTERN, max_length=64),
+        reason: str | None = Query(None, max_length=16),
+        guess: str | None = Query(None, pattern=SKU_PATTERN, max_length=64,
+                                  description="the edge's top guess"),
+        max_confidence: float | None = Query(None, allow_inf_nan=False),
         limit: int = Query(50, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=INT32_MAX),
     ) -> TaskPage:
         return queue.list(status=status, site=site, reason=reason, guess=guess,
                           max_confidence=max_confidence, limit=limit, offset=offset)
 
-    @router.get("/tasks/{sha256}")
-    def get_task(sha256: str) -> LabelTask:
+    @router.get("/tasks/{sha256}", responses=errors(404))
+    def get_task(sha256: str = PhotoId) -> LabelTask:
         return queue.get(sha256)
 
-    @router.post("/tasks/{sha256}/confirm")
-    def confirm(sha256: str, body: Decision | None = None) -> LabelTask:
+    @router.post("/tasks/{sha256}/confirm", responses=errors(404, 409, 422))
+    def confirm(sha256: str = PhotoId, body: Decision | None = None) -> LabelTask:
         return decided(lambda: queue.confirm(sha256, by=body.by if body else None))
 
-    @router.post("/tasks/{sha256}/correct")
-    def correct(sha256: str, body: Correction) -> LabelTask:
+    @router.post("/tasks/{sha256}/correct", responses=errors(404, 409, 422))
+    def correct(body: Correction, sha256: str = PhotoId) -> LabelTask:
         return decided(lambda: queue.correct(sha256, body.sku, by=body.by))
 
-    @router.post("/tasks/{sha256}/new-product")
-    def new_product(sha256: str, body: NewProductDecision) -> LabelTask:
+    @router.post("/tasks/{sha256}/new-product", responses=errors(404, 409, 422))
+    def new_product(body: NewProductDecision, sha256: str = PhotoId) -> LabelTask:
         product = NewProduct.model_validate(body.model_dump(exclude={"by"}))
         return decided(lambda: queue.new_product(sha256, product, by=body.by))
 
-    @router.post("/tasks/{sha256}/discard")
-    def discard(sha256: str, body: Decision | None = None) -> LabelTask:
+    @router.post("/tasks/{sha256}/discard", responses=errors(404, 409))
+    def discard(sha256: str = PhotoId, body: Decision | None = None) -> LabelTask:
         return decided(lambda: queue.discard(sha256, by=body.by if body else None))
 
     return router
@@ -154,8 +177,9 @@ def governance_router(services: CoreServices) -> APIRouter:
     async def retention() -> list[ErasureReport]:
         return await run_in_threadpool(governance.apply_retention)
 
-    @router.get("/quarantine")
-    def quarantine(site: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+    @router.get("/quarantine", response_model=list[QuarantinedPhoto])
+    def quarantine(site: str | None = Query(None, pattern=ID_PATTERN, max_length=64),
+                   limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
         stmt = select(QuarantineRow).order_by(QuarantineRow.last_at.desc()).limit(limit)
         if site is not None:
             stmt = stmt.where(QuarantineRow.site == site)
@@ -163,8 +187,9 @@ def governance_router(services: CoreServices) -> APIRouter:
             rows = session.scalars(stmt).all()
         return JSONResponse([
             {"sha256": r.sha256, "site": r.site, "device": r.device, "reason": r.reason,
-             "detail": r.detail, "attempts": r.attempts, "first_at": r.first_at.isoformat(),
-             "last_at": r.last_at.isoformat()} for r in rows
+             "detail": r.detail, "attempts": r.attempts,
+             "first_at": as_utc(r.first_at).isoformat(),  # type: ignore[union-attr]
+             "last_at": as_utc(r.last_at).isoformat()} for r in rows  # type: ignore[union-attr]
         ])
 
     return router

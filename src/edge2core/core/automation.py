@@ -12,6 +12,14 @@ A run (`LearningLoop.execute`): dataset from every sellable product with photos 
 the promotion gate -> canary sites (if configured) -> soak: every canary site reports the
 version live and none rolls it back -> the fleet. A blocked gate or a failed canary stops the
 rollout and says why; the candidate stays in the registry for a person to look at.
+
+The loop never spins. A trigger whose run fails (nothing left to train, a training error), or
+that fires again after a run that changed nothing it looks at, is held (`Hold`): it waits
+`retry_first_s`, then twice as long each time (up to `retry_max_s`), and after `retry_limit`
+tries it stops. Each failure is in the audit log (`loop.failed`, then `loop.stopped`), and
+`GET /v1/automation/decision` lists what is held and why. A held trigger goes again as soon as
+what it looks at changes (a product's status, its photo counts, the production model's
+classes: `fingerprint`) or when a person says so (`POST /v1/automation/retry`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +80,25 @@ class Decision:
     skus: tuple[str, ...] = ()
 
 
+def decision_key(decision: Decision) -> str:
+    return f"{decision.trigger}:{','.join(decision.skus)}" if decision.skus else decision.trigger
+
+
+def fingerprint(trigger: str, skus: Sequence[str], inputs: LoopInputs) -> tuple[Any, ...]:
+    """What a trigger's outcome depends on, without the clock: when it changes, a held
+    trigger may go again (a product active again, new captures of its products, another
+    production model, a product that reached enough photos to train)."""
+    return (trigger, tuple(skus), tuple(sorted(inputs.in_model)), tuple(sorted(inputs.retired)),
+            inputs.trainable, tuple(sorted(inputs.pending)),
+            tuple((s, inputs.pending[s]) for s in skus if s in inputs.pending),
+            tuple(sorted(s for s in skus if s in inputs.drifting)))
+
+
+def backoff_s(tries: int, first_s: float, max_s: float) -> float:
+    """The wait after `tries` failed tries: first_s, 2x, 4x, ... up to max_s."""
+    return min(max_s, first_s * 2 ** max(0, tries - 1))
+
+
 def decide(inputs: LoopInputs, policy: AutomationPolicy) -> Decision | None:
     if (not inputs.in_model and inputs.trainable >= 2 and "bootstrap" not in inputs.blocked
             and inputs.since_last_photo_s >= policy.bootstrap_quiet_s):
@@ -97,7 +124,8 @@ def decide(inputs: LoopInputs, policy: AutomationPolicy) -> Decision | None:
     start, end = policy.full_retrain_hours_utc
     in_window = start <= inputs.hour_utc < end if start <= end else not end <= inputs.hour_utc < start
     if (in_window and inputs.since_full_s >= policy.full_retrain_every_s
-            and inputs.new_photos >= policy.full_retrain_min_new_photos):
+            and inputs.new_photos >= policy.full_retrain_min_new_photos
+            and "scheduled" not in inputs.blocked):
         return Decision("full", "scheduled",
                         f"{inputs.new_photos} new photos since the production model's dataset")
     return None
@@ -150,6 +178,40 @@ class Busy(RuntimeError):
     pass
 
 
+class NothingToTrain(ValueError):
+    """A trigger fired, but too few sellable products have enough photos for a model."""
+
+
+# A trigger that fails or changes nothing waits RETRY_FIRST_S, then twice as long each time
+# (at most RETRY_MAX_S), and stops after RETRY_LIMIT tries (see `Hold`).
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 3600.0
+RETRY_LIMIT = 5
+
+
+@dataclass
+class Hold:
+    """A trigger held back: it failed, or fired again after a run that changed nothing."""
+
+    trigger: str
+    skus: tuple[str, ...]
+    tries: int  # failed (or ineffective) tries in a row
+    reason: str  # the last one's
+    seen: tuple[Any, ...]  # `fingerprint` when it was held: a change lets it go at once
+    next_at: float  # time.monotonic() from which it may try again
+    stopped: bool = False  # no more tries until its inputs change or `retry`
+    since: datetime = field(default_factory=utcnow)
+
+    def blocks(self) -> tuple[str, ...]:
+        return self.skus or (self.trigger,)
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {"trigger": self.trigger, "skus": list(self.skus), "tries": self.tries,
+                "reason": self.reason, "stopped": self.stopped,
+                "retry_in_s": None if self.stopped else round(max(0.0, self.next_at - now), 1),
+                "since": self.since.isoformat()}
+
+
 @dataclass
 class LearningLoop:
     policy: AutomationPolicy
@@ -165,6 +227,13 @@ class LearningLoop:
     blocked: set[str] = field(default_factory=set)
     _drift_cache: tuple[float, int, dict[str, float]] = (float("-inf"), 0, {})
     running: threading.Lock = field(default_factory=threading.Lock)  # one step at a time
+    holds: dict[str, Hold] = field(default_factory=dict)  # by decision_key
+    retry_first_s: float = RETRY_FIRST_S
+    retry_max_s: float = RETRY_MAX_S
+    retry_limit: int = RETRY_LIMIT
+    # The last run that went live: (decision_key, fingerprint) when it was decided.
+    _done: tuple[str, tuple[Any, ...]] | None = None
+    _holds_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inputs(self) -> LoopInputs:
         # Woken by every arrival: one catalogue read and one count query per look.
@@ -210,18 +279,96 @@ class LearningLoop:
         self._drift_cache = (time.monotonic(), production.version, found)
         return found
 
+    def look(self) -> tuple[LoopInputs, Decision | None]:
+        """What the loop sees, and the trigger that fires now: held triggers that are not due
+        (or stopped) are left out, and holds whose inputs changed are let go first."""
+        inputs = self.inputs()
+        now = time.monotonic()
+        with self._holds_lock:
+            released = {key: hold for key, hold in self.holds.items()
+                        if fingerprint(hold.trigger, hold.skus, inputs) != hold.seen}
+            for key in released:
+                del self.holds[key]
+            waiting = {name for hold in self.holds.values()
+                       if hold.stopped or now < hold.next_at for name in hold.blocks()}
+        for key, hold in released.items():
+            log.info("held trigger goes again: its inputs changed", trigger=key)
+            if hold.stopped:
+                self.audit.record("loop.resumed", key[:200], trigger=hold.trigger,
+                                  reason="its inputs changed", tries=hold.tries)
+        held = replace(inputs, blocked=inputs.blocked | waiting) if waiting else inputs
+        return inputs, decide(held, self.policy)
+
+    def held(self) -> list[dict[str, Any]]:
+        """The triggers held back now, and why (for `loop decision`)."""
+        now = time.monotonic()
+        with self._holds_lock:
+            return [hold.view(now) for hold in self.holds.values()]
+
+    def retry(self) -> list[str]:
+        """Forget stopped rollouts and held triggers (after a person looked)."""
+        with self._holds_lock:
+            cleared = sorted(self.blocked | set(self.holds))
+            self.blocked, self.holds, self._done = set(), {}, None
+        if cleared:
+            self.audit.record("loop.retried", ",".join(cleared)[:200], cleared=cleared)
+        self.wake.set()
+        return cleared
+
     def step(self, *, wait: bool = True) -> ModelInfo | None:
         """One look at the state; a run if a trigger fires. Blocking (a worker thread).
-        Steps never overlap; with `wait=False` a step already under way raises `Busy`."""
+        Steps never overlap; with `wait=False` a step already under way raises `Busy`.
+        A run that fails holds its trigger back (and raises); one that went live and is
+        decided again at once, though nothing it looks at changed, holds it back too."""
         if not self.running.acquire(blocking=wait):
             raise Busy("the learning loop is already running a step")
         try:
-            decision = decide(self.inputs(), self.policy)
+            inputs, decision = self.look()
             if decision is None:
+                self._done = None
                 return None
-            return self.execute(decision)
+            key = decision_key(decision)
+            seen = fingerprint(decision.trigger, decision.skus, inputs)
+            if self._done == (key, seen):
+                self._hold(decision, seen, "the last run went live but changed nothing this "
+                                           "trigger looks at: it still fires")
+                return None
+            try:
+                model = self.execute(decision)
+            except Exception as exc:
+                self._hold(decision, seen, f"{type(exc).__name__}: {exc}")
+                raise
+            with self._holds_lock:
+                self.holds.pop(key, None)
+            self._done = (key, seen) if model is not None else None
+            return model
         finally:
             self.running.release()
+
+    def _hold(self, decision: Decision, seen: tuple[Any, ...], reason: str) -> Hold:
+        key = decision_key(decision)
+        with self._holds_lock:
+            before = self.holds.get(key)
+            tries = (before.tries if before is not None else 0) + 1
+            stopped = tries >= self.retry_limit
+            wait_s = backoff_s(tries, self.retry_first_s, self.retry_max_s)
+            hold = Hold(decision.trigger, decision.skus, tries, reason[:500], seen,
+                        time.monotonic() + wait_s, stopped,
+                        before.since if before is not None else utcnow())
+            self.holds[key] = hold
+        if stopped:
+            log.warning("trigger stopped after repeated tries", trigger=key, tries=tries,
+                        reason=reason)
+            self.audit.record("loop.stopped", key[:200], trigger=decision.trigger,
+                              skus=list(decision.skus), tries=tries, reason=hold.reason,
+                              resumes="when its inputs change, or on `edge2core loop retry`")
+        else:
+            log.warning("trigger failed; trying again later", trigger=key, tries=tries,
+                        retry_in_s=wait_s, reason=reason)
+            self.audit.record("loop.failed", key[:200], trigger=decision.trigger,
+                              skus=list(decision.skus), tries=tries, reason=hold.reason,
+                              retry_in_s=wait_s)
+        return hold
 
     def execute(self, decision: Decision) -> ModelInfo | None:
         subject = ",".join(decision.skus) or decision.trigger
@@ -229,6 +376,10 @@ class LearningLoop:
                           path=decision.path, reason=decision.reason)
         log.info("retraining", trigger=decision.trigger, path=decision.path, reason=decision.reason)
         skus = self._training_skus(decision.skus)
+        if len(skus) < 2:
+            raise NothingToTrain(
+                f"{len(skus)} sellable product(s) with at least "
+                f"{self.policy.min_photos_per_class} photos: a model needs 2")
         dataset = self.datasets.build(DatasetQuery(skus=skus))
         result = self.train(dataset.version, path=decision.path, register=True, promote=False,
                             params=self.policy.train_params)
@@ -335,9 +486,9 @@ class LearningLoop:
             self.wake.clear()
             try:
                 await asyncio.to_thread(self.step)
-            except LookupError as exc:  # nothing to build a dataset from yet
-                log.debug("nothing to learn from yet", error=str(exc))
-            except Exception:
+            except NothingToTrain:
+                pass  # held back and logged by `step`
+            except Exception:  # the trigger is held back (see `step`); the loop goes on
                 log.exception("learning loop step failed; trying again later")
                 await asyncio.sleep(self.policy.check_every_s)
 

@@ -43,6 +43,8 @@ CHANGEABLE = frozenset({"name", "coarse", "price", "currency", "status", "descri
 # Fields an import takes from the dataset; price, status and promotions stay the store's.
 IMPORTED = ("name", "coarse", "description", "image_key")
 IMAGE_PREFIX = "catalogue/images/"
+# What `image_key_for` makes: the only keys a product's image may name.
+IMAGE_KEY_PATTERN = r"^catalogue/images/[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|png|webp)$"
 IMAGE_TYPES = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"),
                "WEBP": ("webp", "image/webp")}
 MAX_IMAGE_BYTES = 16 * 1024 * 1024

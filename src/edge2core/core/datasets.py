@@ -24,13 +24,15 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import Source, as_utc, utcnow
+from edge2core.common.identifiers import Identifier, Sku
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.schema import DatasetRow, ImageRow
+from edge2core.core.jsontypes import UtcDateTime, json_float, with_zone
 
 MANIFEST_COLUMNS = (
     "sha256", "key", "sku", "split", "site", "device", "source", "label_origin",
@@ -39,19 +41,20 @@ MANIFEST_COLUMNS = (
 
 
 class DatasetQuery(BaseModel):
-    skus: list[str] | None = Field(default=None, description="only these products; all if unset")
-    sites: list[str] | None = None
-    devices: list[str] | None = None
+    skus: list[Sku] | None = Field(default=None, description="only these products; all if unset")
+    sites: list[Identifier] | None = None
+    devices: list[Identifier] | None = None
     sources: list[Source] = Field(
         default_factory=lambda: [Source.KIOSK, Source.SHOPPER],
         description="kiosk captures (scanned SKU) and shopper photos labelled by a person",
     )
-    since: datetime | None = Field(
+    since: UtcDateTime | None = Field(
         default=None, description="captured at or after (arrival time if capture time unknown)"
     )
-    until: datetime | None = Field(default=None, description="captured before")
-    min_sharpness: float | None = Field(
-        default=None, description="edge's sharpness measure; photos without one are left out"
+    until: UtcDateTime | None = Field(default=None, description="captured before")
+    min_sharpness: json_float(allow_inf_nan=False) | None = Field(
+        default=None,
+        description="edge's sharpness measure; photos without one are left out"
     )
 
 
@@ -78,7 +81,7 @@ class DatasetInfo(BaseModel):
     manifest_sha256: str
     query: DatasetQuery
     stats: dict
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class Relabel(BaseModel):
@@ -302,7 +305,17 @@ def _info(row: DatasetRow) -> DatasetInfo:
         version=row.version,
         manifest_key=row.manifest_key,
         manifest_sha256=row.manifest_sha256,
-        query=DatasetQuery.model_validate(row.query),
+        query=_stored_query(row.query or {}),
         stats=row.stats,
         created_at=row.created_at,
     )
+
+
+def _stored_query(stored: dict[str, Any]) -> DatasetQuery:
+    """A version's query as it was stored: times written before they carried a zone are
+    UTC; a query that today's rules refuse (a version made before them) is shown as it was."""
+    fields = {k: with_zone(v) if k in ("since", "until") else v for k, v in stored.items()}
+    try:
+        return DatasetQuery.model_validate(fields)
+    except ValidationError:
+        return DatasetQuery.model_construct(**fields)

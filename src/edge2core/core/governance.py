@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source, as_utc, utcnow
+from edge2core.common.events import SHA256_PATTERN, Source, as_utc, utcnow
+from edge2core.common.identifiers import Identifier
 from edge2core.common.objectstore import ObjectStore
+from edge2core.core.jsontypes import UtcDateTime
 from edge2core.core.schema import (
     ErasureRow,
     ImageRow,
@@ -37,13 +40,14 @@ BATCH = 500
 
 
 class EraseRequest(BaseModel):
-    site: str | None = None
-    device: str | None = None
+    site: Identifier | None = None
+    device: Identifier | None = None
     source: Source | None = None
-    since: datetime | None = Field(default=None, description="captured at or after")
-    until: datetime | None = Field(default=None, description="captured before")
-    received_before: datetime | None = Field(default=None, description="arrived before")
-    sha256s: list[str] | None = Field(default=None, description="these photos")
+    since: UtcDateTime | None = Field(default=None, description="captured at or after")
+    until: UtcDateTime | None = Field(default=None, description="captured before")
+    received_before: UtcDateTime | None = Field(default=None, description="arrived before")
+    sha256s: list[Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]] | None = Field(
+        default=None, max_length=100_000, description="these photos")
     reason: str = Field(default="", max_length=200)
 
     @model_validator(mode="after")
@@ -64,8 +68,8 @@ class ErasureReport(BaseModel):
     reason: str
     images: int
     uploads_discarded: int = 0
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: UtcDateTime
+    finished_at: UtcDateTime | None
 
 
 class Governance:

@@ -18,8 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import Guess, as_utc, utcnow
+from edge2core.common.identifiers import IdKind, check, is_valid
 from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
 from edge2core.core.catalogue import Catalogue, DuplicateProduct
+from edge2core.core.jsontypes import json_float
 from edge2core.core.schema import ImageRow, LabelTaskRow
 
 
@@ -69,7 +71,7 @@ class NewProduct(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200,
                              description="required when the SKU is new")
     coarse: str = Field(default="", max_length=200)
-    price: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    price: json_float(ge=0, allow_inf_nan=False) = 0.0
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
 
 
@@ -118,11 +120,16 @@ class LabellingQueue:
         def choose(task: LabelTaskRow, _image: ImageRow) -> str:
             if task.top_sku is None:
                 raise LabelConflict("the edge had no guess to confirm; correct it instead")
+            if not is_valid(IdKind.SKU, task.top_sku):  # kept before ids were checked
+                raise UnknownSku(f"the edge's guess {task.top_sku[:80]!r} is not a valid SKU; "
+                                 "correct the label instead")
             return task.top_sku
 
         return self._decide(sha256, LabelStatus.CONFIRMED, choose, by)
 
     def correct(self, sha256: str, sku: str, by: str | None = None) -> LabelTask:
+        if not is_valid(IdKind.SKU, sku):  # labels become classes and file names
+            raise UnknownSku(f"{sku[:80]!r} is not a valid SKU")
         product = self._catalogue.get(sku)
         if product is None:
             raise UnknownSku(f"{sku!r} is not in the catalogue; mark the photo as a new product")
@@ -130,7 +137,7 @@ class LabellingQueue:
                             redecide=True)
 
     def new_product(self, sha256: str, product: NewProduct, by: str | None = None) -> LabelTask:
-        sku = product.sku or f"NEW-{sha256[:8].upper()}"
+        sku = check(IdKind.SKU, product.sku or f"NEW-{sha256[:8].upper()}")
         existing = self._catalogue.get(sku)
         if existing is not None and existing.status is not ProductStatus.PENDING_DATA:
             raise LabelConflict(f"{sku} is already a {existing.status.value} product; correct the "

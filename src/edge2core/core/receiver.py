@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import PhotoRecord, Source, as_utc, utcnow
+from edge2core.common.identifiers import IdKind, InvalidIdentifier, check, check_optional
 from edge2core.common.images import (
     ImageRejected,
     RejectReason,
@@ -82,6 +83,22 @@ class Receipt:
     size: int
     created: bool
     erased: bool = False  # the photo was erased at the core: acknowledged, never stored again
+
+
+def check_ids(record: PhotoRecord) -> None:
+    """Every id in a photo record follows the identifiers rule (`common.identifiers`) before
+    the core keeps it: site, device, request id, the SKU (it becomes a label, a class, a file
+    name in exports) and the edge's guesses (a person may confirm one as the label). Refused
+    with 422 `invalid_id`; the edge quarantines the photo with the reason."""
+    try:
+        check(IdKind.SITE, record.site)
+        check(IdKind.DEVICE, record.device)
+        check_optional(IdKind.SKU, record.sku)
+        check_optional(IdKind.REQUEST_ID, record.request_id)
+        for guess in record.top_guesses:
+            check(IdKind.SKU, guess.sku)
+    except InvalidIdentifier as exc:
+        raise UploadError(422, exc.reason, str(exc)) from exc
 
 
 def stable_split(sha256: str, val_percent: int) -> str:
@@ -213,6 +230,7 @@ class ImageReceiver:
     # --- one-shot upload (PUT /v1/images/<sha256>) -------------------------------------------
 
     async def receive(self, record: PhotoRecord, body: AsyncIterable[bytes]) -> Receipt:
+        check_ids(record)  # before a byte is read
         loop = asyncio.get_running_loop()
         if record.size <= IN_MEMORY_MAX:
             # A photo-sized body is hashed as it arrives and kept in memory; everything else
@@ -317,6 +335,7 @@ class ImageReceiver:
         is taken back."""
         try:
             try:
+                check_ids(record)
                 self.check_privacy(data)
                 phash = photo_dhash(data)
             except UploadError as exc:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -39,6 +38,7 @@ from edge2core.common.objectstore import ObjectStore
 from edge2core.common.signing import SignatureError, Signer, verify, verify_artifact
 from edge2core.core.deployments import DeploySink, NoSites
 from edge2core.core.schema import ModelRow
+from edge2core.core.jsontypes import UtcDateTime
 
 log = get_logger(__name__)
 
@@ -63,7 +63,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     params: dict[str, Any]
     stage: str
-    created_at: datetime
+    created_at: UtcDateTime
     artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
     signature: dict[str, Any] | None = None
