@@ -34,7 +34,7 @@ class Source(StrEnum):
 
 
 class Guess(BaseModel):
-    sku: str
+    sku: str = Field(max_length=64, pattern=SKU_PATTERN)
     confidence: float
 
 
