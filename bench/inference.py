@@ -112,9 +112,9 @@ def _grocery_pick(n_classes: int, train_per_class: int, n_photos: int):
 
 def build_model(out_dir: Path, n_photos: int) -> Model:
     """EfficientNet-Lite0 + a linear head, trained and exported with the project's code."""
-    from edge2core.core.backbone import load_backbone
-    from edge2core.core.export import export_onnx
-    from edge2core.core.training import embed, train_head
+    from edge2core.core.train.backbone import load_backbone
+    from edge2core.core.train.onnx_export import export_onnx
+    from edge2core.core.train.head import embed, train_head
 
     images: list[Image.Image] = []
     labels: list[int] = []

@@ -128,7 +128,7 @@ def _serve(data_dir: str, port: int) -> None:
     import uvicorn
 
     from edge2core.config import CoreSettings
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
     from edge2core.core.service import build_core_services
 
     services = build_core_services(CoreSettings(data_dir=Path(data_dir)))
@@ -255,11 +255,11 @@ def throughput(work: Path, photo_sets: list[list[bytes]], label: str) -> dict:
 def build_100k(work: Path, repeats: int, n: int = 100_000) -> list[float]:
     from sqlalchemy import insert
 
-    from edge2core.common.db import make_engine, make_sessionmaker
-    from edge2core.core import migrations
-    from edge2core.core.datasets import DatasetQuery, DatasetStore
-    from edge2core.core.receiver import stable_split
-    from edge2core.core.schema import ImageRow
+    from edge2core.core.db.engine import make_engine, make_sessionmaker
+    from edge2core.core.db import migrations
+    from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+    from edge2core.core.ingest.receiver import stable_split
+    from edge2core.core.db.schema import ImageRow
 
     engine = make_engine(f"sqlite:///{work / 'build.db'}")
     migrations.upgrade(engine)

@@ -64,18 +64,18 @@ def main() -> None:
 
     import torch
 
-    from edge2core.common.db import create_schema, make_engine, make_sessionmaker
+    from edge2core.core.db.engine import create_schema, make_engine, make_sessionmaker
     from edge2core.common.events import utcnow
     from edge2core.common.objectstore import LocalObjectStore, image_key
     from edge2core.common.products import Product
     from edge2core.common.signing import Signer
     from edge2core.config import PromotionGate
-    from edge2core.core.catalogue import Catalogue
-    from edge2core.core.datasets import DatasetQuery, DatasetStore
-    from edge2core.core.gate import ModelGate
-    from edge2core.core.registry import ModelRegistry
-    from edge2core.core.schema import ImageRow
-    from edge2core.core.trainer import IMAGENET_BACKBONE, Trainer
+    from edge2core.core.catalogue.catalogue import Catalogue
+    from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+    from edge2core.core.deliver.gate import ModelGate
+    from edge2core.core.deliver.registry import ModelRegistry
+    from edge2core.core.db.schema import ImageRow
+    from edge2core.core.train.run import IMAGENET_BACKBONE, Trainer
     from edge2core.edge.prepare import PreparePolicy, prepare
 
     if args.threads:
@@ -184,8 +184,8 @@ def main() -> None:
     # ---- baseline for update time: the same model exported through torch
     import onnx
 
-    from edge2core.core.export import export_onnx
-    from edge2core.core.training import HeadModel
+    from edge2core.core.train.onnx_export import export_onnx
+    from edge2core.core.train.head import HeadModel
 
     head_proto = onnx.load_from_string(store.get(fast.model.artifacts["head"].key))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in head_proto.graph.initializer}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from edge2core.common.db import create_schema, make_engine, make_sessionmaker
+from edge2core.core.db.engine import create_schema, make_engine, make_sessionmaker
 
 REPO = Path(__file__).resolve().parents[1]
 GROCERY = Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery")
@@ -99,7 +99,7 @@ def fresh_postgres() -> Iterator[str]:
 
 
 def _drop_all_at(url: str) -> None:
-    import edge2core.core.schema  # noqa: F401  (registers the tables)
+    import edge2core.core.db.schema  # noqa: F401  (registers the tables)
 
     engine = make_engine(url)
     _drop_all(engine)
@@ -118,7 +118,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def _drop_all(engine) -> None:  # type: ignore[no-untyped-def]
     """Every table, Alembic's version table included (else a migration thinks it is done)."""
-    from edge2core.common.db import Base
+    from edge2core.core.db.engine import Base
 
     Base.metadata.drop_all(engine)
     with engine.begin() as conn:

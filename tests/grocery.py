@@ -9,7 +9,7 @@ import pytest
 
 from edge2core.common.events import utcnow
 from edge2core.common.objectstore import image_key
-from edge2core.core.schema import ImageRow
+from edge2core.core.db.schema import ImageRow
 from tests.conftest import GROCERY as DATASET
 
 needs_grocery = pytest.mark.skipif(not (DATASET / "train.txt").is_file(),

@@ -80,9 +80,9 @@ def build_model(out_dir: Path) -> TrainedModel:
             return _built
         import numpy as np
 
-        from edge2core.core.backbone import load_backbone
-        from edge2core.core.export import export_onnx
-        from edge2core.core.training import embed, train_head
+        from edge2core.core.train.backbone import load_backbone
+        from edge2core.core.train.onnx_export import export_onnx
+        from edge2core.core.train.head import embed, train_head
 
         images, labels = training_photos()
         backbone = load_backbone()
@@ -128,9 +128,9 @@ def build_split_model() -> SplitModel:
         import numpy as np
 
         from edge2core.common.onnx_models import compose_onnx
-        from edge2core.core.backbone import BACKBONE_ID, load_backbone
-        from edge2core.core.export import export_backbone_onnx, head_onnx
-        from edge2core.core.training import embed, train_head
+        from edge2core.core.train.backbone import BACKBONE_ID, load_backbone
+        from edge2core.core.train.onnx_export import export_backbone_onnx, head_onnx
+        from edge2core.core.train.head import embed, train_head
 
         images, labels = training_photos()
         backbone = load_backbone()

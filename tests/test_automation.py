@@ -16,9 +16,9 @@ from PIL import Image
 from edge2core.common.events import ModelPublished, SiteModelReport, utcnow
 from edge2core.common.products import Product, ProductStatus
 from edge2core.config import AutomationPolicy, CoreSettings
-from edge2core.core.automation import Decision, LoopInputs, ProductData, decide
-from edge2core.core.schema import ImageRow
-from edge2core.core.site_reports import SiteReports, judge
+from edge2core.core.loop.automation import Decision, LoopInputs, ProductData, decide
+from edge2core.core.db.schema import ImageRow
+from edge2core.core.deliver.site_reports import SiteReports, judge
 from tests.grocery import DATASET, needs_grocery, photos_of, sku, store_kiosk  # noqa: F401
 from tests.recorded_sites import RecordedSites
 
@@ -206,9 +206,9 @@ def test_the_loop_learns_a_new_product_and_stops_bad_rollouts(core) -> None:  # 
 def test_drift_scores_only_captures_after_the_model(tmp_path: Path) -> None:
     import numpy as np
 
-    from edge2core.core import storage
-    from edge2core.core.drift import DriftWatch, own_class_confidence
-    from edge2core.core.registry import ModelInfo
+    from edge2core.core.db import storage
+    from edge2core.core.loop.drift import DriftWatch, own_class_confidence
+    from edge2core.core.deliver.registry import ModelInfo
 
     assert own_class_confidence(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 0]) == pytest.approx(0.55)
     sessions = storage.database(CoreSettings(data_dir=tmp_path))
@@ -237,7 +237,7 @@ def test_drift_scores_only_captures_after_the_model(tmp_path: Path) -> None:
 def test_the_loop_over_http(core) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
 
     client = TestClient(create_core_app(core))
     core.loop.blocked.add("SKU-TEST")
@@ -254,7 +254,7 @@ def test_the_loop_over_http(core) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_a_site_speaks_only_for_itself() -> None:
-    from edge2core.core.site_reports import report_trusted
+    from edge2core.core.deliver.site_reports import report_trusted
 
     tokens = {"s1": "t1", "s2": "t2"}
     mine = report("s1", 3).signed("t1")

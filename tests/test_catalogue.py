@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from edge2core.common.db import make_engine, make_sessionmaker
+from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.common.products import (
     Product,
     ProductStatus,
@@ -26,17 +26,17 @@ from edge2core.common.products import (
     effective_price,
     priced,
 )
-from edge2core.core import migrations
-from edge2core.core.api import create_core_app
+from edge2core.core.db import migrations
+from edge2core.core.api.app import create_core_app
 from edge2core.core.audit import AuditLog
-from edge2core.core.catalogue import (
+from edge2core.core.catalogue.catalogue import (
     Catalogue,
     DuplicateProduct,
     InvalidProduct,
     UnknownProduct,
     read_grocery,
 )
-from edge2core.core.cli_catalogue import catalogue_app
+from edge2core.core.cli.catalogue import catalogue_app
 from edge2core.core.service import build_core_services
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.inference import Recognizer
@@ -496,8 +496,8 @@ def test_edge_answer_carries_the_active_promotion(tmp_path: Path, trained_model:
 
 def test_rows_written_before_the_current_rules_still_load(tmp_path: Path) -> None:
     from edge2core.config import CoreSettings
-    from edge2core.core import storage
-    from edge2core.core.schema import ProductRow
+    from edge2core.core.db import storage
+    from edge2core.core.db.schema import ProductRow
 
     sessions = storage.database(CoreSettings(data_dir=tmp_path))
     with sessions.begin() as session:  # as an older core could write it

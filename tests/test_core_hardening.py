@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from edge2core.common.events import META_HEADER, Guess, PhotoRecord, Source
 from edge2core.common.products import Product
 from edge2core.config import CoreSettings
-from edge2core.core.api import create_core_app
-from edge2core.core.datasets import DatasetQuery
-from edge2core.core.schema import LabelTaskRow
+from edge2core.core.api.app import create_core_app
+from edge2core.core.curate.datasets import DatasetQuery
+from edge2core.core.db.schema import LabelTaskRow
 from edge2core.core.service import build_core_services
 from tests.conftest import jpeg_bytes
 from tests.grocery import store_kiosk
@@ -172,11 +172,12 @@ def _record(data: bytes, **fields: object) -> PhotoRecord:
 def test_ids_in_a_photo_record_follow_the_one_rule(core) -> None:  # type: ignore[no-untyped-def]
     services, client = core
     photo = jpeg_bytes(color=(5, 6, 7))
+    # Built past validation, as an older edge might have spooled it.
     guessed = _record(photo, source=Source.SHOPPER,
-                      top_guesses=[Guess(sku="../../e2c-escape", confidence=0.4)])
+                      top_guesses=[Guess.model_construct(sku="../../e2c-escape", confidence=0.4)])
     answer = client.put(f"/v1/images/{guessed.sha256}", content=photo,
                         headers={**AS_SITE, META_HEADER: guessed.model_dump_json()})
-    assert is_error(answer, 422, "invalid_id") and "not a valid identifier" in answer.json()["detail"]
+    assert is_error(answer, 400, "bad_metadata")  # the record's own pattern refuses it
     assert client.head(f"/v1/images/{guessed.sha256}", headers=AS_SITE).status_code == 404
     # A SKU that is a path never passes the photo record (its pattern is the rule).
     meta = json.loads(guessed.model_dump_json()) | {"sku": "../../e2c-escape", "top_guesses": []}

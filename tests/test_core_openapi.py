@@ -84,8 +84,8 @@ def seed_core(services: Any) -> None:
 
     from edge2core.common.events import Guess, PhotoRecord, Source
     from edge2core.common.products import Product, Promotion
-    from edge2core.core.catalogue import store_image
-    from edge2core.core.datasets import DatasetQuery
+    from edge2core.core.catalogue.catalogue import store_image
+    from edge2core.core.curate.datasets import DatasetQuery
     from tests.conftest import jpeg_bytes
     from tests.grocery import store_kiosk
 
@@ -117,7 +117,7 @@ def core_url(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     from edge2core.common.net import free_port
     from edge2core.config import CoreSettings
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
     from edge2core.core.service import build_core_services
 
     settings = CoreSettings(data_dir=tmp_path / "core", admin_token=ADMIN, site_tokens=SITES)
@@ -166,7 +166,7 @@ def test_the_document_names_the_error_body_the_scheme_and_binary_bodies(tmp_path
     from fastapi.testclient import TestClient
 
     from edge2core.config import CoreSettings
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
     from edge2core.core.service import build_core_services
 
     settings = CoreSettings(data_dir=tmp_path, admin_token=ADMIN, site_tokens=SITES)

@@ -17,11 +17,11 @@ from sqlalchemy import func, select, text
 from edge2core.common.events import ModelPublished, PhotoRecord, Source
 from edge2core.common.objectstore import LocalObjectStore, image_key
 from edge2core.common.products import Product, ProductStatus
-from edge2core.core.catalogue import Catalogue
-from edge2core.core.datasets import DatasetQuery, DatasetStore
-from edge2core.core.receiver import ImageReceiver, UploadError, stable_split
-from edge2core.core.registry import ModelRegistry
-from edge2core.core.schema import ImageRow
+from edge2core.core.catalogue.catalogue import Catalogue
+from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+from edge2core.core.ingest.receiver import ImageReceiver, UploadError, stable_split
+from edge2core.core.deliver.registry import ModelRegistry
+from edge2core.core.db.schema import ImageRow
 from tests.conftest import jpeg_bytes
 from tests.recorded_sites import RecordedSites
 
@@ -473,7 +473,7 @@ async def test_upload_erased_while_on_its_way_is_not_kept(receiver, store, sessi
     """A tombstone written between the replay check and the commit still wins."""
     from datetime import UTC, datetime
 
-    from edge2core.core.schema import TombstoneRow
+    from edge2core.core.db.schema import TombstoneRow
 
     record = record_for(jpeg)
     real_existing = receiver.existing
@@ -505,8 +505,8 @@ async def test_concurrent_uploads_are_all_durable_and_recorded(receiver, store, 
 
 
 def test_wal_commits_only_for_sqlite_files_in_wal_mode(tmp_path: Path) -> None:
-    from edge2core.common.db import make_engine
-    from edge2core.core.receiver import WalCommits
+    from edge2core.core.db.engine import make_engine
+    from edge2core.core.ingest.receiver import WalCommits
 
     engine = make_engine(f"sqlite:///{tmp_path / 'core.db'}")
     wal = WalCommits.for_engine(engine)

@@ -15,18 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from edge2core.common.db import make_engine, make_sessionmaker
+from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.common.events import Guess, PhotoRecord, Source
 from edge2core.common.objectstore import LocalObjectStore, ObjectNotFound, image_key
 from edge2core.common.products import Product
-from edge2core.core import migrations
-from edge2core.core.catalogue import Catalogue
-from edge2core.core.dataset_export import ExportFormat, export_dataset
-from edge2core.core.datasets import DatasetQuery, DatasetStore, render_manifest
-from edge2core.core.governance import EraseRequest, Governance
-from edge2core.core.labelling import LabellingQueue
-from edge2core.core.receiver import ImageReceiver, stable_split
-from edge2core.core.schema import ImageRow
+from edge2core.core.db import migrations
+from edge2core.core.catalogue.catalogue import Catalogue
+from edge2core.core.curate.export import ExportFormat, export_dataset
+from edge2core.core.curate.datasets import DatasetQuery, DatasetStore, render_manifest
+from edge2core.core.curate.governance import EraseRequest, Governance
+from edge2core.core.curate.labelling import LabellingQueue
+from edge2core.core.ingest.receiver import ImageReceiver, stable_split
+from edge2core.core.db.schema import ImageRow
 from tests.backends import Backend, noisy_jpeg
 from tests.conftest import jpeg_bytes
 

@@ -28,9 +28,9 @@ from edge2core.common.events import FLEET_KEY, ModelPublished, product_key, site
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.common.products import Product, ProductStatus
 from edge2core.config import CoreSettings
-from edge2core.core.api import CoreServices, create_core_app
-from edge2core.core.deployments import CatalogueFeed, SiteBoard, open_buckets
-from edge2core.core.registry import ModelRegistry
+from edge2core.core.api.app import CoreServices, create_core_app
+from edge2core.core.deliver.deployments import CatalogueFeed, SiteBoard, open_buckets
+from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.service import build_core_services
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
@@ -52,7 +52,7 @@ def register(registry: ModelRegistry, data: bytes, **kw: object):  # type: ignor
 
 def test_canary_targets_sites_then_the_fleet(tmp_path: Path) -> None:
     from edge2core.common.objectstore import LocalObjectStore
-    from edge2core.core import storage
+    from edge2core.core.db import storage
 
     sessions = storage.database(CoreSettings(data_dir=tmp_path))
     sites = RecordedSites()
@@ -365,7 +365,7 @@ async def test_a_new_product_is_learned_and_answered_at_the_edge(world: World) -
 
 def test_rolling_back_to_the_canary_ends_its_site_targets(tmp_path: Path) -> None:
     from edge2core.common.objectstore import LocalObjectStore
-    from edge2core.core import storage
+    from edge2core.core.db import storage
 
     sessions = storage.database(CoreSettings(data_dir=tmp_path))
     sites = RecordedSites()

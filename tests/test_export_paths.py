@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from edge2core.core.dataset_export import ExportFormat, export_dataset
-from edge2core.core.datasets import DatasetQuery
+from edge2core.core.curate.export import ExportFormat, export_dataset
+from edge2core.core.curate.datasets import DatasetQuery
 from edge2core.core.service import build_core_services
 from edge2core.config import CoreSettings
 from tests.conftest import jpeg_bytes
@@ -69,7 +69,7 @@ def test_every_export_stays_inside_its_folder(dataset, tmp_path: Path, fmt: Expo
 
 
 def test_path_components_are_safe_and_distinct() -> None:
-    from edge2core.core.dataset_export import path_component
+    from edge2core.core.curate.export import path_component
 
     names = [path_component(label) for label in ["SKU-OK", *HOSTILE, ""]]
     assert len(set(names)) == len(names)
@@ -81,7 +81,7 @@ def test_path_components_are_safe_and_distinct() -> None:
 
 
 def test_a_path_that_resolves_outside_is_refused(tmp_path: Path) -> None:
-    from edge2core.core.dataset_export import UnsafeExportPath, inside
+    from edge2core.core.curate.export import UnsafeExportPath, inside
 
     out = tmp_path / "out"
     (out / "train").mkdir(parents=True)

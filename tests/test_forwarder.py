@@ -26,8 +26,8 @@ from edge2core.common.events import CaptureMeta, PhotoForwarded, PhotoRecord, So
 from edge2core.common.net import free_port
 from edge2core.common.objectstore import image_key
 from edge2core.config import CoreSettings
-from edge2core.core.api import CoreServices, create_core_app
-from edge2core.core.schema import ImageRow
+from edge2core.core.api.app import CoreServices, create_core_app
+from edge2core.core.db.schema import ImageRow
 from edge2core.core.service import build_core_services
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import ArtifactMismatch, CoreClient

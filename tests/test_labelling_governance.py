@@ -17,21 +17,21 @@ from typer.testing import CliRunner
 from edge2core.common.events import utcnow
 from edge2core.common.objectstore import image_key
 from edge2core.common.products import Product, ProductStatus
-from edge2core.core.api import create_core_app
-from edge2core.core.catalogue import Catalogue
-from edge2core.core.cli_datasets import datasets_app
-from edge2core.core.datasets import DatasetQuery, DatasetStore
-from edge2core.core.embeddings import EmbeddingCache
-from edge2core.core.governance import EraseRequest, Governance
-from edge2core.core.labelling import (
+from edge2core.core.api.app import create_core_app
+from edge2core.core.catalogue.catalogue import Catalogue
+from edge2core.core.cli.datasets import datasets_app
+from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+from edge2core.core.train.embeddings import EmbeddingCache
+from edge2core.core.curate.governance import EraseRequest, Governance
+from edge2core.core.curate.labelling import (
     LabelConflict,
     LabellingQueue,
     LabelStatus,
     NewProduct,
     UnknownSku,
 )
-from edge2core.core.receiver import ImageReceiver
-from edge2core.core.schema import ErasureRow, ImageRow, LabelTaskRow, TombstoneRow
+from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.db.schema import ErasureRow, ImageRow, LabelTaskRow, TombstoneRow
 from edge2core.core.service import build_core_services
 from tests.backends import Backend, noisy_jpeg
 from tests.test_datasets import T0, chunks, ingest, make_receiver, record_for

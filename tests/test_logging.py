@@ -72,7 +72,7 @@ class SensorJammed(Exception):
     pass
 
 
-@pytest.mark.parametrize("role", ["edge2core.edge.forwarder", "edge2core.core.receiver"])
+@pytest.mark.parametrize("role", ["edge2core.edge.forwarder", "edge2core.core.ingest.receiver"])
 def test_structlog_errors_carry_the_exception(captured: Captured, role: str) -> None:
     configure_logging(json=True)
     log = get_logger(role)

@@ -95,7 +95,7 @@ async def test_a_trigger_that_cannot_run_backs_off_stops_and_resumes(tmp_path: P
     from fastapi.testclient import TestClient
 
     from edge2core.common.products import ProductStatus
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
     from tests.waiting import until
 
     services = await asyncio.to_thread(_core_with_a_first_model, tmp_path)
@@ -153,7 +153,7 @@ def test_a_run_that_changes_nothing_is_not_repeated(tmp_path: Path) -> None:
     """A trigger decided again right after its run went live (nothing it looks at changed,
     e.g. drift a new model did not cure) backs off and stops instead of retraining forever."""
     from edge2core.config import AutomationPolicy, CoreSettings
-    from edge2core.core.automation import Decision
+    from edge2core.core.loop.automation import Decision
     from edge2core.core.service import build_core_services
 
     services = build_core_services(CoreSettings(data_dir=tmp_path, automation=AutomationPolicy()))

@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-import edge2core.core.schema  # noqa: F401  (registers every table)
-from edge2core.common.db import Base, make_engine
-from edge2core.core import migrations
+import edge2core.core.db.schema  # noqa: F401  (registers every table)
+from edge2core.core.db.engine import Base, make_engine
+from edge2core.core.db import migrations
 
 
 def schema_diff(engine) -> list:  # type: ignore[no-untyped-def]

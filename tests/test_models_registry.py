@@ -53,7 +53,7 @@ def core(tmp_path_factory):
     """A core's services with 4 products' photos and dataset version 1."""
     from edge2core.common.products import Product
     from edge2core.config import CoreSettings
-    from edge2core.core.datasets import DatasetQuery
+    from edge2core.core.curate.datasets import DatasetQuery
     from edge2core.core.service import build_core_services
 
     data_dir = tmp_path_factory.mktemp("core")
@@ -75,8 +75,8 @@ def register_worse(core, model, promote: bool):
     import onnx
     from onnx import numpy_helper
 
-    from edge2core.core.export import compose_onnx, head_onnx
-    from edge2core.core.training import HeadModel
+    from edge2core.core.train.onnx_export import compose_onnx, head_onnx
+    from edge2core.core.train.head import HeadModel
 
     proto = onnx.load_from_string(core.store.get(model.artifacts["head"].key))
     w = {t.name: numpy_helper.to_array(t).copy() for t in proto.graph.initializer}
@@ -104,7 +104,7 @@ def first(core):
 
 def test_fast_run_registers_an_evaluated_signed_model(core, first) -> None:
     from edge2core.common.signing import load_public_key, verify_artifact
-    from edge2core.core.export import read_onnx_metadata
+    from edge2core.core.train.onnx_export import read_onnx_metadata
 
     model = first.model
     assert model.stage == "production" and core.announced[-1].version == model.version
@@ -177,7 +177,7 @@ def test_tampered_artefact_fails_signature_verification(core, first) -> None:
 
 
 def test_embedding_cache_survives_a_restart(core, first) -> None:
-    from edge2core.core.trainer import Trainer
+    from edge2core.core.train.run import Trainer
 
     # the first run computed every photo's embedding once
     assert first.record["embeddings_computed"] == core.dataset.stats["images"]
@@ -197,7 +197,7 @@ def test_rerun_from_record_gives_the_same_metrics(core, first) -> None:
 
 
 def test_gate_blocks_a_worse_model_force_and_rollback(core, first) -> None:
-    from edge2core.core.registry import GateBlocked
+    from edge2core.core.deliver.registry import GateBlocked
 
     prod = core.registry.production()
     worse = register_worse(core, prod, promote=True)
@@ -230,7 +230,7 @@ def test_gate_blocks_a_worse_model_force_and_rollback(core, first) -> None:
 def test_models_api(core, first) -> None:
     from fastapi.testclient import TestClient
 
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.app import create_core_app
 
     client = TestClient(create_core_app(core))
     models = client.get("/v1/models").json()
@@ -262,7 +262,7 @@ def test_eval_command_scores_a_list_with_the_shipped_artefact(core, first, tmp_p
     import typer
     from typer.testing import CliRunner
 
-    from edge2core.core.cli_models import eval_command
+    from edge2core.core.cli.models import eval_command
 
     model_file = tmp_path / "model.onnx"
     model_file.write_bytes(core.store.get(first.model.artifact_key))

@@ -48,7 +48,7 @@ def _split(split: str, per_class: int | None) -> tuple[list[Image.Image], np.nda
 
 @pytest.fixture(scope="module")
 def backbone():
-    from edge2core.core.backbone import load_backbone
+    from edge2core.core.train.backbone import load_backbone
 
     return load_backbone()
 
@@ -62,7 +62,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def embedded(backbone, data):
-    from edge2core.core.training import embed
+    from edge2core.core.train.head import embed
 
     train_x, train_y, val_x, val_y = data
     return embed(backbone, train_x), train_y, embed(backbone, val_x), val_y
@@ -70,7 +70,7 @@ def embedded(backbone, data):
 
 @pytest.fixture(scope="module")
 def head(embedded):
-    from edge2core.core.training import train_head
+    from edge2core.core.train.head import train_head
 
     train_e, train_y, _, _ = embedded
     return train_head(train_e, train_y, CLASSES, seed=0)
@@ -78,7 +78,7 @@ def head(embedded):
 
 @pytest.fixture(scope="module")
 def onnx_file(backbone, head, tmp_path_factory):
-    from edge2core.core.export import export_onnx
+    from edge2core.core.train.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(backbone, head, path)
@@ -124,7 +124,7 @@ def test_preprocess_does_not_import_torch():
 def test_backbone_output_shape(backbone, embedded):
     import torch
 
-    from edge2core.core.backbone import EMBEDDING_DIM
+    from edge2core.core.train.backbone import EMBEDDING_DIM
 
     assert not backbone.training
     with torch.inference_mode():
@@ -137,7 +137,7 @@ def test_backbone_output_shape(backbone, embedded):
 
 
 def test_embed_batches_and_progress(backbone, data, embedded):
-    from edge2core.core.training import embed
+    from edge2core.core.train.head import embed
 
     images = data[0][:5]
     seen: list[int] = []
@@ -149,7 +149,7 @@ def test_embed_batches_and_progress(backbone, data, embedded):
 
 
 def test_head_beats_chance_on_val(head, embedded):
-    from edge2core.core.training import evaluate, predict_proba
+    from edge2core.core.train.head import evaluate, predict_proba
 
     train_e, train_y, val_e, val_y = embedded
     assert head.weight.shape == (4, 1280) and head.bias.shape == (4,)
@@ -165,7 +165,7 @@ def test_head_beats_chance_on_val(head, embedded):
 
 
 def test_train_head_deterministic_and_standardisation_folded(embedded, head):
-    from edge2core.core.training import predict_proba, train_head
+    from edge2core.core.train.head import predict_proba, train_head
 
     train_e, train_y, val_e, _ = embedded
     again = train_head(train_e, train_y, CLASSES, seed=0)
@@ -178,7 +178,7 @@ def test_train_head_deterministic_and_standardisation_folded(embedded, head):
 
 
 def test_evaluate_top5_and_head_save_load(tmp_path):
-    from edge2core.core.training import HeadModel, evaluate, train_head
+    from edge2core.core.train.head import HeadModel, evaluate, train_head
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(6, 1280)).astype(np.float32) * 3
@@ -204,7 +204,7 @@ def test_onnx_single_file_matches_torch(onnx_file, backbone, head, data):
     import torch
 
     from edge2core.common.preprocess import preprocess_batch
-    from edge2core.core.training import predict_proba
+    from edge2core.core.train.head import predict_proba
 
     # one self-contained file, no external-data sidecar
     assert sorted(p.name for p in onnx_file.parent.iterdir()) == ["model.onnx"]
@@ -226,8 +226,8 @@ def test_onnx_single_file_matches_torch(onnx_file, backbone, head, data):
 
 
 def test_onnx_metadata_round_trip(onnx_file):
-    from edge2core.core.backbone import BACKBONE_ID
-    from edge2core.core.export import read_onnx_metadata
+    from edge2core.core.train.backbone import BACKBONE_ID
+    from edge2core.core.train.onnx_export import read_onnx_metadata
 
     for source in (onnx_file, str(onnx_file), onnx_file.read_bytes()):
         meta = read_onnx_metadata(source)
@@ -241,14 +241,14 @@ def test_onnx_metadata_round_trip(onnx_file):
 
 @pytest.fixture(scope="module")
 def backbone_onnx(backbone):
-    from edge2core.core.export import export_backbone_onnx
+    from edge2core.core.train.onnx_export import export_backbone_onnx
 
     return export_backbone_onnx(backbone)
 
 
 def test_ort_embeddings_match_torch(backbone_onnx, embedded, data):
     from edge2core.common.preprocess import preprocess_batch
-    from edge2core.core.embeddings import OrtEmbedder
+    from edge2core.core.train.embeddings import OrtEmbedder
 
     embedder = OrtEmbedder(backbone_onnx, batch_size=4)
     x = preprocess_batch(data[0][:6])
@@ -261,13 +261,13 @@ def test_composed_head_only_and_int8_agree_with_torch_export(backbone, backbone_
     import onnx
 
     from edge2core.common.preprocess import preprocess_batch
-    from edge2core.core.export import (
+    from edge2core.core.train.onnx_export import (
         compose_onnx,
         head_onnx,
         ort_session,
         quantize_backbone_int8,
     )
-    from edge2core.core.training import predict_proba
+    from edge2core.core.train.head import predict_proba
 
     val_x = data[2]
     x = preprocess_batch(val_x)
@@ -304,7 +304,7 @@ def test_composed_head_only_and_int8_agree_with_torch_export(backbone, backbone_
 
 
 def test_embedding_cache_persists_and_skips_recompute(tmp_path):
-    from edge2core.core.embeddings import EmbeddingCache
+    from edge2core.core.train.embeddings import EmbeddingCache
 
     calls: list[list[str]] = []
 
@@ -334,7 +334,7 @@ def test_embedding_cache_persists_and_skips_recompute(tmp_path):
 def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
     import torch
 
-    from edge2core.core.finetune import (
+    from edge2core.core.train.finetune import (
         FineTuneConfig,
         augment_batch,
         finetune,
@@ -362,7 +362,7 @@ def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
 
 
 def test_evaluation_report_calibration_and_threshold():
-    from edge2core.core.evaluation import (
+    from edge2core.core.train.evaluation import (
         classification_report,
         confusion_png,
         fit_temperature,

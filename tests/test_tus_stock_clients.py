@@ -25,7 +25,7 @@ from tusclient.storage.filestorage import FileStorage
 
 from edge2core.common.events import PhotoRecord
 from edge2core.common.objectstore import image_key
-from edge2core.core.api import create_core_app
+from edge2core.core.api.app import create_core_app
 from edge2core.core.service import build_core_services
 from tests.backends import Backend, CoreServer, noisy_jpeg
 from tests.test_upload_proof import RefusingCore
@@ -88,7 +88,7 @@ def test_tuspy_defaults_upload_a_photo(
     assert answer["x-e2c-created"] == "true"
     assert_stored_once(core, record, data)
     with core.services.sessions() as session:
-        from edge2core.core.schema import ImageRow
+        from edge2core.core.db.schema import ImageRow
 
         row = session.get(ImageRow, record.sha256)
     assert (row.site, row.device, row.sku, row.width, row.height) == (

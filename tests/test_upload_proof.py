@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from edge2core.common.events import PhotoForwarded, PhotoRecord
 from edge2core.common.objectstore import ObjectStore, S3ObjectStore, image_key
-from edge2core.core.api import create_core_app
+from edge2core.core.api.app import create_core_app
 from edge2core.core.service import build_core_services
 from edge2core.edge.core_client import CoreClient, TransientUploadError
 from edge2core.edge.forwarder import Forwarder

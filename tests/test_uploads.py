@@ -24,8 +24,8 @@ from sqlalchemy import func, select
 
 from edge2core.common.events import PhotoRecord, Source, utcnow
 from edge2core.common.objectstore import image_key
-from edge2core.core.api import CoreServices, create_core_app
-from edge2core.core.schema import ImageRow, QuarantineRow
+from edge2core.core.api.app import CoreServices, create_core_app
+from edge2core.core.db.schema import ImageRow, QuarantineRow
 from edge2core.core.service import build_core_services
 from edge2core.edge.core_client import CoreClient, RejectedUpload
 from tests.backends import Backend, CoreServer, noisy_jpeg
@@ -414,7 +414,7 @@ async def test_client_picks_one_shot_or_resumable_and_classifies_refusals(core: 
 def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
     """Well-formed PUTs take the fast path (ImagePutFastPath); malformed ones reach the
     FastAPI route: both answer with the same statuses and bodies."""
-    from edge2core.core import api_uploads
+    from edge2core.core.api import uploads as api_uploads
 
     taken: list[str] = []
     original = api_uploads.ImagePutFastPath._record
@@ -457,7 +457,7 @@ def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.Mon
 
 
 def test_a_site_without_a_token_is_never_admitted() -> None:
-    from edge2core.core.access import site_token_ok
+    from edge2core.core.api.access import site_token_ok
 
     tokens = {"store-1": "s3cret"}
     assert site_token_ok({}, "anywhere", None)  # development: no tokens configured
@@ -473,8 +473,8 @@ def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from edge2core.config import CoreSettings
-    from edge2core.core.access import access_allowed
-    from edge2core.core.api import create_core_app
+    from edge2core.core.api.access import access_allowed
+    from edge2core.core.api.app import create_core_app
     from edge2core.core.service import build_core_services
 
     sites = {"store-1": "site-secret"}

@@ -16,10 +16,10 @@ from rich.table import Table
 from edge2core import __version__
 from edge2core.common.logging import configure_logging
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
-from edge2core.core.cli_automation import loop_app
-from edge2core.core.cli_catalogue import catalogue_app
-from edge2core.core.cli_datasets import datasets_app
-from edge2core.core.cli_models import eval_command, models_app
+from edge2core.core.cli.loop import loop_app
+from edge2core.core.cli.catalogue import catalogue_app
+from edge2core.core.cli.datasets import datasets_app
+from edge2core.core.cli.models import eval_command, models_app
 
 app = typer.Typer(
     help="edge2core: acquire photos at the edge, learn from them at the core, answer at the edge.",

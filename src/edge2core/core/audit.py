@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import as_utc, utcnow
-from edge2core.core.schema import AuditRow
+from edge2core.core.db.schema import AuditRow
 
 MAX_LIMIT = 1000
 

@@ -16,24 +16,24 @@ from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUse
 from edge2core.common.products import Product
 from edge2core.common.signing import Signer
 from edge2core.config import AutomationPolicy, CoreSettings
-from edge2core.core import storage
-from edge2core.core.api import CoreServices, create_core_app
+from edge2core.core.db import storage
+from edge2core.core.api.app import CoreServices, create_core_app
 from edge2core.core.audit import AuditLog
-from edge2core.core.automation import LearningLoop
-from edge2core.core.catalogue import Catalogue
-from edge2core.core.datasets import DatasetStore
-from edge2core.core.deployments import (
+from edge2core.core.loop.automation import LearningLoop
+from edge2core.core.catalogue.catalogue import Catalogue
+from edge2core.core.curate.datasets import DatasetStore
+from edge2core.core.deliver.deployments import (
     CatalogueFeed,
     DeploySink,
     SiteBoard,
     open_buckets,
 )
-from edge2core.core.drift import DriftWatch
-from edge2core.core.gate import ModelGate
-from edge2core.core.receiver import ImageReceiver
-from edge2core.core.registry import ModelRegistry
-from edge2core.core.site_reports import SiteReports, report_trusted
-from edge2core.core.trainer import Trainer
+from edge2core.core.loop.drift import DriftWatch
+from edge2core.core.deliver.gate import ModelGate
+from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.deliver.registry import ModelRegistry
+from edge2core.core.deliver.site_reports import SiteReports, report_trusted
+from edge2core.core.train.run import Trainer
 
 log = get_logger(__name__)
 
@@ -139,7 +139,7 @@ async def resync_every(services: CoreServices, board: SiteBoard, feed: Catalogue
 
 async def apply_retention_every(services: CoreServices, every_s: float) -> None:
     """The retention rules, at start and then every `every_s`: no cron job to forget."""
-    from edge2core.core.api_datasets import governance_for
+    from edge2core.core.api.datasets import governance_for
 
     while True:
         try:

@@ -1,0 +1,1 @@
+"""curate: see docs/architecture.md."""

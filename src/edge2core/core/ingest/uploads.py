@@ -1,0 +1,412 @@
+"""Resumable uploads in the shape of the tus 1.0 core protocol, keyed by the photo's sha256.
+
+An upload lives in the object store's staging folder as two files: `<sha256>.part` (the bytes
+received so far) and `<sha256>.json` (the photo record, the declared length, the durable offset
+and the expiry). The offset in the JSON is written only after the bytes up to it are fsync'd,
+so after a crash the upload resumes from a point that is really on disk (the part file is cut
+back to it). Because the id is the content hash, a retry after any failure finds the same
+upload, and an upload of a photo the core already holds completes at once.
+
+"All bytes received" is not "stored": the upload is forgotten only once the photo is in the
+object store and recorded. If finishing fails (the object store refuses the write), the upload
+stays, complete, and a PATCH with an empty body at `Upload-Offset` = `Upload-Length` finishes it
+again; until then nothing answers with the stored key, which is the client's only proof.
+
+Locks are per process: run one core process per staging folder, or route an upload's requests
+to the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge2core.common.events import PhotoRecord, utcnow
+from edge2core.common.fsutil import write_atomic
+from edge2core.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from edge2core.core.ingest.receiver import ImageReceiver, Receipt, UploadError
+
+log = get_logger(__name__)
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,expiration,termination"
+_PURGE_EVERY_S = 60.0
+_HASH_BLOCK = 1 << 20
+_RETRY_AFTER_S = "5"
+
+
+class ClientGone(Exception):
+    """The client went away mid-body; what arrived before is kept."""
+
+
+@dataclass
+class UploadState:
+    record: PhotoRecord
+    length: int
+    offset: int
+    created_at: datetime
+    expires_at: datetime
+    done: Receipt | None = field(default=None)
+
+    @property
+    def sha256(self) -> str:
+        return self.record.sha256
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "record": self.record.model_dump(mode="json"),
+                "length": self.length,
+                "offset": self.offset,
+                "created_at": self.created_at.isoformat(),
+                "expires_at": self.expires_at.isoformat(),
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> UploadState:
+        raw = json.loads(data)
+        return cls(
+            record=PhotoRecord.model_validate(raw["record"]),
+            length=int(raw["length"]),
+            offset=int(raw["offset"]),
+            created_at=datetime.fromisoformat(raw["created_at"]),
+            expires_at=datetime.fromisoformat(raw["expires_at"]),
+        )
+
+
+class ResumableUploads:
+    def __init__(self, receiver: ImageReceiver, *, expiry_s: float) -> None:
+        self._receiver = receiver
+        self.expiry_s = expiry_s
+        self.dir = receiver.store.staging_dir() / "uploads"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, asyncio.Lock] = {}
+        # sha256 -> (offset, running hash of bytes [0, offset)): saves re-reading the part file.
+        self._hashers: dict[str, tuple[int, hashlib._Hash]] = {}
+        self._last_purge = 0.0
+
+    def _part(self, sha256: str) -> Path:
+        return self.dir / f"{sha256}.part"
+
+    def _meta(self, sha256: str) -> Path:
+        return self.dir / f"{sha256}.json"
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state(self, sha256: str) -> UploadState | None:
+        """The upload in progress, or None (never created, finished, expired or deleted)."""
+        try:
+            state = UploadState.from_json(self._meta(sha256).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            # Not written by `_save` (which is atomic): nothing can be finished from it.
+            self.discard(sha256)
+            return None
+        if state.expires_at <= utcnow():
+            self.discard(sha256)
+            return None
+        try:
+            on_disk = self._part(sha256).stat().st_size
+        except FileNotFoundError:
+            on_disk = 0
+        state.offset = min(state.offset, on_disk)
+        return state
+
+    def _save(self, state: UploadState) -> None:
+        write_atomic(self._meta(state.sha256), [state.to_json()])
+
+    def discard(self, sha256: str) -> bool:
+        """Forget an upload and its bytes (tus termination; expiry; erasure)."""
+        self._hashers.pop(sha256, None)
+        found = self._meta(sha256).exists()
+        self._meta(sha256).unlink(missing_ok=True)
+        self._part(sha256).unlink(missing_ok=True)
+        return found
+
+    def in_progress(self) -> list[UploadState]:
+        states = []
+        for meta in sorted(self.dir.glob("*.json")):
+            if (state := self.state(meta.stem)) is not None:
+                states.append(state)
+        return states
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        purged = 0
+        for meta in self.dir.glob("*.json"):
+            try:
+                state = UploadState.from_json(meta.read_bytes())
+            except (OSError, ValueError):
+                state = None
+            if state is None or state.expires_at <= now:
+                self.discard(meta.stem)
+                purged += 1
+        for part in self.dir.glob("*.part"):  # bytes whose metadata never made it to disk
+            if not self._meta(part.stem).exists() and part.stat().st_mtime < time.time() - 3600:
+                part.unlink(missing_ok=True)
+        self._last_purge = time.monotonic()
+        return purged
+
+    # --- tus operations ----------------------------------------------------------------------
+
+    def create(self, record: PhotoRecord, length: int) -> tuple[UploadState, bool]:
+        """POST by id: start an upload, or find the one already there. True if it is new."""
+        self._check_length(record, length)
+        self._purge_now_and_then()
+        now = utcnow()
+        if (done := self._receiver.existing(record.sha256)) is not None:
+            state = UploadState(record, length, length, now, now, done=done)
+            return state, False
+        if (state := self.state(record.sha256)) is not None:
+            return state, False
+        return self._start(record, length), True
+
+    async def restart(self, record: PhotoRecord, length: int) -> UploadState:
+        """POST to the collection (a stock tus client): a new upload at offset 0, always.
+
+        A stock client PATCHes from 0 after its POST whatever the answer says (tuspy ignores
+        `Upload-Offset` there), so the only answer it can use is a fresh upload: an earlier
+        partial upload of the same photo is dropped, and a photo already stored is received
+        again and acknowledged as a replay when it completes (stored once, under one key).
+        Clients that keep the upload's URL resume with HEAD instead.
+        """
+        from edge2core.core.ingest.receiver import UploadError
+
+        self._check_length(record, length)
+        lock = self._locks.setdefault(record.sha256, asyncio.Lock())
+        if lock.locked():
+            raise UploadError(423, "upload_busy", "another request is appending to this upload")
+        async with lock:
+            await asyncio.to_thread(self._purge_now_and_then)
+            return await asyncio.to_thread(self._start, record, length)
+
+    def _check_length(self, record: PhotoRecord, length: int) -> None:
+        from edge2core.core.ingest.receiver import UploadError
+
+        if length != record.size:
+            raise UploadError(
+                422, "size_mismatch", f"Upload-Length {length} but the record says {record.size}"
+            )
+        if length > self._receiver.max_bytes:
+            raise UploadError(413, "too_large", f"over {self._receiver.max_bytes} bytes")
+
+    def _purge_now_and_then(self) -> None:
+        if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
+            self.purge_expired()
+
+    def _start(self, record: PhotoRecord, length: int) -> UploadState:
+        """A new, empty upload; whatever partial upload had this id is dropped."""
+        self.discard(record.sha256)
+        now = utcnow()
+        state = UploadState(record, length, 0, now, now + timedelta(seconds=self.expiry_s))
+        with self._part(record.sha256).open("wb") as fh:
+            os.fsync(fh.fileno())
+        self._save(state)
+        return state
+
+    def head(self, sha256: str) -> UploadState | None:
+        """HEAD: the durable offset; a stored photo reads as a finished upload."""
+        if (state := self.state(sha256)) is not None:
+            return state
+        done = self._receiver.existing(sha256)
+        if done is None or done.erased:
+            return None
+        from edge2core.core.db.schema import ImageRow
+
+        with self._receiver.sessions() as session:
+            row = session.get(ImageRow, sha256)
+        if row is None:
+            return None
+        record = PhotoRecord(
+            site=row.site, device=row.device, source=row.source, sha256=sha256, size=row.size,
+            width=row.width, height=row.height,
+        )
+        return UploadState(record, row.size, row.size, row.stored_at, row.stored_at, done=done)
+
+    async def append(
+        self, sha256: str, offset: int, body: AsyncIterable[bytes]
+    ) -> UploadState:
+        """PATCH: append the body at `offset`; when the upload is complete, verify and store it.
+
+        Returns the state after the request; `state.done` is the receipt once the photo is
+        durable in the object store and recorded. Raises `ClientGone` (after keeping what
+        arrived) when the client went away mid-body.
+        """
+        from edge2core.core.ingest.receiver import UploadError
+
+        lock = self._locks.setdefault(sha256, asyncio.Lock())
+        if lock.locked():
+            raise UploadError(423, "upload_busy", "another request is appending to this upload")
+        async with lock:
+            state = await asyncio.to_thread(self.state, sha256)
+            if state is None:
+                if (done := await asyncio.to_thread(self.head, sha256)) is not None:
+                    if offset == done.length:
+                        return done  # a replay of the final PATCH: already stored
+                    raise UploadError(
+                        409, "offset_mismatch", f"the upload is complete at {done.length}",
+                        {"Upload-Offset": str(done.length)},
+                    )
+                raise UploadError(404, "no_upload", "no such upload (expired?); create it again")
+            if offset != state.offset:
+                raise UploadError(
+                    409, "offset_mismatch", f"the upload is at offset {state.offset}, not {offset}",
+                    {"Upload-Offset": str(state.offset)},
+                )
+            hasher = await asyncio.to_thread(self._hasher_at, sha256, offset)
+            gone = await self._write(state, hasher, body)
+            if gone:
+                raise ClientGone(sha256)
+            if state.offset == state.length:
+                state.done = await asyncio.to_thread(self._finish, state, hasher.hexdigest())
+                self._locks.pop(sha256, None)
+            return state
+
+    async def _write(self, state: UploadState, hasher: hashlib._Hash, body: AsyncIterable[bytes]) -> bool:
+        """Append, then fsync and record the new offset even if the client vanished mid-way.
+
+        True if the client went away. A failing staging disk (full, read-only) is the core's
+        fault, not the client's: what was written is kept and the request ends in a 503.
+        """
+        from starlette.requests import ClientDisconnect
+
+        from edge2core.core.ingest.receiver import UploadError
+
+        gone = False
+        too_long = False
+        disk_error: OSError | None = None
+        try:
+            # O_CREAT: the part file may be gone (moved into the store by a finish that then
+            # failed to record the photo); the offset then reads 0 and the upload starts over.
+            fd = os.open(self._part(state.sha256), os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _staging_failed(state, exc) from exc
+        try:
+            os.ftruncate(fd, state.offset)  # drop bytes past the durable offset (a crash's tail)
+            os.lseek(fd, state.offset, os.SEEK_SET)
+            written = 0
+            try:
+                async for chunk in body:
+                    room = state.length - state.offset - written
+                    if len(chunk) > room:
+                        chunk, too_long = chunk[:room], True
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as exc:
+                        disk_error = exc
+                        break
+                    hasher.update(chunk)
+                    written += len(chunk)
+                    if too_long:
+                        break
+            except (ClientDisconnect, OSError, asyncio.CancelledError) as exc:
+                gone = True
+                if isinstance(exc, asyncio.CancelledError):
+                    await asyncio.shield(self._checkpoint(fd, state, written, hasher))
+                    raise
+            await self._checkpoint(fd, state, written, hasher)
+        except OSError as exc:  # truncating, or fsync'ing and recording the offset
+            raise _staging_failed(state, exc) from exc
+        finally:
+            os.close(fd)
+        if disk_error is not None:
+            raise _staging_failed(state, disk_error)
+        if too_long:
+            raise UploadError(
+                413, "exceeds_length", f"the body goes past Upload-Length {state.length}",
+                {"Upload-Offset": str(state.offset)},
+            )
+        return gone
+
+    async def _checkpoint(
+        self, fd: int, state: UploadState, written: int, hasher: hashlib._Hash
+    ) -> None:
+        if written == 0:
+            return
+        await asyncio.to_thread(os.fsync, fd)
+        state.offset += written
+        await asyncio.to_thread(self._save, state)
+        self._hashers[state.sha256] = (state.offset, hasher)
+
+    def _hasher_at(self, sha256: str, offset: int) -> hashlib._Hash:
+        cached = self._hashers.get(sha256)
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        hasher = hashlib.sha256()  # after a restart: rehash what is on disk
+        if offset == 0:
+            return hasher
+        with self._part(sha256).open("rb") as fh:
+            remaining = offset
+            while remaining > 0:
+                block = fh.read(min(_HASH_BLOCK, remaining))
+                if not block:
+                    break
+                hasher.update(block)
+                remaining -= len(block)
+        return hasher
+
+    def _finish(self, state: UploadState, digest: str) -> Receipt:
+        """All bytes are here: verify, privacy re-check, store, record; then forget the upload.
+
+        A refusal (wrong hash, metadata left, not an image) ends the upload for good. Any other
+        failure (the object store refuses the write, the database is down) keeps it, complete
+        and unfinished, and answers 503 without a key: the client must not take the bytes'
+        arrival for storage. A PATCH with an empty body at offset == length tries again.
+        """
+        from edge2core.core.ingest.receiver import UploadError
+
+        try:
+            self._receiver.verify(state.record, digest, state.offset)
+            # Already stored (sent again by a client that lost its answer) or erased: the
+            # receipt stands and nothing is written twice.
+            receipt = self._receiver.existing(state.sha256)
+            if receipt is None:
+                receipt = self._receiver.accept(
+                    state.record, self._part(state.sha256), keep_on_failure=True
+                )
+        except UploadError:
+            self.discard(state.sha256)
+            raise
+        except Exception as exc:
+            log.exception("finishing an upload failed; it is kept for another try",
+                          sha256=state.sha256, size=state.length)
+            raise UploadError(
+                503, "store_unavailable",
+                "all bytes arrived but the photo could not be stored yet; finish the upload "
+                "again later (PATCH with an empty body at Upload-Offset = Upload-Length)",
+                {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+            ) from exc
+        self.discard(state.sha256)
+        return receipt
+
+
+def _staging_failed(state: UploadState, exc: OSError) -> UploadError:
+    """The core could not write an upload's bytes (its own disk): a 503 naming no path."""
+    from edge2core.core.ingest.receiver import UploadError
+
+    log.error("writing an upload's bytes failed", sha256=state.sha256,
+              errno=exc.errno, error=exc.strerror)
+    return UploadError(
+        503, "staging_unavailable",
+        "the core could not keep the bytes; HEAD says how many it holds, resume from there",
+        {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

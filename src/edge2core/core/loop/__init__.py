@@ -1,0 +1,1 @@
+"""loop: see docs/architecture.md."""
