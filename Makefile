@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # A local CPU build on these machines; any other spelling downloads gigabytes.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 test-all: install
 	$(BIN)/python -m pytest -q

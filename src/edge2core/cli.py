@@ -219,6 +219,40 @@ def edge_dead_letters(
     Console().print(table)
 
 
+@datasets_app.command("import")
+def datasets_import(
+    folder: Annotated[Path, typer.Argument(help="Photos in ImageFolder (DIR/<sku>/*.jpg) or grocery layout.")],
+    token: Annotated[str, typer.Option(envvar="E2C_KIOSK_TOKEN", help="A kiosk's token at that site.")] = "",
+    edge: Annotated[str | None, typer.Option(help="The site's HTTP URL (default from settings).")] = None,
+    layout: Annotated[str, typer.Option(help="auto, imagefolder or grocery.")] = "auto",
+    split: Annotated[str, typer.Option(help="Grocery layout: which list to send (train, val).")] = "train",
+    state: Annotated[Path | None, typer.Option(help="Progress file (default DIR/.e2c-import.json).")] = None,
+) -> None:
+    """Send photos you already have through a site's door as kiosk captures: the same
+    preparation and privacy step; resumable (run again after an interruption); idempotent."""
+    from rich.progress import Progress
+
+    from edge2core.edge.bulk_import import BulkImporter, ImportState, SiteUnavailable, photos_in
+
+    try:
+        photos = photos_in(folder, layout, split)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    base = edge or EdgeSettings().http_url
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    progress_file = ImportState(state or folder / ".e2c-import.json")
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as http, Progress() as bar:
+        task = bar.add_task(f"importing {len(photos)} photos", total=len(photos))
+        importer = BulkImporter(http, folder, progress_file)
+        try:
+            counts = importer.run(photos, lambda _p, _o: bar.advance(task))
+        except SiteUnavailable as exc:
+            typer.echo(f"stopped: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(json.dumps({"photos": len(photos), **counts}))
+
+
 @app.command()
 def demo(
     dataset: Annotated[Path | None, typer.Option(envvar="E2C_DATASET", help="A grocery-layout photo folder; synthetic photos if absent.")] = None,
