@@ -33,7 +33,8 @@ alternate, repeats give medians. Goodput = photo bytes / seconds, in Mbit/s (1e6
 Last stdout line: JSON with ours_mbit_s, curl_mbit_s, ratio (ours/curl, medians, at the edge's
 default `forward_concurrency` unless --concurrency), the sweep (`sweep_mbit_s`, `sweep_ratio`,
 `best_concurrency`), the photo mix, the link and TCP congestion control used, and, for the
-user-space shaper, the loss it really applied and how late it delivered (CPU pressure).
+user-space shaper, the loss it really applied and how late it delivered (CPU pressure), and
+photo_source (see _common.py: the grocery photos, $E2C_DATASET or synthetic ones).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GROCERY, emit, say
+from _common import PHOTOS, assert_distinct, emit, say, synthetic_photos
 
 HERE = Path(__file__).resolve()
 CORE_PORT = 8470
@@ -65,19 +66,18 @@ TARGET = 0.9
 # --- photos ------------------------------------------------------------------------------------
 
 def _grocery_files() -> list[Path]:
-    return sorted(GROCERY.glob("train/**/*.jpg"))
+    return PHOTOS.grocery_files("train/**/*.jpg")
 
 
 def small_photos(n: int) -> list[tuple[bytes, object]]:
     """`n` prepared ~30 KB photos: the grocery set (348x348) or synthetic ones."""
     from edge2core.edge.prepare import PreparePolicy, prepare
-    from edge2core.sim.synthetic import render_photo
 
     files = _grocery_files()
     sources = (
         (f.read_bytes() for f in files[:: max(1, len(files) // n)])
         if len(files) >= n
-        else (render_photo(i % 8, i) for i in range(10 * n))
+        else iter(synthetic_photos(n))
     )
     out, seen = [], set()
     for data in sources:
@@ -97,13 +97,13 @@ def large_photos(n: int) -> list[tuple[bytes, object]]:
     from PIL import Image
 
     from edge2core.edge.prepare import PreparePolicy, prepare
-    from edge2core.sim.synthetic import render_photo
 
     files = _grocery_files()
     policy = PreparePolicy(long_side=4000, max_bytes=64 << 20)
+    synthetic = [] if files else synthetic_photos(n, size=1024)
     out = []
     for i in range(n):
-        src = files[(i * 97) % len(files)].read_bytes() if files else render_photo(i % 8, i, size=1024)
+        src = files[(i * 97) % len(files)].read_bytes() if files else synthetic[i]
         base = Image.open(io.BytesIO(src)).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
         # About 3.0, 2.2, 2.6 and 4.5 MB: the last is above the CoreClient's one-shot limit
         # (4 MiB today), so a full run also takes the resumable (tus-style) path.
@@ -428,10 +428,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
-        say(f"preparing {n_small} small and {n_large} large photos")
+        say(f"photos: {PHOTOS.describe()}; preparing {n_small} small and {n_large} large photos")
         small = small_photos(n_small)
         large = large_photos(n_large)
         photos = interleave(small, large)
+        assert_distinct((d for d, _ in photos), "prepared photos")
         master = work / "master"
         order = build_spool(master, photos)
         total = sum(len(d) for d in order)

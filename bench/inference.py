@@ -20,7 +20,8 @@ each at concurrency 1 and 16, targets alternated run by run. Then a hot swap und
 Last stdout line: JSON with limit_p50_ms, http_p50_ms, http_p99_ms, mqtt_p50_ms, mqtt_p99_ms,
 http_c16_rps, limit_c16_rps, peer_p50_ms, peer_c16_rps, swap_failed_requests, swap_p99_ms,
 the ratios ours / in-process limit, ours / limit and ours / peer, the edge's inference pool
-settings, and the details per target. The edge reads E2C_EDGE_* variables, so e.g.
+settings, the details per target and photo_source (see _common.py: the grocery photos,
+$E2C_DATASET or synthetic ones). The edge reads E2C_EDGE_* variables, so e.g.
 
     E2C_EDGE_RECOGNIZE_BATCH_MAX=4 E2C_EDGE_RECOGNIZE_BATCH_WAIT_MS=1 .venv/bin/python bench/inference.py --quick
 
@@ -55,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GROCERY, REPO, emit, median, say
+from _common import PHOTOS, REPO, assert_distinct, emit, median, say, synthetic_photos
 
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.common.net import free_port
@@ -88,21 +89,21 @@ class Model:
     source: str
 
 
-def _grocery_pick(n_classes: int, train_per_class: int, n_photos: int):
+def _grocery_pick(root: Path, n_classes: int, train_per_class: int, n_photos: int):
     """A spread of grocery classes: training files and held-out (val) photos."""
     def by_class(listing: str) -> dict[int, list[Path]]:
         out: dict[int, list[Path]] = {}
-        for line in (GROCERY / listing).read_text().splitlines():
+        for line in (root / listing).read_text().splitlines():
             if line.strip():
                 rel, cls, _coarse = (part.strip() for part in line.split(","))
-                out.setdefault(int(cls), []).append(GROCERY / rel)
+                out.setdefault(int(cls), []).append(root / rel)
         return out
 
     train, val = by_class("train.txt"), by_class("val.txt")
     ids = sorted(set(train) & set(val))
     chosen = ids[:: max(1, len(ids) // n_classes)][:n_classes]
     names = {int(row.split(",")[1]): row.split(",")[0]
-             for row in (GROCERY / "classes.csv").read_text().splitlines()[1:] if row}
+             for row in (root / "classes.csv").read_text().splitlines()[1:] if row}
     train_files = [(i, f) for i in chosen for f in train[i][:train_per_class]]
     # Held out: the val photos, then training photos the head never saw, classes interleaved.
     held = [val[i] + train[i][train_per_class:] for i in chosen]
@@ -118,8 +119,8 @@ def build_model(out_dir: Path, n_photos: int) -> Model:
 
     images: list[Image.Image] = []
     labels: list[int] = []
-    if (GROCERY / "train.txt").exists():
-        chosen, names, train_files, val_files = _grocery_pick(5, 12, n_photos)
+    if PHOTOS.grocery is not None:
+        chosen, names, train_files, val_files = _grocery_pick(PHOTOS.grocery, 5, 12, n_photos)
         classes = [f"SKU-{i:04d}" for i in chosen]
         products = [{"sku": f"SKU-{i:04d}", "name": names.get(i, str(i)), "price": 1.0 + k,
                      "currency": "EUR"} for k, i in enumerate(chosen)]
@@ -136,17 +137,18 @@ def build_model(out_dir: Path, n_photos: int) -> Model:
         products = [{"sku": classes[p], "name": product_style(p).name, "price": 1.0 + p,
                      "currency": "EUR"} for p in range(3)]
         for p in range(3):
-            for i in range(8):
+            for i in range(8):  # photo indices 0..7; the held-out photos start at 100
                 with Image.open(io.BytesIO(render_photo(p, i))) as im:
                     images.append(im.convert("RGB"))
                 labels.append(p)
-        photos = [render_photo(k % 3, 100 + k) for k in range(n_photos)]
+        photos = synthetic_photos(n_photos, first=100, products=3)
         source = "synthetic: 3 classes, 24 training photos"
     backbone = load_backbone()
     head = train_head(embed(backbone, images), np.array(labels, dtype=np.int64), classes, seed=0)
     path = out_dir / "model-v1.onnx"
     export_onnx(backbone, head, path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert_distinct(photos, "test photos")
     return Model(path, sha, tuple(classes), products, photos, source)
 
 
@@ -597,7 +599,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="e2c-bench-inference-") as tmp:
         root = Path(tmp)
-        say("training and exporting the model with the project's code")
+        say(f"photos: {PHOTOS.describe()}; training and exporting the model with the project's code")
         model = build_model(root, 32 if args.quick else 64)
         say(f"model: {model.source}, {model.path.stat().st_size // 1024} KiB, "
             f"{len(model.photos)} test photos")

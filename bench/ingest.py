@@ -6,7 +6,8 @@ spool), against a plain Pillow pipeline doing the same steps with the same face 
     .venv/bin/python bench/ingest.py [--quick]
 
 Last stdout line: JSON with ours_photos_per_s, baseline_photos_per_s, ratio (12-megapixel
-case) and the same for 348 px photos.
+case) and the same for 348 px photos, and photo_source (see _common.py: the grocery photos,
+$E2C_DATASET or synthetic ones; the faces photo when there is one).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import uvicorn
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FACES, GROCERY, emit, median, say  # noqa: E402
+from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos  # noqa: E402
 
 from edge2core.common.net import free_port, wait_for_port  # noqa: E402
 from edge2core.edge.api import create_edge_app  # noqa: E402
@@ -37,7 +38,6 @@ from edge2core.edge.inference import Recognizer  # noqa: E402
 from edge2core.edge.intake import Intake  # noqa: E402
 from edge2core.edge.prepare import PreparePolicy  # noqa: E402
 from edge2core.edge.spool import Spool  # noqa: E402
-from edge2core.sim.synthetic import render_photo  # noqa: E402
 
 WORKERS = 2  # the machine's cores; both pipelines get the same concurrency
 LONG_SIDE = 1024
@@ -45,15 +45,16 @@ QUALITY = 90
 
 
 def small_photos(n: int) -> list[bytes]:
-    files = sorted(GROCERY.glob("train/*/*/*/*.jpg"))[:: max(1, 2640 // n)][:n]
+    files = PHOTOS.grocery_files()[:: max(1, 2640 // n)][:n]
     if files:
         return [f.read_bytes() for f in files]
-    return [render_photo(i % 8, i) for i in range(n)]
+    return synthetic_photos(n)
 
 
 def phone_photo(seed: int) -> bytes:
-    """A 4000x3000 JPEG with EXIF, like a phone's: a real photo upscaled, with sensor noise."""
-    base = Image.open(FACES / "city.jpg") if seed % 2 == 0 and (FACES / "city.jpg").exists() \
+    """A 4000x3000 JPEG with EXIF, like a phone's: a real photo upscaled, with sensor noise.
+    Even seeds start from the faces photo when there is one."""
+    base = Image.open(PHOTOS.city) if seed % 2 == 0 and PHOTOS.city is not None \
         else Image.open(io.BytesIO(small_photos(seed + 1)[-1]))
     big = base.convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
     noise = np.random.default_rng(seed).normal(0, 6, (3000, 4000, 3))
@@ -145,8 +146,12 @@ def main() -> None:
     redactor = FaceRedactor(load_default_detector())
     say(f"face detector: {redactor.detector.version}")
     say("making 12-megapixel test photos")
-    phones = [phone_photo(seed) for seed in range(4 if args.quick else 8)] * 2
+    say(f"photos: {PHOTOS.describe()}")
+    phones = [phone_photo(seed) for seed in range(4 if args.quick else 8)]
+    assert_distinct(phones, "12 MP photos")
+    phones *= 2
     small = small_photos(60 if args.quick else 200)
+    assert_distinct(small, "348 px photos")
     with tempfile.TemporaryDirectory() as tmp:
         door = EdgeDoor(Path(tmp) / "edge", redactor)
         out = Path(tmp) / "baseline"
@@ -163,7 +168,7 @@ def main() -> None:
         "workers": WORKERS,
         "face_detector": redactor.detector.name,
         "target_ratio": 2.0,
-    })
+    }, faces=True)
 
 
 if __name__ == "__main__":

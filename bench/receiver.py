@@ -20,7 +20,9 @@ the edges are other machines); `ours_coreclient_mb_s` uses the edge's real `Core
 in this process, on the same two cores as the core: both are reported.
 
 Progress on stderr; the last stdout line is one JSON object with ours_mb_s, direct_mb_s,
-ratio and build_100k_s (medians over repeats), the CoreClient variant and per-repeat values.
+ratio and build_100k_s (medians over repeats), the CoreClient variant and per-repeat values,
+and photo_source (see _common.py: the grocery photos, $E2C_DATASET or synthetic ones; the faces
+photo joins the mix when there is one). Every photo uploaded into one core is distinct.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FACES, GROCERY, emit, median, say
+from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos
 
 from edge2core.common.events import PhotoRecord, Source
 from edge2core.common.net import free_port, wait_for_port
@@ -55,14 +57,13 @@ UPLOADERS = 8
 
 
 def _bases() -> list[Image.Image]:
-    files = sorted(GROCERY.glob("train/*/*/*/*.jpg"))[::97][:12]
-    if (FACES / "city.jpg").exists():
-        files.append(FACES / "city.jpg")
-    if files:
-        return [Image.open(f).convert("RGB") for f in files]
-    from edge2core.sim.synthetic import render_photo
-
-    return [Image.open(io.BytesIO(render_photo(i, 0, size=512))).convert("RGB") for i in range(8)]
+    """12 grocery photos (or 8 synthetic ones) and the faces photo, when there is one, last."""
+    files = PHOTOS.grocery_files()[::97][:12]
+    bases = [Image.open(f).convert("RGB") for f in files] or [
+        Image.open(io.BytesIO(data)).convert("RGB") for data in synthetic_photos(8, size=512)]
+    if PHOTOS.city is not None:
+        bases.append(Image.open(PHOTOS.city).convert("RGB"))
+    return bases
 
 
 def prepared_photos(n: int, run: int) -> list[bytes]:
@@ -97,10 +98,12 @@ def large_photos(n: int, run: int) -> list[bytes]:
 
 
 def small_photos(n: int, run: int) -> list[bytes]:
-    """348 px grocery photos, made distinct per run by re-encoding."""
-    files = sorted(GROCERY.glob("train/*/*/*/*.jpg"))[: n]
-    bases = [Image.open(f).convert("RGB") for f in files] or [
-        b.resize((348, 348)) for b in _bases()]
+    """348 px grocery photos, made distinct per run by re-encoding; or `n` synthetic ones,
+    distinct across runs (photo indices run * n ...)."""
+    files = PHOTOS.grocery_files()[: n]
+    if not files:
+        return synthetic_photos(n, first=run * n)
+    bases = [Image.open(f).convert("RGB") for f in files]
     photos = []
     for i in range(n):
         out = io.BytesIO()
@@ -213,6 +216,8 @@ def _start_core(core_dir: Path) -> tuple[multiprocessing.Process, int]:
 def throughput(work: Path, photo_sets: list[list[bytes]], label: str) -> dict:
     """Per repeat, in rotating order: the lean uploaders into one core, the CoreClient
     uploaders into another (fresh) core, and the direct writes into a third store."""
+    # One core takes every set of a case: a repeated photo would be a duplicate, not an upload.
+    assert_distinct((p for photos in photo_sets for p in photos), f"{label} photos")
     lean_proc, lean_port = _start_core(work / f"core-{label}-lean")
     http_proc, http_port = _start_core(work / f"core-{label}-httpx")
     direct = LocalObjectStore(work / f"direct-{label}")
@@ -316,8 +321,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="e2c-bench-receiver-", dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
-        say(f"making {repeats} x {per_run} prepared photos, {repeats} x {small_per_run} small "
-            "ones and a few large ones")
+        say(f"photos: {PHOTOS.describe()}; making {repeats} x {per_run} prepared photos, "
+            f"{repeats} x {small_per_run} small ones and a few large ones")
         big = [prepared_photos(per_run, run) for run in range(repeats)]
         small = [small_photos(small_per_run, run) for run in range(repeats)]
         large = [large_photos(UPLOADERS, run) for run in range(2 if args.quick else repeats)]
@@ -348,7 +353,7 @@ def main() -> None:
         **summary(large_case, "large_"),
         "build_100k_s": round(median(builds), 3),
         "build_100k_s_runs": [round(x, 3) for x in builds],
-    })
+    }, faces=True)
 
 
 if __name__ == "__main__":

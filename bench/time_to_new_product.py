@@ -17,7 +17,8 @@ edge swap), from the core's audit log.
     .venv/bin/python bench/time_to_new_product.py [--quick]
 
 Last stdout line: JSON with seconds, new_product_correct, others_top1_before,
-others_top1_after, recognised_seconds (first answer above the calibrated threshold), stages.
+others_top1_after, recognised_seconds (first answer above the calibrated threshold), stages,
+photo_source (see _common.py: the grocery photos, $E2C_DATASET or synthetic products).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GROCERY, emit, say
+from _common import PHOTOS, assert_distinct, emit, say
 
 from edge2core.common.products import ProductStatus
+from edge2core.common.waiting import wait_until
 from edge2core.demo import (
     KIOSKS,
     SHOPPER,
     SITE,
     catalogue_entry,
     register_devices,
-    wait_for,
 )
 from edge2core.edge.mqtt_door import MqttEndpoint
 from edge2core.roles import start_core, start_edge
@@ -50,6 +51,7 @@ from edge2core.sim import photos as sim_photos
 from edge2core.sim.devices import Kiosk
 
 NEW_PRODUCT_CAPTURES = 30
+POLL_S = 0.25  # how often it looks while waiting
 
 
 def publish(photos: list, port: int, tokens: dict[str, str]) -> int:
@@ -96,15 +98,22 @@ def _epoch(iso: str) -> float:
 
 
 def run(quick: bool, work: Path) -> dict[str, Any]:
-    source = sim_photos.resolve_source(GROCERY if GROCERY.exists() else None, classes=12, seed=0)
     known_n = 12 if quick else 40
     per_class = 16 if quick else 30
+    source = PHOTOS.catalogue(classes=known_n + 8, seed=0)
+    say(f"photos: {PHOTOS.describe()} ({source!r})")
     everything = sim_photos.choose_products(source, known_n + 8, seed=0)
     new = next(p for p in reversed(everything)
                if len(source.photos("val", p, 3)) >= 3
                and len(source.photos("train", p, NEW_PRODUCT_CAPTURES)) >= NEW_PRODUCT_CAPTURES)
     known = [p for p in everything if p is not new][:known_n]
     say(f"{len(known)} known products ({per_class} captures each), new product {new.sku} {new.name!r}")
+    captures = [p for product in known for p in source.photos("train", product, per_class)]
+    held_out = [p for product in known for p in source.photos("val", product, 3)]
+    new_captures = source.photos("train", new, NEW_PRODUCT_CAPTURES)
+    new_held_out = source.photos("val", new, 10)
+    assert_distinct((p.data for p in captures + held_out + new_captures + new_held_out),
+                    "captures and held-out photos")
     policy = {"new_product_min_photos": NEW_PRODUCT_CAPTURES, "new_product_min_devices": 2,
               "bootstrap_quiet_s": 3, "check_every_s": 1.0}
     core, core_ports = start_core(work / "core", extra_env={"E2C_CORE_AUTOMATION": json.dumps(policy)})
@@ -120,17 +129,13 @@ def run(quick: bool, work: Path) -> dict[str, Any]:
         asker = EdgeAsker(edge_ports.url, tokens[SHOPPER])
         edge_status = httpx.Client(base_url=edge_ports.url, timeout=10)
 
-        captures = [p for product in known for p in source.photos("train", product, per_class)]
         say(f"setup: kiosks send {len(captures)} captures; the loop trains the first model")
         acked = publish(captures, edge_ports.mqtt, tokens)
-        first = wait_for("the first model at the edge",
-                         lambda: edge_status.get("/v1/status").json()["model_version"], timeout=1800)
-        held_out = [p for product in known for p in source.photos("val", product, 3)]
+        first = wait_until(lambda: edge_status.get("/v1/status").json()["model_version"], 1800,
+                           "the first model at the edge", POLL_S)
         before = asker.top1(held_out)
         say(f"model {first} live; others top-1 before: {before} on {len(held_out)} held-out photos")
 
-        new_captures = source.photos("train", new, NEW_PRODUCT_CAPTURES)
-        new_held_out = source.photos("val", new, 10)
         probe = new_held_out[0]
         http.post("/v1/products", json=catalogue_entry(new).model_copy(
             update={"status": ProductStatus.PENDING_DATA}).model_dump(mode="json")).raise_for_status()
@@ -153,10 +158,10 @@ def run(quick: bool, work: Path) -> dict[str, Any]:
                 recognised_at = now
             return now if answer["top_k"][0]["sku"] == new.sku else None
 
-        first_correct = wait_for("a correct answer about the new product", correct, timeout=600)
+        first_correct = wait_until(correct, 600, "a correct answer about the new product", POLL_S)
         seconds = first_correct - last_sent
         say(f"first correct answer {seconds:.1f} s after the last capture was acknowledged")
-        wait_for("a recognised answer", lambda: correct() and recognised_at, timeout=60)
+        wait_until(lambda: correct() and recognised_at, 60, "a recognised answer", POLL_S)
         after = asker.top1(held_out)
         new_correct = asker.top1(new_held_out)
         stages = stages_from_audit(http, t0)

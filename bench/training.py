@@ -1,4 +1,6 @@
-"""Training benchmark on the grocery photos (train/val only, never test).
+"""Training benchmark on the grocery photos (train/val only, never test), or on synthetic
+products where there are none (see _common.py: $E2C_DATASET, ../shared, synthetic; --dataset
+names a grocery-layout folder outright).
 
 Measures, in one run:
   * full path: fine-tune EfficientNet-Lite0 on the train split (early stopping on val),
@@ -16,21 +18,31 @@ Measures, in one run:
 
 Photos go through the edge's preparation (``edge.prepare``) before they are stored, as in
 the running system.  ``--quick`` (about a minute): 6 classes, 30 photos each, 2 short epochs at 160 px from a
-linear probe: a smoke run of every stage, not an accuracy measurement.  Progress goes to stderr; the last stdout line is one JSON object.
+linear probe: a smoke run of every stage, not an accuracy measurement.  Synthetic products:
+6 (quick) or 24 classes, 30 (quick) or 40 train and 10 val photos each, all distinct.
+Progress goes to stderr; the last stdout line is one JSON object, with photo_source.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PHOTOS, assert_distinct, emit  # noqa: E402
+
+# Synthetic products (no grocery folder): classes by default, and photos per class.
+SYNTHETIC_CLASSES = 24
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 40, 10
 
 
 def say(msg: str) -> None:
@@ -46,10 +58,42 @@ def read_split(root: Path, split: str) -> list[tuple[str, int, int]]:
     return out
 
 
+Listing = dict[str, list[tuple[int, Callable[[], bytes]]]]  # split -> (fine id, read) in order
+
+
+def grocery_listing(root: Path) -> tuple[dict[int, str], dict[int, str], Listing]:
+    """Class names, coarse names and the train/val photos of a grocery-layout folder."""
+    with (root / "classes.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = {int(r["Class ID (int)"]): r["Class Name (str)"] for r in rows}
+    coarse_names = {int(r["Class ID (int)"]): r["Coarse Class Name (str)"] for r in rows}
+    listing: Listing = {
+        split: [(fine, (root / rel).read_bytes) for rel, fine, _coarse in read_split(root, split)]
+        for split in ("train", "val")
+    }
+    return names, coarse_names, listing
+
+
+def synthetic_listing(classes: int, train: int, val: int) -> tuple[dict[int, str], dict[int, str], Listing]:
+    """The same for `classes` synthetic products (edge2core.sim): `train` and `val` photos each."""
+    from edge2core.sim.photos import SyntheticCatalogue
+
+    catalogue = SyntheticCatalogue(classes)
+    products = catalogue.products()
+    listing: Listing = {"train": [], "val": []}
+    for product in products:
+        for split, n in (("train", train), ("val", val)):
+            listing[split] += [(product.class_id, lambda data=photo.data: data)
+                               for photo in catalogue.photos(split, product, n)]
+    return ({p.class_id: p.name for p in products}, {p.class_id: p.coarse_name for p in products},
+            listing)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dataset", type=Path, default=Path(os.environ.get("E2C_DATASET") or REPO.parent / "shared" / "datasets" / "grocery"))
+    ap.add_argument("--dataset", type=Path, default=None,
+                    help="a grocery-layout folder (default: the benchmarks' photo source, see _common.py)")
     ap.add_argument("--classes", type=int, default=None, help="number of fine classes (default: all; quick: 6)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=None, help="training crop size (val is always 224)")
@@ -87,11 +131,16 @@ def main() -> None:
     init = args.init or ("linear_probe" if quick else "random")  # quick: a 10-step smoke run
     per_class_cap = 30 if quick else None
 
-    import csv
-    with (args.dataset / "classes.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = {int(r["Class ID (int)"]): r["Class Name (str)"] for r in rows}
-    coarse_names = {int(r["Class ID (int)"]): r["Coarse Class Name (str)"] for r in rows}
+    dataset = args.dataset or PHOTOS.grocery
+    if dataset is not None:
+        photo_source = str(args.dataset) if args.dataset else PHOTOS.source
+        names, coarse_names, listing = grocery_listing(dataset)
+    else:
+        photo_source = PHOTOS.source
+        names, coarse_names, listing = synthetic_listing(
+            n_classes or SYNTHETIC_CLASSES, max(per_class_cap or SYNTHETIC_TRAIN, args.new_product_photos),
+            10 if quick else SYNTHETIC_VAL)
+    say(f"photos: {photo_source if args.dataset else PHOTOS.describe()}")
     all_ids = sorted(names)
     if n_classes:
         all_ids = [all_ids[i * len(all_ids) // n_classes] for i in range(n_classes)]
@@ -108,9 +157,11 @@ def main() -> None:
     datasets = DatasetStore(store, sessions)
     catalogue = Catalogue(sessions)
     catalogue.upsert([Product(sku=sku(i), name=names[i], coarse=coarse_names[i], price=1.0) for i in all_ids])
-    registry = ModelRegistry(store, sessions, signer=Signer.load_or_create(work / "keys"))
-    trainer = Trainer(datasets, store, registry, threads=args.threads, catalogue=catalogue)
-    registry.gate = ModelGate(PromotionGate(), datasets, trainer.score_model)
+    # As core/service.py wires them: the gate's scorer looks the trainer up when it runs.
+    gate = ModelGate(PromotionGate(), datasets, lambda model, entries: trainer.score_model(model, entries))
+    registry = ModelRegistry(store, sessions, signer=Signer.load_or_create(work / "keys"), gate=gate)
+    trainer = Trainer(datasets, store, registry, threads=args.threads, catalogue=catalogue,
+                      cache_dir=work / "cache" / "embeddings")
 
     # ---- photos: prepared as the edge would, stored, recorded with the dataset's own split
     policy = PreparePolicy()
@@ -118,8 +169,9 @@ def main() -> None:
     pending: dict[int, list] = {}
     counts: dict[tuple[int, str], int] = {}
     n_stored = 0
+    digests: list[bytes] = []
     for split in ("train", "val"):
-        for rel, fine, _coarse in read_split(args.dataset, split):
+        for fine, read in listing[split]:
             if fine not in all_ids:
                 continue
             cap = per_class_cap if split == "train" else (10 if quick else None)
@@ -128,7 +180,9 @@ def main() -> None:
             if cap is not None and counts.get((fine, split), 0) >= cap:
                 continue
             counts[(fine, split)] = counts.get((fine, split), 0) + 1
-            photo = prepare((args.dataset / rel).read_bytes(), policy)
+            data = read()
+            digests.append(hashlib.sha256(data).digest())
+            photo = prepare(data, policy)
             store.put(image_key(photo.sha256), photo.data)
             row = ImageRow(sha256=photo.sha256, key=image_key(photo.sha256), size=len(photo.data),
                            width=photo.width, height=photo.height, site="bench", device="kiosk-1",
@@ -142,6 +196,7 @@ def main() -> None:
             for r in rows:
                 if s.get(ImageRow, r.sha256) is None:
                     s.add(r)
+    assert_distinct(digests, "training and validation photos")
     insert(pending.get(False, []))
     say(f"{n_stored} photos prepared and stored in {time.perf_counter() - t0:.0f} s; "
         f"{len(all_ids)} classes, product {sku(new_id)} ({names[new_id]}) held back")
@@ -231,12 +286,13 @@ def main() -> None:
         "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4) for x in store.get(full.model.lineage["log_key"]).splitlines()],
         "threads": torch.get_num_threads(),
         "quick": quick,
+        "photo_source": photo_source,
     }
     log_key = full.model.lineage["log_key"]
     result["epochs_run"] = len(store.get(log_key).splitlines())
     if tmp is not None:
         tmp.cleanup()
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

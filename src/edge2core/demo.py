@@ -5,10 +5,10 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from edge2core.common.products import Product
+from edge2core.common.waiting import wait_until
 from edge2core.config import DemoSettings
 from edge2core.edge.devices import DeviceRegistry, DeviceRole
 from edge2core.edge.mqtt_door import MqttEndpoint
@@ -32,7 +33,7 @@ from edge2core.sim.devices import Kiosk, Shopper
 SITE = "store-001"
 KIOSKS = ("kiosk-1", "kiosk-2")
 SHOPPER = "phone-1"
-T = TypeVar("T")
+POLL_S = 0.25  # how often the story looks at the core and the edge while it waits
 
 
 def catalogue_entry(product: sim_photos.Product) -> Product:
@@ -40,15 +41,6 @@ def catalogue_entry(product: sim_photos.Product) -> Product:
         sku=product.sku, name=product.name, coarse=product.coarse_name, price=product.price,
         currency=product.currency, description=product.description,
     )
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := probe()) is not None:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _ok_json(response: httpx.Response) -> Any:
@@ -138,22 +130,21 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
         acked = _publish_captures(train, edge_ports.mqtt, credentials, console)
 
     with stages.stage("edge prepares, spools and forwards them to the core"):
-        def all_arrived() -> int | None:
-            count = http.get("/v1/stats").json()["by_source"].get("kiosk", 0)
-            return count if count >= acked else None
-        stored = wait_for("every photo at the core", all_arrived, timeout=300)
+        def kiosk_photos() -> int:
+            return int(http.get("/v1/stats").json()["by_source"].get("kiosk", 0))
+        wait_until(lambda: kiosk_photos() >= acked, 300, "every photo at the core", POLL_S)
+        stored = kiosk_photos()
 
     with stages.stage("core's learning loop builds a dataset, trains, passes the gate, rolls out"):
-        model = wait_for("a production model",
-                         lambda: _ok_json(http.get("/v1/models/production")), timeout=900)
+        model = wait_until(lambda: _ok_json(http.get("/v1/models/production")), 900,
+                           "a production model", POLL_S)
         dataset = http.get(f"/v1/datasets/{model['dataset_version']}").raise_for_status().json()
         run = http.get(f"/v1/models/{model['version']}/run").raise_for_status().json()
 
     with stages.stage(f"edge model agent loads model version {model['version']}"):
         edge_http = httpx.Client(base_url=edge_ports.url, timeout=10)
-        wait_for("the model at the edge",
-                 lambda: edge_http.get("/v1/status").json()["model_version"] == model["version"] or None,
-                 timeout=120)
+        wait_until(lambda: edge_http.get("/v1/status").json()["model_version"] == model["version"],
+                   120, "the model at the edge", POLL_S)
 
     with stages.stage(f"shoppers ask about {len(held_out)} held-out photos over MQTT/WebSockets"):
         ws = MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets", SHOPPER, credentials[SHOPPER])
@@ -166,9 +157,8 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
     sure_right = sum(1 for photo, r in sure if r.body.get("sku") == photo.product.sku)
     unsure = len(answers) - len(sure)
     with stages.stage(f"{unsure} unrecognised photos flow back to the core"):
-        wait_for("unrecognised photos at the core",
-                 lambda: http.get("/v1/stats").json()["by_source"].get("shopper", 0) >= unsure or None,
-                 timeout=120)
+        wait_until(lambda: http.get("/v1/stats").json()["by_source"].get("shopper", 0) >= unsure,
+                   120, "unrecognised photos at the core", POLL_S)
     latencies = [r.seconds * 1000 for _p, r in answers]
     val = model["metrics"].get("val", {})
     return {

@@ -19,9 +19,8 @@ from edge2core.common.images import (
     open_checked,
 )
 from edge2core.edge.prepare import PreparePolicy, prepare
-from tests.image_corpus import Case, cases
-
-CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "field-2026-11"
+from tests.support.image_corpus import Case, cases
+from tests.support.paths import CASES
 
 
 def _decoded(data: bytes) -> np.ndarray:
@@ -76,3 +75,20 @@ def test_unsupported_image_formats_name_the_supported_ones() -> None:
         prepare(out.getvalue(), PreparePolicy())
     assert info.value.reason is RejectReason.UNSUPPORTED_FORMAT
     assert "HEIF" in info.value.detail and "JPEG" in info.value.detail
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c.name)
+def test_recognition_and_training_see_the_same_pixels_as_capture(
+    case: Case, tmp_path: Path
+) -> None:
+    """One decoding path: the recogniser's tensor and the training loader's tensor of the raw
+    bytes are the same numbers (both decode via `images.decode_rgb`)."""
+    from edge2core.core.train.embeddings import preprocess_bytes
+    from edge2core.edge.catalogue_replica import CatalogueReplica
+    from edge2core.edge.inference import Recognizer
+
+    recogniser = Recognizer(CatalogueReplica(tmp_path / "catalogue.json"))
+    at_edge = recogniser.tensor(case.data)
+    in_training = preprocess_bytes([case.data])
+    assert at_edge.shape == in_training.shape
+    assert np.allclose(at_edge, in_training, atol=1e-5), case.name

@@ -9,7 +9,7 @@ import pytest
 from edge2core.common import envelope, topics
 from edge2core.common.envelope import MAX_HEADER_BYTES, Envelope, MalformedMessage
 from edge2core.common.topics import BadTopic, TopicInfo
-from tests.conftest import jpeg_bytes
+from tests.support.jpegs import jpeg_bytes
 
 # --- envelope ------------------------------------------------------------------------------
 

@@ -15,15 +15,15 @@ from PIL.PngImagePlugin import PngInfo
 from edge2core.common.images import (
     DecodeLimits,
     ImageRejected,
-    jpeg_scan_count,
     RejectReason,
+    jpeg_scan_count,
     metadata_found,
     open_checked,
     sha256_hex,
     sniff_format,
 )
 from edge2core.edge.prepare import PreparePolicy, prepare
-from tests.conftest import jpeg_bytes
+from tests.support.jpegs import jpeg_bytes
 
 POLICY = PreparePolicy()
 

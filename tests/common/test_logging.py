@@ -15,9 +15,9 @@ import httpx
 import pytest
 import structlog
 import uvicorn
-from backends import CoreServer
 
 from edge2core.common.logging import configure_logging, get_logger
+from tests.support.backends import CoreServer
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
@@ -146,9 +146,9 @@ def test_uvicorn_exception_in_asgi_application_is_a_json_line(
 def test_edge_http_bug_is_logged_with_its_traceback(captured: Captured, tmp_path: Any) -> None:
     """The edge's own 500 path, through the same JSON lines (see test_edge_http_hardening)."""
     from fastapi.testclient import TestClient
-    from test_edge_http import MAX_BYTES, SITE, build_edge
 
     from edge2core.edge.api import create_edge_app
+    from tests.edge.test_edge_http import MAX_BYTES, SITE, build_edge
 
     configure_logging(json=True)
     parts, _settings = build_edge(tmp_path, None)

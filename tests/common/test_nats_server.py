@@ -24,7 +24,7 @@ from edge2core.common.nats_server import (
     render_config,
 )
 from edge2core.common.net import free_port, wait_for_port
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -277,7 +277,7 @@ def test_only_sites_with_their_token_join_the_core_as_leaf_nodes(tmp_path: Path)
 
 def test_auth_callout_and_system_account_render_and_are_accepted(tmp_path: Path) -> None:
     from edge2core.common.nats_server import AuthCallout, NatsUser
-    from edge2core.edge.broker_auth import Issuer
+    from edge2core.edge.nats_jwt import Issuer
 
     users = (NatsUser("e2c-internal", "pw-1"),)
     system = (NatsUser("e2c-system", "pw-2"),)
@@ -303,7 +303,7 @@ async def test_edge_with_auth_callout_keeps_its_leaf_link_and_jetstream(tmp_path
     account as it was: edge2core's internal user still has the edge's JetStream domain, the
     leaf link to the core and, through it, the core's domain."""
     from edge2core.common.nats_server import AuthCallout, NatsUser
-    from edge2core.edge.broker_auth import Issuer
+    from edge2core.edge.nats_jwt import Issuer
 
     internal, system = NatsUser("e2c-internal", "pw-1"), NatsUser("e2c-system", "pw-2")
     core_cfg = NatsServerConfig.with_free_ports(

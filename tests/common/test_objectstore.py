@@ -15,7 +15,7 @@ from edge2core.common.objectstore import (
     S3ObjectStore,
     open_object_store,
 )
-from tests.objectstores import STORE_KINDS, make_s3_store, make_store
+from tests.support.objectstores import STORE_KINDS, make_s3_store, make_store
 
 
 @pytest.fixture(params=STORE_KINDS)

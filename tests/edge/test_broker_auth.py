@@ -23,10 +23,10 @@ from prometheus_client import REGISTRY
 from edge2core.common import envelope, topics
 from edge2core.common.nats_server import MQTT_WS_PATH, EmbeddedNats, NatsServerConfig, render_config
 from edge2core.config import EdgeSettings
-from edge2core.edge.broker_auth import (
+from edge2core.edge.broker_auth import BrokerAuth
+from edge2core.edge.nats_jwt import (
     PREFIX_ACCOUNT,
     PREFIX_SERVER,
-    BrokerAuth,
     Issuer,
     decode_public_key,
     encode_public_key,
@@ -42,7 +42,7 @@ from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.service import SiteAccess, edge_nats_config, site_access, start_doors
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
-from tests import waiting
+from tests.support import waiting
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from edge2core.edge.service import SiteAccess, edge_nats_config, start_doors
 from edge2core.edge.spool import Spool
 from edge2core.sim.photos import SyntheticCatalogue
 from edge2core.sim.synthetic import render_photo
-from tests import waiting
+from tests.support import waiting
 
 SITE = "store-9"
 

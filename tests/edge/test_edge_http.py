@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers_model import PRODUCTS, TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import wait_until
 
 from edge2core.common.images import metadata_found
 from edge2core.common.products import ProductStatus
@@ -35,6 +33,8 @@ from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.edge.service import EdgeParts, status_report
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
+from tests.support.helpers_model import PRODUCTS, TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+from tests.support.waiting import wait_until
 
 SITE = "site-http"
 MAX_BYTES = 300_000

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import CoreServer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_edge_http import MAX_BYTES, SITE, build_edge, photo
 
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.logging import configure_logging
@@ -34,8 +32,10 @@ from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.service import EdgeParts, status_report
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
+from tests.edge.test_edge_http import MAX_BYTES, SITE, build_edge, photo
+from tests.support.backends import CoreServer
+from tests.support.paths import CASES
 
-CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "field-2026-11"
 CASE_9 = CASES / "9-multipart-no-filename.bin"
 MULTIPART_9 = "multipart/form-data; boundary=XbOuNdArYx"
 LEAKS = re.compile(r'File "|\.py\b|line \d+|Traceback|/work/|site-packages', re.IGNORECASE)

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import waiting
-from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 from edge2core.common import envelope, topics
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
@@ -37,6 +35,9 @@ from edge2core.edge.spool import Spool
 from edge2core.sim.devices import Kiosk, Shopper
 from edge2core.sim.photos import SyntheticCatalogue
 from edge2core.sim.synthetic import render_photo
+from tests.support import waiting
+from tests.support.helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+from tests.support.paths import CASES
 
 pytestmark = pytest.mark.integration
 
@@ -386,7 +387,6 @@ def test_full_spool_leaves_capture_unacknowledged_until_there_is_room(
     assert site.spool.read(item.sha256) == expected.data
 
 
-CASES = Path(__file__).resolve().parents[2] / "shared" / "cases" / "field-2026-11"
 
 
 def _errors(watcher: Watcher, topic: str) -> int:
@@ -490,7 +490,7 @@ def test_case5_a_jpeg_with_a_thousand_scans_is_refused_quickly(
 ) -> None:
     case = CASES / "5-progressive-14mp-1000scans.jpg"
     if not case.exists():
-        pytest.skip("../shared/cases is not on this machine (tests/test_images.py builds one)")
+        pytest.skip("../shared/cases is not on this machine (tests/common/test_images.py builds one)")
     site = make_site()
     watcher = site.watcher(f"e2c/{site.name}/kiosk/+/error")
     watcher.publish(topics.capture_topic(site.name, "k-scans"), capture(case.read_bytes()))

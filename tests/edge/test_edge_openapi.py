@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 import schemathesis
-from backends import CoreServer
 from fastapi import FastAPI
-from helpers_model import TrainedModel, trained_model  # noqa: F401 (fixture)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.config import SchemathesisConfig
-from test_edge_http import MAX_BYTES, SITE, build_edge
 
 from edge2core.common.identifiers import IdKind, is_valid
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.devices import DeviceRegistry, DeviceRole
 from edge2core.edge.service import status_report
 from edge2core.sim.synthetic import render_photo
+from tests.edge.test_edge_http import MAX_BYTES, SITE, build_edge
+from tests.support.backends import CoreServer
+from tests.support.helpers_model import TrainedModel, trained_model  # noqa: F401 (fixture)
 
 KIOSK = "kiosk-1"
 TOKEN_ROUTES = {("post", "/v1/photos"), ("post", "/v1/recognize")}

@@ -29,7 +29,7 @@ from edge2core.edge.faces import (
     load_default_detector,
     redact,
 )
-from tests.conftest import FACES, GROCERY
+from tests.support.paths import FACES, GROCERY
 
 CITY = FACES / "city.jpg"
 APPLE = GROCERY / "train/Fruit/Apple/Golden-Delicious/Golden-Delicious_001.jpg"

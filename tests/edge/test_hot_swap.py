@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.catalogue_replica import CatalogueReplica
@@ -18,6 +17,7 @@ from edge2core.edge.inference import ModelLoadError, Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.spool import Spool
+from tests.support.helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 
 def _recognizer(tmp_path: Path, model: TrainedModel) -> Recognizer:

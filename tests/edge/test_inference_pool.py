@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 from edge2core.common.images import ImageRejected
 from edge2core.common.preprocess import preprocess
@@ -20,6 +19,7 @@ from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.inference import Answer, NoModel, Recognizer
 from edge2core.edge.inference_pool import InferencePool, Overloaded
 from edge2core.edge.live_watch import LiveWatch
+from tests.support.helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 
 
 class CountingWatch(LiveWatch):

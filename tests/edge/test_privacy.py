@@ -16,8 +16,9 @@ from edge2core.edge.faces import (
     load_default_detector,
 )
 from edge2core.edge.prepare import PreparePolicy, prepare
+from tests.support.paths import FACES
 
-CITY = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "faces" / "city.jpg"
+CITY = FACES / "city.jpg"
 
 
 @pytest.fixture(scope="module")

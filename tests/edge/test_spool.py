@@ -15,8 +15,7 @@ import pytest
 
 from edge2core.common.events import PhotoRecord, Source
 from edge2core.edge.spool import Spool, SpoolFull, WhenFull
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
 
 
 def photo(n: int, size: int = 100) -> tuple[PhotoRecord, bytes]:

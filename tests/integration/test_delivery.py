@@ -14,14 +14,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers_model import (  # noqa: F401 (fixtures)
-    SplitModel,
-    TrainedModel,
-    sku,
-    split_model,
-    trained_model,
-    tweaked_copy,
-)
 from prometheus_client import REGISTRY
 
 from edge2core.common.events import FLEET_KEY, ModelPublished, product_key, site_key
@@ -37,11 +29,19 @@ from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.kv_follower import LeafLink
 from edge2core.edge.model_agent import ModelAgent
-from tests.backends import CoreServer
-from tests.grocery import needs_grocery, photos_of, store_kiosk
-from tests.grocery import sku as sku_of
-from tests.recorded_sites import RecordedSites
-from tests.waiting import until
+from tests.support.backends import CoreServer
+from tests.support.grocery import needs_grocery, photos_of, store_kiosk
+from tests.support.grocery import sku as sku_of
+from tests.support.helpers_model import (  # noqa: F401 (fixtures)
+    SplitModel,
+    TrainedModel,
+    sku,
+    split_model,
+    trained_model,
+    tweaked_copy,
+)
+from tests.support.recorded_sites import RecordedSites
+from tests.support.waiting import until
 
 # --------------------------------------------------------------------------- registry alone
 

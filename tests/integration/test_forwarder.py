@@ -17,10 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers_model import TrainedModel, sku, trained_model, tweaked_copy  # noqa: F401 (fixture)
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
-from waiting import until
 
 from edge2core.common.events import CaptureMeta, PhotoForwarded, PhotoRecord, Source
 from edge2core.common.net import free_port
@@ -38,9 +36,9 @@ from edge2core.edge.model_agent import ModelAgent
 from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.edge.spool import Spool
 from edge2core.sim.synthetic import render_photo
-from tests import backends
-
-pytestmark = pytest.mark.integration
+from tests.support import backends
+from tests.support.helpers_model import TrainedModel, sku, trained_model, tweaked_copy  # noqa: F401 (fixture)
+from tests.support.waiting import until
 
 SITE = "site-fwd"
 

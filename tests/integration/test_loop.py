@@ -14,8 +14,6 @@ from edge2core.edge.faces import FaceRedactor, load_default_detector
 from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.sim import photos as sim_photos
 
-pytestmark = pytest.mark.integration
-
 
 def _sent_photos(settings: DemoSettings) -> list[sim_photos.LabelledPhoto]:
     source = sim_photos.resolve_source(settings.dataset, classes=settings.classes, seed=settings.seed)
@@ -73,8 +71,8 @@ def _core_with_a_first_model(tmp_path: Path):  # type: ignore[no-untyped-def]
     from edge2core.config import AutomationPolicy, CoreSettings
     from edge2core.core.service import build_core_services
     from edge2core.sim.synthetic import render_photo
-    from tests.grocery import store_kiosk
-    from tests.recorded_sites import RecordedSites
+    from tests.support.grocery import store_kiosk
+    from tests.support.recorded_sites import RecordedSites
 
     policy = AutomationPolicy(min_photos_per_class=4, bootstrap_quiet_s=0)
     services = build_core_services(CoreSettings(data_dir=tmp_path, automation=policy),
@@ -96,7 +94,7 @@ async def test_a_trigger_that_cannot_run_backs_off_stops_and_resumes(tmp_path: P
 
     from edge2core.common.products import ProductStatus
     from edge2core.core.api.app import create_core_app
-    from tests.waiting import until
+    from tests.support.waiting import until
 
     services = await asyncio.to_thread(_core_with_a_first_model, tmp_path)
     loop, audit = services.loop, services.audit

@@ -25,7 +25,6 @@ from edge2core.edge.spool import Spool
 from edge2core.sim.devices import Kiosk
 from edge2core.sim.photos import SyntheticCatalogue
 
-pytestmark = pytest.mark.integration
 BROKER = ("127.0.0.1", 1883)
 
 

@@ -20,9 +20,8 @@ from edge2core.edge.prepare import PreparePolicy, prepare
 from edge2core.roles import CorePorts, EdgePorts, start_core, start_edge
 from edge2core.sim.devices import Kiosk
 from edge2core.sim.photos import LabelledPhoto, SyntheticCatalogue
-from tests import waiting
+from tests.support import waiting
 
-pytestmark = pytest.mark.integration
 SITE = "store-r"
 
 

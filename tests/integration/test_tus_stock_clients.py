@@ -27,11 +27,9 @@ from edge2core.common.events import PhotoRecord
 from edge2core.common.objectstore import image_key
 from edge2core.core.api.app import create_core_app
 from edge2core.core.service import build_core_services
-from tests.backends import Backend, CoreServer, noisy_jpeg
-from tests.test_upload_proof import RefusingCore
-from tests.test_uploads import TOKENS, cut_mid_body, record_for, wait_offset
-
-pytestmark = pytest.mark.integration
+from tests.integration.test_upload_proof import RefusingCore
+from tests.integration.test_uploads import TOKENS, cut_mid_body, record_for, wait_offset
+from tests.support.backends import Backend, CoreServer, noisy_jpeg
 
 AUTH = {"Authorization": "Bearer tok-1"}
 SIZE = (800, 600)

@@ -30,10 +30,8 @@ from edge2core.core.service import build_core_services
 from edge2core.edge.core_client import CoreClient, TransientUploadError
 from edge2core.edge.forwarder import Forwarder
 from edge2core.edge.spool import Spool
-from tests.backends import Backend, CoreServer, noisy_jpeg
-from tests.test_uploads import TOKENS, Core, record_for
-
-pytestmark = pytest.mark.integration
+from tests.integration.test_uploads import TOKENS, Core, record_for
+from tests.support.backends import Backend, CoreServer, noisy_jpeg
 
 LARGE = (1024, 768)  # a photo well over the clients' `resumable_above` below
 
@@ -230,7 +228,7 @@ async def test_a_restarted_core_finishes_what_the_old_one_could_not(
     assert refusing.refused == 1
 
     second = build_core_services(settings)  # "restarted"
-    assert second.receiver.uploads.head(record.sha256).offset == len(data)
+    assert second.uploads.head(record.sha256).offset == len(data)
     with CoreServer(create_core_app(second), port) as server:
         client = client_for(server.url)
         try:

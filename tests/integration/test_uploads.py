@@ -28,10 +28,8 @@ from edge2core.core.api.app import CoreServices, create_core_app
 from edge2core.core.db.schema import ImageRow, QuarantineRow
 from edge2core.core.service import build_core_services
 from edge2core.edge.core_client import CoreClient, RejectedUpload
-from tests.backends import Backend, CoreServer, noisy_jpeg
-from tests.conftest import jpeg_bytes
-
-pytestmark = pytest.mark.integration
+from tests.support.backends import Backend, CoreServer, noisy_jpeg
+from tests.support.jpegs import jpeg_bytes
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -76,7 +74,7 @@ class Core:
             return int(session.scalar(select(func.count()).select_from(ImageRow)))
 
     def upload_files(self) -> list[Path]:
-        return sorted(p for p in self.services.receiver.uploads.dir.iterdir())
+        return sorted(p for p in self.services.uploads.dir.iterdir())
 
 
 @pytest.fixture
@@ -276,7 +274,7 @@ def test_photo_with_metadata_is_refused_and_quarantined_with_its_reason(core: Co
 
 
 def test_unfinished_uploads_expire(core: Core) -> None:
-    uploads = core.services.receiver.uploads
+    uploads = core.services.uploads
     data = noisy_jpeg(9)
     record = record_for(data)
     core.create(record)
@@ -293,20 +291,20 @@ async def test_resume_survives_a_restart_and_a_torn_tail(backend: Backend, tmp_p
     """The offset on disk is the fsync'd one: bytes past it (a crash's torn tail) are dropped,
     and a new process (no running hash in memory) rehashes what is there and goes on."""
     settings = backend.core_settings(tmp_path / "core")
-    receiver = build_core_services(settings).receiver
+    uploads = build_core_services(settings).uploads
     data = noisy_jpeg(10)
     record = record_for(data)
-    receiver.uploads.create(record, len(data))
+    uploads.create(record, len(data))
 
     async def body(chunk: bytes):  # type: ignore[no-untyped-def]
         yield chunk
 
-    state = await receiver.uploads.append(record.sha256, 0, body(data[:3000]))
+    state = await uploads.append(record.sha256, 0, body(data[:3000]))
     assert state.offset == 3000 and state.done is None
-    with (receiver.uploads.dir / f"{record.sha256}.part").open("ab") as fh:
+    with (uploads.dir / f"{record.sha256}.part").open("ab") as fh:
         fh.write(b"\0" * 777)  # written but never acknowledged
 
-    restarted = build_core_services(settings).receiver
+    restarted = build_core_services(settings)
     assert restarted.uploads.head(record.sha256).offset == 3000
     state = await restarted.uploads.append(record.sha256, 3000, body(data[3000:]))
     assert state.done is not None and state.done.created
@@ -414,17 +412,17 @@ async def test_client_picks_one_shot_or_resumable_and_classifies_refusals(core: 
 def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
     """Well-formed PUTs take the fast path (ImagePutFastPath); malformed ones reach the
     FastAPI route: both answer with the same statuses and bodies."""
-    from edge2core.core.api import uploads as api_uploads
+    from edge2core.core.api import fast_put
 
     taken: list[str] = []
-    original = api_uploads.ImagePutFastPath._record
+    original = fast_put.ImagePutFastPath._record
 
     def spy(self, scope):  # type: ignore[no-untyped-def]
         record = original(self, scope)
         taken.append("fast" if record is not None else "route")
         return record
 
-    monkeypatch.setattr(api_uploads.ImagePutFastPath, "_record", spy)
+    monkeypatch.setattr(fast_put.ImagePutFastPath, "_record", spy)
     data = noisy_jpeg(11)
     record = record_for(data)
     url = f"/v1/images/{record.sha256}"
@@ -611,7 +609,7 @@ def test_a_torn_upload_record_is_no_upload(core: Core) -> None:
     data = noisy_jpeg(21)
     record = record_for(data)
     assert core.create(record).status_code == 201
-    (core.services.receiver.uploads.dir / f"{record.sha256}.json").write_text("{not json")
+    (core.services.uploads.dir / f"{record.sha256}.json").write_text("{not json")
     assert core.head(record.sha256).status_code == 404
     assert_refused_cleanly(core.patch(record.sha256, 0, data), 404)
     assert core.create(record).status_code == 201

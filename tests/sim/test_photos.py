@@ -22,7 +22,7 @@ from edge2core.sim.photos import (
     product_price,
     resolve_source,
 )
-from tests.conftest import GROCERY as DATASET
+from tests.support.paths import GROCERY as DATASET
 
 
 def _decode(data: bytes) -> Image.Image:

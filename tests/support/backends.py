@@ -20,13 +20,13 @@ import uvicorn
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.common.net import free_port
 from edge2core.common.objectstore import LocalObjectStore, ObjectStore
 from edge2core.config import CoreSettings
 from edge2core.core.db import migrations
-from tests.conftest import fresh_postgres
-from tests.objectstores import make_s3_store
+from edge2core.core.db.engine import make_engine, make_sessionmaker
+from tests.support.objectstores import make_s3_store
+from tests.support.postgres import fresh_postgres
 
 BACKENDS = ["embedded", "scale-out"]
 

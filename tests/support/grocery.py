@@ -10,7 +10,7 @@ import pytest
 from edge2core.common.events import utcnow
 from edge2core.common.objectstore import image_key
 from edge2core.core.db.schema import ImageRow
-from tests.conftest import GROCERY as DATASET
+from tests.support.paths import GROCERY as DATASET
 
 needs_grocery = pytest.mark.skipif(not (DATASET / "train.txt").is_file(),
                                    reason=f"grocery dataset not found at {DATASET}")

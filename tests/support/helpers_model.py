@@ -19,7 +19,7 @@ from PIL import Image
 
 from edge2core.common.products import Product
 from edge2core.sim.synthetic import product_style, render_photo
-from tests.grocery import sku
+from tests.support.grocery import sku
 
 PRODUCTS = 3
 TRAIN_PHOTOS = range(8)  # photo indices used for training
@@ -81,8 +81,8 @@ def build_model(out_dir: Path) -> TrainedModel:
         import numpy as np
 
         from edge2core.core.train.backbone import load_backbone
-        from edge2core.core.train.onnx_export import export_onnx
         from edge2core.core.train.head import embed, train_head
+        from edge2core.core.train.onnx_export import export_onnx
 
         images, labels = training_photos()
         backbone = load_backbone()
@@ -129,8 +129,8 @@ def build_split_model() -> SplitModel:
 
         from edge2core.common.onnx_models import compose_onnx
         from edge2core.core.train.backbone import BACKBONE_ID, load_backbone
-        from edge2core.core.train.onnx_export import export_backbone_onnx, head_onnx
         from edge2core.core.train.head import embed, train_head
+        from edge2core.core.train.onnx_export import export_backbone_onnx, head_onnx
 
         images, labels = training_photos()
         backbone = load_backbone()

@@ -9,7 +9,7 @@ file and removes it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 from urllib.parse import urlparse
@@ -58,9 +58,6 @@ class LocalObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         write_atomic(self._path(key), [data])
-
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
-        return write_atomic(self._path(key), chunks)
 
     def put_file(self, key: str, path: Path) -> None:
         with path.open("rb") as fh:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
+from edge2core.common.background import supervised
 from edge2core.common.events import SITE_REPORTS, SiteModelReport
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
@@ -17,11 +20,14 @@ from edge2core.common.products import Product
 from edge2core.common.signing import Signer
 from edge2core.config import AutomationPolicy, CoreSettings
 from edge2core.core.db import storage
-from edge2core.core.api.app import CoreServices, create_core_app
+from edge2core.core.api.app import create_core_app
+from edge2core.core.api.deps import CoreServices
 from edge2core.core.audit import AuditLog
 from edge2core.core.loop.automation import LearningLoop
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.curate.datasets import DatasetStore
+from edge2core.core.curate.governance import Governance
+from edge2core.core.curate.labelling import LabellingQueue
 from edge2core.core.deliver.deployments import (
     CatalogueFeed,
     DeploySink,
@@ -31,9 +37,12 @@ from edge2core.core.deliver.deployments import (
 from edge2core.core.loop.drift import DriftWatch
 from edge2core.core.deliver.gate import ModelGate
 from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.deliver.site_reports import SiteReports, report_trusted
-from edge2core.core.train.run import Trainer
+
+if TYPE_CHECKING:  # train/ brings PyTorch: imported where the trainer is built
+    from edge2core.core.train.run import Trainer
 
 log = get_logger(__name__)
 
@@ -62,43 +71,58 @@ def build_core_services(
     sessions = storage.database(settings)  # Alembic upgrade to the newest schema
     store = storage.object_store(settings)  # local directory or S3, by object_store_url
     datasets = DatasetStore(store, sessions)
-    catalogue = Catalogue(sessions, on_change=on_catalogue_change)
+    wake = threading.Event()  # the learning loop looks again: a catalogue change, an arrival
+    catalogue = Catalogue(sessions, on_change=_both(on_catalogue_change, lambda _products: wake.set()))
+    # The gate scores with the trainer, and the trainer registers into the registry: the
+    # gate's scorer looks the trainer (made just below) up only when it runs.
+    gate = ModelGate(settings.gate, datasets, lambda model, entries: trainer.score_model(model, entries))
     registry = ModelRegistry(store, sessions, sites,
-                             signer=Signer.load_or_create(settings.data_dir / "keys"))
+                             signer=Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
+    from edge2core.core.train.run import Trainer
+
     trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
-                      cache_dir=settings.resolved_embedding_cache_dir,
-                      catalogue=catalogue)
-    registry.gate = ModelGate(settings.gate, datasets, trainer.score_model)
-    loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer)
-    catalogue.on_change = _both(on_catalogue_change, lambda _products: loop.wake.set())
+                      cache_dir=settings.resolved_embedding_cache_dir, catalogue=catalogue)
+    loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer, wake)
     receiver = ImageReceiver(
         store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
-        near_dup_bits=settings.near_dup_bits, upload_expiry_s=settings.upload_expiry_s,
+        near_dup_bits=settings.near_dup_bits,
+        on_stored=lambda record: wake.set() if record.sku else None,  # a labelled arrival
     )
-    receiver.on_stored = lambda record: loop.wake.set() if record.sku else None
+    uploads = ResumableUploads(receiver, store.staging_dir() / "uploads",
+                               expiry_s=settings.upload_expiry_s)
+
+    def forget(ids: list[str]) -> None:  # erased photos: no near-duplicate, no embedding
+        receiver.near_dups.invalidate()
+        trainer.cache.purge(ids)
+
+    governance = Governance(store, sessions, retention_days=settings.retention_days,
+                            uploads=uploads, on_erased=forget)
     return CoreServices(
         store=store,
         sessions=sessions,
         receiver=receiver,
+        uploads=uploads,
         datasets=datasets,
-        registry=registry,
+        labelling=LabellingQueue(sessions, catalogue),
+        governance=governance,
         catalogue=catalogue,
-        trainer=trainer,
-        site_tokens=settings.site_tokens,
-        admin_token=settings.admin_token,
-        retention_days=settings.retention_days,
         audit=loop.audit,
+        trainer=trainer,
+        registry=registry,
         reports=loop.reports,
         loop=loop,
+        site_tokens=settings.site_tokens,
+        admin_token=settings.admin_token,
     )
 
 
 def learning_loop(policy: AutomationPolicy, sessions: sessionmaker[Session], catalogue: Catalogue,
-                  datasets: DatasetStore, registry: ModelRegistry, trainer: Trainer) -> LearningLoop:
+                  datasets: DatasetStore, registry: ModelRegistry, trainer: Trainer,
+                  wake: threading.Event) -> LearningLoop:
     drift = DriftWatch(sessions, trainer.score_model, window=policy.drift_window,
                        min_photos=policy.drift_min_photos)
     return LearningLoop(policy, sessions, catalogue, datasets, registry, trainer.train,
-                        AuditLog(sessions), SiteReports(), drift=drift)
+                        AuditLog(sessions), SiteReports(), drift=drift, wake=wake)
 
 
 def _both(first: Callable[[list[Product]], None] | None,
@@ -129,27 +153,24 @@ def publish_desired_state(
 
 async def resync_every(services: CoreServices, board: SiteBoard, feed: CatalogueFeed,
                        every_s: float) -> None:
-    while True:
+    async def resync() -> None:
         await asyncio.sleep(every_s)
-        try:
-            await asyncio.to_thread(publish_desired_state, services, board, feed)
-        except Exception:
-            log.exception("re-syncing the KV buckets failed; trying again later")
+        await asyncio.to_thread(publish_desired_state, services, board, feed)
+
+    await supervised("kv-resync", resync, delay_s=0.0)  # a failed pass waits for the next
 
 
 async def apply_retention_every(services: CoreServices, every_s: float) -> None:
     """The retention rules, at start and then every `every_s`: no cron job to forget."""
-    from edge2core.core.api.datasets import governance_for
 
-    while True:
-        try:
-            reports = await asyncio.to_thread(governance_for(services).apply_retention)
-            erased = sum(r.images for r in reports)
-            if erased:
-                log.info("retention applied", images=erased)
-        except Exception:
-            log.exception("retention failed; trying again later")
+    async def apply() -> None:
+        reports = await asyncio.to_thread(services.governance.apply_retention)
+        erased = sum(r.images for r in reports)
+        if erased:
+            log.info("retention applied", images=erased)
         await asyncio.sleep(every_s)
+
+    await supervised("retention", apply, delay_s=every_s)
 
 
 def _on_site_report(reports: SiteReports, site_tokens: dict[str, str]):  # type: ignore[no-untyped-def]

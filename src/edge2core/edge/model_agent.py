@@ -12,6 +12,7 @@ smoke test on the site's golden photos) before it serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,9 @@ from edge2core.edge.kv_follower import KvFollower, LeafLink, State
 from edge2core.edge.model_trust import ModelTrust, UntrustedModel
 
 log = get_logger(__name__)
+
+# Tells the core what this site did with a model version (over the leaf link).
+Reporter = Callable[[SiteModelReport], Awaitable[None]]
 
 
 def _read_refused(path: Path) -> set[str]:
@@ -72,7 +76,7 @@ class ModelAgent:
         poll_s: float = 30.0,
         keep_versions: int = 3,
         trust: ModelTrust | None = None,
-        reporter: Callable[[SiteModelReport], Awaitable[None]] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self._core = core
         self._recognizer = recognizer
@@ -82,7 +86,7 @@ class ModelAgent:
         self._keep = keep_versions
         self._trust = trust
         self._site = site
-        self.reporter = reporter
+        self._reporter = reporter
         self._nudge = asyncio.Event()
         # Versions refused or rolled back here, kept across restarts: never loaded again.
         self._refused: set[str] = _read_refused(self._refused_path())
@@ -224,10 +228,10 @@ class ModelAgent:
         await self._send(report)
 
     async def _send(self, report: SiteModelReport) -> None:
-        if self.reporter is None:
+        if self._reporter is None:
             return
         try:
-            await self.reporter(report)
+            await self._reporter(report)
         except Exception as exc:  # the model state is the truth; this is said again later
             log.warning("site report not sent", error=repr(exc))
 
@@ -322,10 +326,8 @@ class ModelAgent:
                 except Exception as exc:  # the link may be down: keep serving, try again
                     log.warning("model reconcile failed", error=repr(exc))
                 self._nudge.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudge.wait(), 5.0)
-                except TimeoutError:
-                    pass
         finally:
             for task in followers:
                 task.cancel()

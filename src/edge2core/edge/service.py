@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nats
 import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from edge2core.common import topics
+from edge2core.common.background import supervised
 from edge2core.common.events import (
     PhotoForwarded,
     SiteModelReport,
@@ -21,22 +20,16 @@ from edge2core.common.events import (
 )
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
-from edge2core.common.nats_server import (
-    AuthCallout,
-    EmbeddedNats,
-    NatsServerConfig,
-    NatsUser,
-    leaf_url_with_credentials,
-)
+from edge2core.common.nats_server import EmbeddedNats
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
-from edge2core.edge.broker_auth import BrokerAuth, Issuer
+from edge2core.edge.broker_auth import BrokerAuth
+from edge2core.edge.broker_config import SiteAccess, edge_nats_config, mqtt_endpoint, site_access
 from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.dedup import NearDuplicateWindow
-from edge2core.edge.devices import DeviceRegistry
 from edge2core.edge.faces import (
     FaceDetectorUnavailable,
     FaceRedactor,
@@ -49,111 +42,21 @@ from edge2core.edge.inference import Recognizer
 from edge2core.edge.inference_pool import InferencePool
 from edge2core.edge.intake import Intake
 from edge2core.edge.kv_follower import LeafLink
-from edge2core.edge.model_agent import ModelAgent
+from edge2core.edge.model_agent import ModelAgent, Reporter
 from edge2core.edge.model_trust import ModelTrust
-from edge2core.edge.mqtt_door import MqttDoor, MqttEndpoint, private_client_id
+from edge2core.edge.mqtt_door import MqttDoor, private_client_id
 from edge2core.edge.prepare import PreparePolicy
-from edge2core.edge.retained_sweeper import RetainedSweeper
 from edge2core.edge.quality import QualityAction, QualityPolicy
+from edge2core.edge.retained_sweeper import RetainedSweeper
 from edge2core.edge.shaping import TokenBucket, parse_windows
 from edge2core.edge.spool import Spool, WhenFull
+
+__all__ = ["EdgeParts", "SiteAccess", "build_edge_parts", "edge_nats_config", "serve_edge",
+           "site_access", "start_doors", "start_sweeper", "status_report"]
 
 log = get_logger(__name__)
 
 EVENTS_STREAM = "E2C_EVENTS"
-
-
-def _system_user() -> NatsUser:
-    return NatsUser("e2c-edge-system", secrets.token_urlsafe(24))
-
-
-@dataclass(frozen=True)
-class SiteAccess:
-    """Who may use this site's broker: registered devices, each connection admitted (or not) by
-    the edge's auth callout service (`broker_auth`), plus edge2core's own clients, which bypass
-    it. No registry or no internal user: anyone may connect (`device_auth = false`)."""
-
-    devices: DeviceRegistry | None
-    internal: NatsUser | None
-    # A system-account user: the auth service disconnects revoked devices with it.
-    system: NatsUser = field(default_factory=_system_user)
-    # Signs the auth service's answers: made afresh per run, kept in memory (the server config
-    # holds only its public key).
-    issuer: Issuer = field(default_factory=Issuer)
-
-    @property
-    def enabled(self) -> bool:
-        return self.devices is not None and self.internal is not None
-
-    def users(self, site: str) -> tuple[NatsUser, ...]:
-        """The server's own users: only edge2core's (devices come through the callout)."""
-        return (self.internal,) if self.enabled and self.internal is not None else ()
-
-    def auth_callout(self) -> AuthCallout | None:
-        if not self.enabled or self.internal is None:
-            return None
-        return AuthCallout(self.issuer.public_key, (self.internal.user, self.system.user))
-
-    def system_users(self) -> tuple[NatsUser, ...]:
-        return (self.system,) if self.enabled else ()
-
-    def broker_auth(self, site: str, url: str) -> BrokerAuth | None:
-        """The callout service for a server started with `edge_nats_config` (not started)."""
-        if self.devices is None or self.internal is None:
-            return None
-        return BrokerAuth(url, site, self.devices, self.issuer, self.internal, self.system)
-
-
-def site_access(settings: EdgeSettings) -> SiteAccess:
-    if not settings.device_auth:
-        return SiteAccess(None, None)
-    # Fresh secrets per run for our own doors, NATS clients and auth service; they never leave
-    # this process (and the 0600 server config file).
-    internal = NatsUser("e2c-edge-internal", secrets.token_urlsafe(24))
-    return SiteAccess(DeviceRegistry(settings.data_dir / "devices.json"), internal)
-
-
-def core_leaf_remote(settings: EdgeSettings) -> str:
-    """The leaf link logs in to the core as this site, with its upload token (if it has one)."""
-    assert settings.core_leaf_url
-    if not settings.token:
-        return settings.core_leaf_url
-    return leaf_url_with_credentials(settings.core_leaf_url, settings.site, settings.token)
-
-
-def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -> NatsServerConfig:
-    return NatsServerConfig(
-        name=f"e2c-edge-{settings.site}",
-        store_dir=settings.data_dir / "nats" / "jetstream",
-        host=settings.host,
-        client_port=settings.nats_port,
-        http_port=settings.nats_http_port,
-        mqtt_port=settings.mqtt_port,
-        websocket_port=settings.mqtt_ws_port,
-        jetstream_domain=settings.jetstream_domain,
-        leafnode_remotes=(core_leaf_remote(settings),) if settings.core_leaf_url else (),
-        users=access.users(settings.site) if access else (),
-        auth_callout=access.auth_callout() if access else None,
-        system_users=access.system_users() if access else (),
-    )
-
-
-def mqtt_endpoint(settings: EdgeSettings, access: SiteAccess | None = None) -> MqttEndpoint:
-    if settings.external_mqtt:
-        host, _, port = settings.external_mqtt.rpartition(":")
-        return MqttEndpoint(
-            host=host,
-            port=int(port),
-            username=settings.external_mqtt_username,
-            password=settings.external_mqtt_password,
-        )
-    internal = access.internal if access else None
-    return MqttEndpoint(
-        host=settings.host,
-        port=settings.mqtt_port,
-        username=internal.user if internal else None,
-        password=internal.password if internal else None,
-    )
 
 
 @dataclass
@@ -175,10 +78,13 @@ def face_redactor(settings: EdgeSettings) -> FaceRedactor | None:
     try:
         return FaceRedactor(load_default_detector())
     except FaceDetectorUnavailable as exc:
-        raise SystemExit(f"cannot start site {settings.site!r}: {exc} (or set blur_faces=false)")
+        raise SystemExit(f"cannot start site {settings.site!r}: {exc} (or set blur_faces=false)") from exc
 
 
-def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = None) -> EdgeParts:
+def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = None,
+                     reporter: Reporter | None = None) -> EdgeParts:
+    """The site's parts; `on_forwarded` and `reporter` (events and model reports over NATS)
+    are left out where no broker runs."""
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     policy = PreparePolicy(
@@ -229,7 +135,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
     )
     agent = ModelAgent(
         core, recognizer, catalogue, data / "models", site=settings.site,
-        poll_s=settings.model_poll_s, trust=trust,
+        poll_s=settings.model_poll_s, trust=trust, reporter=reporter,
     )
     gateway = Gateway(intake, recognizer, InferencePool.for_settings(recognizer, settings))
     return EdgeParts(spool, catalogue, recognizer, gateway, core, forwarder, agent)
@@ -315,7 +221,7 @@ async def event_sink(client: NatsClient, site: str) -> EventSink:
     return publish
 
 
-def site_reporter(client: NatsClient, token: str) -> Callable[[SiteModelReport], Awaitable[None]]:
+def site_reporter(client: NatsClient, token: str) -> Reporter:
     """Tell the core (over the leaf link) what this site did with a model version, signed
     with the site's token."""
 
@@ -324,18 +230,6 @@ def site_reporter(client: NatsClient, token: str) -> Callable[[SiteModelReport],
         await client.publish(site_report_subject(event.site), signed.model_dump_json().encode())
 
     return report
-
-
-async def supervised(name: str, run: Callable[[], Awaitable[None]], delay_s: float = 2.0) -> None:
-    """Keep a background loop alive: a bug in one pass must not silently stop forwarding."""
-    while True:
-        try:
-            await run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task crashed; restarting", task=name, delay_s=delay_s)
-            await asyncio.sleep(delay_s)
 
 
 async def watch_devices(auth: BrokerAuth, every_s: float = 2.0) -> None:
@@ -369,8 +263,8 @@ async def serve_edge(settings: EdgeSettings) -> None:
         max_reconnect_attempts=-1,
         **({"user": internal.user, "password": internal.password} if internal else {}),
     )
-    parts = build_edge_parts(settings, await event_sink(client, settings.site))
-    parts.agent.reporter = site_reporter(client, settings.token)
+    parts = build_edge_parts(settings, await event_sink(client, settings.site),
+                             site_reporter(client, settings.token))
     await parts.agent.load_last_good()
     doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
     sweeper = await asyncio.to_thread(start_sweeper, settings, access)

@@ -8,7 +8,6 @@ split is kept aside to measure recognition accuracy independently, so it is refu
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import random
@@ -18,7 +17,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from edge2core.core.catalogue.grocery import grocery_price, grocery_sku
 from edge2core.sim import synthetic
+
+# The catalogue's rule for the dataset's missing prices, under the name the demo gave it.
+product_price = grocery_price
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +32,6 @@ CURRENCY = "EUR"
 # Synthetic validation photos use photo indices far from the training ones, so the two
 # splits never share an image.
 _SYNTHETIC_VAL_OFFSET = 1_000_000
-
-
-def product_price(name: str) -> float:
-    """A plausible, deterministic shelf price (0.49-6.99, ending in 9) for a product name.
-
-    The dataset has no prices; hashing the name (not Python's salted `hash`) keeps the price
-    stable across processes and machines.
-    """
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    tenths = int.from_bytes(digest[:4], "big") % 66  # 0.49, 0.59, ..., 6.99
-    return round(0.49 + tenths / 10, 2)
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,7 @@ class Product:
     ) -> Product:
         """A product with its SKU and price derived from its class id and name."""
         return cls(
-            sku=f"SKU-{class_id:04d}",
+            sku=grocery_sku(class_id),
             name=name,
             class_id=class_id,
             coarse_name=coarse_name,

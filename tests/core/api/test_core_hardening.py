@@ -19,8 +19,8 @@ from edge2core.core.api.app import create_core_app
 from edge2core.core.curate.datasets import DatasetQuery
 from edge2core.core.db.schema import LabelTaskRow
 from edge2core.core.service import build_core_services
-from tests.conftest import jpeg_bytes
-from tests.grocery import store_kiosk
+from tests.support.grocery import store_kiosk
+from tests.support.jpegs import jpeg_bytes
 
 ADMIN = "admin-token-for-hardening-0001"
 SITE = "site-token-for-hardening-0001"

@@ -14,10 +14,10 @@ from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
 from edge2core.config import CoreSettings
 from edge2core.core.api.app import create_core_app
 from edge2core.core.curate.datasets import DatasetQuery
-from edge2core.core.service import _on_site_report, build_core_services
 from edge2core.core.deliver.site_reports import SiteReports
-from tests.conftest import jpeg_bytes
-from tests.grocery import store_kiosk
+from edge2core.core.service import _on_site_report, build_core_services
+from tests.support.grocery import store_kiosk
+from tests.support.jpegs import jpeg_bytes
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ deterministic (fixed seed, deterministic generation, which keeps no example data
 examples per operation, about a minute on two cores).
 
 Left out: the resumable upload routes under /v1/uploads (tus; another part of the core, tested
-in tests/test_uploads.py).
+in tests/integration/test_uploads.py).
 
 One allowance: the core refuses some well-formed requests with 422 for rules a JSON Schema
 cannot state (a promotion's end after its start, an image key that is not in the store, bytes
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.paths import REPO
 
 try:
     import schemathesis
@@ -86,8 +88,8 @@ def seed_core(services: Any) -> None:
     from edge2core.common.products import Product, Promotion
     from edge2core.core.catalogue.catalogue import store_image
     from edge2core.core.curate.datasets import DatasetQuery
-    from tests.conftest import jpeg_bytes
-    from tests.grocery import store_kiosk
+    from tests.support.grocery import store_kiosk
+    from tests.support.jpegs import jpeg_bytes
 
     image, _new = store_image(services.store, jpeg_bytes(color=(9, 9, 9)))
     week = Promotion(id="0", kind="percent_off", value=10, label="-10%",
@@ -152,8 +154,8 @@ def test_the_core_does_what_its_openapi_document_says(core_url: str, tmp_path: P
         "--seed", str(SEED), "--generation-deterministic",
         "--workers", "1", "--no-color", "--request-timeout", "60",
     ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.test_core_openapi",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": __name__,
+           "PYTHONPATH": os.pathsep.join([str(REPO),
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=540)

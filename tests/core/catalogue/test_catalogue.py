@@ -9,15 +9,15 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
 from pydantic import ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from edge2core.core.db.engine import make_engine, make_sessionmaker
+from edge2core.common.objectstore import ObjectStore
 from edge2core.common.products import (
     Product,
     ProductStatus,
@@ -26,23 +26,26 @@ from edge2core.common.products import (
     effective_price,
     priced,
 )
-from edge2core.core.db import migrations
 from edge2core.core.api.app import create_core_app
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue.catalogue import (
     Catalogue,
     DuplicateProduct,
+    ImportReport,
     InvalidProduct,
     UnknownProduct,
-    read_grocery,
+    store_image,
 )
+from edge2core.core.catalogue.grocery import grocery_price, read_grocery
 from edge2core.core.cli.catalogue import catalogue_app
+from edge2core.core.db import migrations
+from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.core.service import build_core_services
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.inference import Recognizer
-from edge2core.sim.photos import product_price
-from tests.backends import Backend, CoreServer
-from tests.conftest import jpeg_bytes
+from tests.support.backends import Backend, CoreServer
+from tests.support.helpers_model import TrainedModel, sku, trained_model  # noqa: F401 (fixture)
+from tests.support.jpegs import jpeg_bytes
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -258,10 +261,28 @@ def mini_grocery(root: Path) -> Path:
     return root
 
 
+def import_grocery(cat: Catalogue, root: Path, store: ObjectStore, **options: Any) -> ImportReport:
+    """What `edge2core catalogue import` does, in process (test_cli runs it over HTTP): read the
+    folder, store the iconic images under their content-addressed keys, merge the records."""
+    entries = read_grocery(root, **options)
+    products, stored = [], 0
+    for entry in entries:
+        product = entry.product
+        if entry.image_path is not None:
+            key, new = store_image(store, entry.image_path.read_bytes())
+            stored += new
+            product = product.model_copy(update={"image_key": key})
+        products.append(product)
+    report = cat.import_products(products, source=str(root))
+    report.images_stored = stored
+    report.missing_images = [e.product.sku for e in entries if e.image_path is None]
+    return report
+
+
 def test_import_any_grocery_layout_folder(catalogue, backend: Backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cat, seen = catalogue
     root = mini_grocery(tmp_path / "mini")
-    report = cat.import_grocery(root, backend.store, price_of=lambda name: 2.5)
+    report = import_grocery(cat, root, backend.store, price_of=lambda name: 2.5)
     assert report.added == ["SKU-0000", "SKU-0001"] and report.missing_images == ["SKU-0001"]
     kombucha = cat.get("SKU-0000")
     assert (kombucha.name, kombucha.coarse, kombucha.price) == ("Kombucha", "Tea", 2.5)
@@ -270,23 +291,23 @@ def test_import_any_grocery_layout_folder(catalogue, backend: Backend, tmp_path:
     assert kombucha.image_key.endswith(f"{hashlib.sha256(data).hexdigest()}.jpg")
     assert cat.get("SKU-0001").image_key is None
     with pytest.raises(FileNotFoundError, match="classes.csv"):
-        cat.import_grocery(tmp_path / "nowhere", backend.store)
+        import_grocery(cat, tmp_path / "nowhere", backend.store)
 
 
 def test_import_real_grocery_is_idempotent(catalogue, backend: Backend, grocery_dir: Path) -> None:  # type: ignore[no-untyped-def]
     cat, seen = catalogue
-    report = cat.import_grocery(grocery_dir, backend.store, class_ids={0, 1, 40})
+    report = import_grocery(cat, grocery_dir, backend.store, class_ids={0, 1, 40})
     assert report.added == ["SKU-0000", "SKU-0001", "SKU-0040"] and report.images_stored == 3
     assert report.missing_images == [] and len(seen) == 1
     golden = cat.get("SKU-0000")
     assert golden.name == "Golden-Delicious" and golden.coarse == "Apple"
-    assert golden.price == product_price("Golden-Delicious")  # the demo's rule
+    assert golden.price == grocery_price("Golden-Delicious")  # the demo's rule
     assert "golden delicious" in golden.description.lower()
     assert backend.store.get(golden.image_key)[:3] == b"\xff\xd8\xff"
     assert read_grocery(grocery_dir, class_ids={0})[0].product.sku == "SKU-0000"
 
     events = len(AuditLog(backend.sessions).query())
-    again = cat.import_grocery(grocery_dir, backend.store, class_ids={0, 1, 40})
+    again = import_grocery(cat, grocery_dir, backend.store, class_ids={0, 1, 40})
     assert again.added == [] and again.changed == [] and again.unchanged == 3
     assert again.images_stored == 0 and len(seen) == 1
     assert len(AuditLog(backend.sessions).query()) == events
@@ -294,7 +315,7 @@ def test_import_real_grocery_is_idempotent(catalogue, backend: Backend, grocery_
     # People's prices, status and promotions survive a re-import.
     cat.change("SKU-0000", price=0.10)
     cat.retire("SKU-0001", "out of season")
-    cat.import_grocery(grocery_dir, backend.store, class_ids={0, 1})
+    import_grocery(cat, grocery_dir, backend.store, class_ids={0, 1})
     assert cat.get("SKU-0000").price == 0.10
     assert cat.get("SKU-0001").status is ProductStatus.RETIRED
 

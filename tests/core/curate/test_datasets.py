@@ -15,20 +15,20 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.common.events import Guess, PhotoRecord, Source
 from edge2core.common.objectstore import LocalObjectStore, ObjectNotFound, image_key
 from edge2core.common.products import Product
-from edge2core.core.db import migrations
 from edge2core.core.catalogue.catalogue import Catalogue
-from edge2core.core.curate.export import ExportFormat, export_dataset
 from edge2core.core.curate.datasets import DatasetQuery, DatasetStore, render_manifest
+from edge2core.core.curate.export import ExportFormat, export_dataset
 from edge2core.core.curate.governance import EraseRequest, Governance
 from edge2core.core.curate.labelling import LabellingQueue
-from edge2core.core.ingest.receiver import ImageReceiver, stable_split
+from edge2core.core.db import migrations
+from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.core.db.schema import ImageRow
-from tests.backends import Backend, noisy_jpeg
-from tests.conftest import jpeg_bytes
+from edge2core.core.ingest.receiver import ImageReceiver, stable_split
+from tests.support.backends import Backend, noisy_jpeg
+from tests.support.jpegs import jpeg_bytes
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 VAL = 30

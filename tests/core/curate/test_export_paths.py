@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from edge2core.core.curate.export import ExportFormat, export_dataset
-from edge2core.core.curate.datasets import DatasetQuery
-from edge2core.core.service import build_core_services
 from edge2core.config import CoreSettings
-from tests.conftest import jpeg_bytes
-from tests.grocery import store_kiosk
+from edge2core.core.curate.datasets import DatasetQuery
+from edge2core.core.curate.export import ExportFormat, export_dataset
+from edge2core.core.service import build_core_services
+from tests.support.grocery import store_kiosk
+from tests.support.jpegs import jpeg_bytes
 
 # Labels as they may sit in a database from before the identifiers rule.
 HOSTILE = ["../../e2c-escape", "../../../e2c-escape2", "/tmp/e2c-absolute", "a/b", "..", ".",

@@ -21,7 +21,6 @@ from edge2core.core.api.app import create_core_app
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.cli.datasets import datasets_app
 from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
-from edge2core.core.train.embeddings import EmbeddingCache
 from edge2core.core.curate.governance import EraseRequest, Governance
 from edge2core.core.curate.labelling import (
     LabelConflict,
@@ -30,11 +29,13 @@ from edge2core.core.curate.labelling import (
     NewProduct,
     UnknownSku,
 )
-from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.db.schema import ErasureRow, ImageRow, LabelTaskRow, TombstoneRow
+from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.service import build_core_services
-from tests.backends import Backend, noisy_jpeg
-from tests.test_datasets import T0, chunks, ingest, make_receiver, record_for
+from edge2core.core.train.embeddings import EmbeddingCache
+from tests.core.curate.test_datasets import T0, chunks, ingest, make_receiver, record_for
+from tests.support.backends import Backend, noisy_jpeg
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ async def core(backend: Backend, tmp_path: Path):  # type: ignore[no-untyped-def
     catalogue.upsert([Product(sku=s, name=s, price=1.0) for s in ("SKU-A", "SKU-B", "SKU-C")])
     queue = LabellingQueue(backend.sessions, catalogue)
     cache = EmbeddingCache(tmp_path / "embeddings")
-    governance = Governance(backend.store, backend.sessions, uploads=receiver.uploads,
+    uploads = ResumableUploads(receiver, backend.store.staging_dir() / "uploads", expiry_s=3600)
+    governance = Governance(backend.store, backend.sessions, uploads=uploads,
                             on_erased=lambda erased: (receiver.near_dups.invalidate(),
                                                       cache.purge(erased)),
                             retention_days={"shopper": 30})
@@ -184,14 +186,15 @@ async def test_erasure_by_time_range_and_of_labelled_shopper_photos(core) -> Non
 
 
 async def test_erasure_drops_unfinished_uploads_from_the_device(core) -> None:  # type: ignore[no-untyped-def]
-    _backend, receiver, _ids, _queue, governance, _cat = core
+    backend, receiver, _ids, _queue, governance, _cat = core
+    uploads = ResumableUploads(receiver, backend.store.staging_dir() / "uploads", expiry_s=3600)
     data = noisy_jpeg(77)
-    receiver.uploads.create(record_for(data, 1, device="kiosk-z"), len(data))
+    uploads.create(record_for(data, 1, device="kiosk-z"), len(data))
     other = noisy_jpeg(78)
-    receiver.uploads.create(record_for(other, 1, device="kiosk-y"), len(other))
+    uploads.create(record_for(other, 1, device="kiosk-y"), len(other))
     report = governance.erase(EraseRequest(device="kiosk-z"))
     assert report.uploads_discarded == 1
-    assert [s.record.device for s in receiver.uploads.in_progress()] == ["kiosk-y"]
+    assert [s.record.device for s in uploads.in_progress()] == ["kiosk-y"]
 
 
 async def test_retention_deletes_old_shopper_photos_only(core) -> None:  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 import edge2core.core.db.schema  # noqa: F401  (registers every table)
-from edge2core.core.db.engine import Base, make_engine
 from edge2core.core.db import migrations
+from edge2core.core.db.engine import Base, make_engine
 
 
 def schema_diff(engine) -> list:  # type: ignore[no-untyped-def]

@@ -12,8 +12,8 @@ import stat
 import numpy as np
 import pytest
 
-from tests.grocery import DATASET, sku, store_kiosk
-from tests.recorded_sites import RecordedSites
+from tests.support.grocery import DATASET, sku, store_kiosk
+from tests.support.recorded_sites import RecordedSites
 
 FINE_IDS = (4, 30, 45, 63)  # four products from different coarse classes
 PER_CLASS = 12
@@ -75,8 +75,8 @@ def register_worse(core, model, promote: bool):
     import onnx
     from onnx import numpy_helper
 
-    from edge2core.core.train.onnx_export import compose_onnx, head_onnx
     from edge2core.core.train.head import HeadModel
+    from edge2core.core.train.onnx_export import compose_onnx, head_onnx
 
     proto = onnx.load_from_string(core.store.get(model.artifacts["head"].key))
     w = {t.name: numpy_helper.to_array(t).copy() for t in proto.graph.initializer}
@@ -181,7 +181,8 @@ def test_embedding_cache_survives_a_restart(core, first) -> None:
 
     # the first run computed every photo's embedding once
     assert first.record["embeddings_computed"] == core.dataset.stats["images"]
-    restarted = Trainer(core.datasets, core.store, core.registry, catalogue=core.catalogue)
+    restarted = Trainer(core.datasets, core.store, core.registry, catalogue=core.catalogue,
+                        cache_dir=core.data_dir / "cache" / "embeddings")
     result = restarted.train(core.dataset.version, seed=0, register=False)
     assert result.record["embeddings_computed"] == 0
     assert not restarted._embedders  # no backbone session was even created

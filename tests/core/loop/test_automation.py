@@ -16,11 +16,11 @@ from PIL import Image
 from edge2core.common.events import ModelPublished, SiteModelReport, utcnow
 from edge2core.common.products import Product, ProductStatus
 from edge2core.config import AutomationPolicy, CoreSettings
-from edge2core.core.loop.automation import Decision, LoopInputs, ProductData, decide
 from edge2core.core.db.schema import ImageRow
 from edge2core.core.deliver.site_reports import SiteReports, judge
-from tests.grocery import DATASET, needs_grocery, photos_of, sku, store_kiosk  # noqa: F401
-from tests.recorded_sites import RecordedSites
+from edge2core.core.loop.automation import Decision, LoopInputs, ProductData, decide
+from tests.support.grocery import DATASET, needs_grocery, photos_of, sku, store_kiosk  # noqa: F401
+from tests.support.recorded_sites import RecordedSites
 
 KNOWN = (4, 30, 45)  # products of the first model
 NEW = 63  # a product that arrives later
@@ -207,8 +207,8 @@ def test_drift_scores_only_captures_after_the_model(tmp_path: Path) -> None:
     import numpy as np
 
     from edge2core.core.db import storage
-    from edge2core.core.loop.drift import DriftWatch, own_class_confidence
     from edge2core.core.deliver.registry import ModelInfo
+    from edge2core.core.loop.drift import DriftWatch, own_class_confidence
 
     assert own_class_confidence(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 0]) == pytest.approx(0.55)
     sessions = storage.database(CoreSettings(data_dir=tmp_path))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import GROCERY as DATASET
+from tests.support.paths import GROCERY as DATASET
 
 # four visually distinct products: a fruit, a carton, two vegetables
 CLASSES = ["Banana", "Oatly-Oat-Milk", "Carrots", "Red-Bell-Pepper"]
@@ -261,13 +261,13 @@ def test_composed_head_only_and_int8_agree_with_torch_export(backbone, backbone_
     import onnx
 
     from edge2core.common.preprocess import preprocess_batch
+    from edge2core.core.train.head import predict_proba
     from edge2core.core.train.onnx_export import (
         compose_onnx,
         head_onnx,
         ort_session,
         quantize_backbone_int8,
     )
-    from edge2core.core.train.head import predict_proba
 
     val_x = data[2]
     x = preprocess_batch(val_x)

@@ -6,6 +6,9 @@ import hmac
 import re
 from collections.abc import Mapping
 
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 
 def site_token_ok(tokens: Mapping[str, str], site: str | None, authorization: str | None) -> bool:
     """True when no tokens are configured (development), or the header carries `site`'s token
@@ -61,19 +64,18 @@ def token_required(method: str, path: str, *, admin_token: str | None,
 class AdminAccess:
     """ASGI middleware applying `access_allowed`; refusals are 401 with a JSON body."""
 
-    def __init__(self, app, admin_token: str | None, site_tokens: Mapping[str, str]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app: ASGIApp, admin_token: str | None,
+                 site_tokens: Mapping[str, str]) -> None:
         self.app = app
         self._admin = admin_token
         self._sites = site_tokens
 
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             authorization = next((v.decode("latin-1") for k, v in scope["headers"]
                                   if k == b"authorization"), None)
             if not access_allowed(scope["method"], scope["path"], authorization,
                                   admin_token=self._admin, site_tokens=self._sites):
-                from starlette.responses import JSONResponse
-
                 response = JSONResponse(
                     {"error": "unauthorized",
                      "detail": "this needs the core's admin token (Authorization: Bearer ...); "

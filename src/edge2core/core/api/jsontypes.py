@@ -69,8 +69,13 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
-JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+# The validators themselves, for `Annotated[int, Field(ge=...), JSON_INTEGER]`: the spelling
+# type checkers read (they do not take `json_int(...)` as a type).
+JSON_INTEGER = BeforeValidator(_json_integer)
+JSON_NUMBER = BeforeValidator(_json_number)
+
+JsonInt = Annotated[int, JSON_INTEGER]
+JsonFloat = Annotated[float, JSON_NUMBER]
 JsonBool = Annotated[bool, Strict()]
 
 

@@ -12,12 +12,9 @@ Every committed change (add, change, retire, promotions, bulk upsert, import) is
 
 from __future__ import annotations
 
-import csv
 import threading
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -25,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from edge2core.common.errors import Conflict, Invalid, NotFound
 from edge2core.common.events import as_utc, utcnow
 from edge2core.common.images import ImageRejected, sha256_hex, sniff_format
 from edge2core.common.logging import get_logger
@@ -50,15 +48,16 @@ IMAGE_TYPES = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"),
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
-class UnknownProduct(LookupError):
+class UnknownProduct(NotFound):
     """No product has this SKU (HTTP 404)."""
 
 
-class DuplicateProduct(ValueError):
+class DuplicateProduct(Conflict):
+    code = "duplicate"
     """A product with this SKU exists already (HTTP 409)."""
 
 
-class InvalidProduct(ValueError):
+class InvalidProduct(Invalid):
     """The record or change is not valid (HTTP 422)."""
 
 
@@ -68,74 +67,6 @@ class ImportReport(BaseModel):
     unchanged: int = 0
     images_stored: int = 0
     missing_images: list[str] = []
-
-
-@dataclass(frozen=True)
-class GroceryEntry:
-    """One product read from a grocery-layout folder, with its iconic image's path."""
-
-    product: Product
-    image_path: Path | None
-
-
-def grocery_sku(class_id: int) -> str:
-    """The SKU of a grocery class, as the demo and the photo sources name it."""
-    return f"SKU-{class_id:04d}"
-
-
-def default_price(name: str) -> float:
-    """The dataset has no prices: a deterministic one from the name (same rule as the demo)."""
-    from edge2core.sim.photos import product_price
-
-    return product_price(name)
-
-
-def read_grocery(
-    root: Path | str,
-    *,
-    class_ids: Collection[int] | None = None,
-    price_of: Callable[[str], float] = default_price,
-    currency: str = "EUR",
-) -> list[GroceryEntry]:
-    """Products from `<root>/classes.csv` (any folder laid out like the grocery dataset):
-    SKU from the class id, name, coarse class, description text, iconic image path."""
-    root = Path(root)
-    csv_path = root / "classes.csv"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path} not found: expected a grocery-layout folder "
-                                "with classes.csv and iconic-images-and-descriptions/")
-
-    def path_of(value: str | None) -> Path | None:
-        value = (value or "").strip().lstrip("/")  # paths start with '/', relative to root
-        return root / value if value else None
-
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    entries = []
-    for n, row in enumerate(rows, start=2):
-        cols = {k.split(" (")[0].strip(): (v or "").strip() for k, v in row.items() if k}
-        try:
-            class_id = int(cols["Class ID"])
-            name = cols["Class Name"]
-        except (KeyError, ValueError) as exc:
-            raise InvalidProduct(f"{csv_path}:{n}: needs 'Class Name' and an integer "
-                                 f"'Class ID' ({exc})") from exc
-        if class_ids is not None and class_id not in class_ids:
-            continue
-        desc_path = path_of(cols.get("Product Description Path"))
-        description = (desc_path.read_text(encoding="utf-8").strip()
-                       if desc_path is not None and desc_path.is_file() else "")
-        image = path_of(cols.get("Iconic Image Path"))
-        try:
-            product = Product(sku=grocery_sku(class_id), name=name,
-                              coarse=cols.get("Coarse Class Name", ""),
-                              price=price_of(name), currency=currency,
-                              description=description[:4000])
-        except ValidationError as exc:
-            raise InvalidProduct(f"{csv_path}:{n}: {exc}") from exc
-        entries.append(GroceryEntry(product, image if image is not None and image.is_file()
-                                    else None))
-    return sorted(entries, key=lambda e: e.product.sku)
 
 
 def image_key_for(data: bytes) -> tuple[str, str]:
@@ -204,7 +135,6 @@ class Catalogue:
     def __init__(self, sessions: sessionmaker[Session], on_change: OnChange | None = None) -> None:
         self.publishing = threading.Lock()
         self._sessions = sessions
-        # Public: the wiring may set it after construction (e.g. once a NATS client exists).
         self.on_change = on_change
         self.audit = AuditLog(sessions)
 
@@ -311,33 +241,6 @@ class Catalogue:
                     changed.append(saved)
                     report.changed.append(product.sku)
         self._notify(changed)
-        return report
-
-    def import_grocery(
-        self,
-        root: Path | str,
-        store: ObjectStore,
-        *,
-        price_of: Callable[[str], float] = default_price,
-        currency: str = "EUR",
-        class_ids: Collection[int] | None = None,
-        by: str | None = None,
-    ) -> ImportReport:
-        """Products from a grocery-layout folder's classes.csv, descriptions and iconic
-        images (put into `store` under content-addressed keys). Idempotent."""
-        entries = read_grocery(root, class_ids=class_ids, price_of=price_of, currency=currency)
-        products, stored, missing = [], 0, []
-        for entry in entries:
-            product = entry.product
-            if entry.image_path is None:
-                missing.append(product.sku)
-            else:
-                key, new = store_image(store, entry.image_path.read_bytes())
-                stored += new
-                product = product.model_copy(update={"image_key": key})
-            products.append(product)
-        report = self.import_products(products, by=by, source=str(root))
-        report.images_stored, report.missing_images = stored, missing
         return report
 
     # --- internals -----------------------------------------------------------------------

@@ -199,7 +199,7 @@ def import_grocery(
     """Products from classes.csv with descriptions and iconic images. New SKUs get a
     deterministic price (the dataset has none); a re-import updates names, categories,
     descriptions and images only, and changes nothing when nothing changed."""
-    from edge2core.core.catalogue.catalogue import read_grocery
+    from edge2core.core.catalogue.grocery import read_grocery
 
     try:
         entries = read_grocery(root, class_ids=set(class_id) if class_id else None,

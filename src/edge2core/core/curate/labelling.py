@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from edge2core.common.errors import Conflict, Invalid
 from edge2core.common.events import Guess, as_utc, utcnow
 from edge2core.common.identifiers import IdKind, check, is_valid
 from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
@@ -33,11 +34,12 @@ class LabelStatus(StrEnum):
     DISCARDED = "discarded"  # not a usable product photo
 
 
-class LabelConflict(ValueError):
+class LabelConflict(Conflict):
     """The decision does not fit the task's state (HTTP 409)."""
 
 
-class UnknownSku(ValueError):
+class UnknownSku(Invalid):
+    code = "unknown_sku"
     """The SKU is not in the catalogue (HTTP 422)."""
 
 

@@ -10,97 +10,50 @@ A promotion to canary or production goes through the promotion gate when one is 
 evaluation set; see ``core.gate``).  ``force=True`` skips a failed gate but needs a reason,
 which is logged and kept in the model's history.
 
-What ``core.schema.ModelRow`` has no column for (artefacts beside the main one, lineage, the
-signed manifest, the stage history) lives in its ``params`` JSON under the reserved key
-``_registry``; ``ModelInfo.params`` shows only the training parameters.  The signed manifest is
-also written to the object store (``models/signatures/<version>-<sha16>.json``).
+What a version's record holds beyond the table's columns is described in `model_info`.  The
+signed manifest is also written to the object store
+(``models/signatures/<version>-<sha16>.json``).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import (
-    ArtifactPointer,
-    ModelPublished,
-    calibrated_threshold,
-    utcnow,
-)
+from edge2core.common.events import utcnow
 from edge2core.common.images import sha256_hex
 from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
 from edge2core.common.signing import SignatureError, Signer, verify, verify_artifact
-from edge2core.core.deliver.deployments import DeploySink, NoSites
 from edge2core.core.db.schema import ModelRow
-from edge2core.core.api.jsontypes import UtcDateTime
+from edge2core.core.deliver.deployments import DeploySink, NoSites
+from edge2core.core.deliver.model_info import (
+    GATED_STAGES,
+    RESERVED,
+    STAGES,
+    ArtifactRef,
+    GateBlocked,
+    GateCheck,
+    ModelInfo,
+    compare_models,
+    dump_report,
+    info_of,
+    production_since,
+)
+
+__all__ = ["STAGES", "ArtifactRef", "GateBlocked", "GateCheck", "ModelInfo", "ModelRegistry",
+           "dump_report"]
 
 log = get_logger(__name__)
 
-RESERVED = "_registry"
-STAGES = ("candidate", "canary", "production", "archived", "retired")
-GATED_STAGES = ("canary", "production")
-
-
-class ArtifactRef(BaseModel):
-    key: str
-    sha256: str
-    size: int
-
-
-class ModelInfo(BaseModel):
-    version: int
-    dataset_version: int
-    artifact_key: str
-    sha256: str
-    size: int
-    classes: list[str]
-    metrics: dict[str, Any]
-    params: dict[str, Any]
-    stage: str
-    created_at: UtcDateTime
-    artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
-    lineage: dict[str, Any] = Field(default_factory=dict)
-    signature: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list)
-    canary_sites: list[str] = Field(default_factory=list)
-
-    def pointer(self, kind: str) -> ArtifactPointer | None:
-        ref = self.artifacts.get(kind)
-        if ref is None:
-            return None
-        return ArtifactPointer(sha256=ref.sha256, size=ref.size,
-                               url_path=f"/v1/models/{self.version}/artifact?kind={kind}")
-
-    def published(self) -> ModelPublished:
-        return ModelPublished(
-            version=self.version,
-            sha256=self.sha256,
-            size=self.size,
-            classes=self.classes,
-            url_path=f"/v1/models/{self.version}/artifact",
-            recognised_threshold=calibrated_threshold(self.metrics),
-            head=self.pointer("head"),
-            backbone=self.pointer("backbone"),
-        )
-
-
-class GateCheck(Protocol):
-    def check(self, candidate: ModelInfo, baseline: ModelInfo) -> Any:
-        """A report with ``passed: bool`` and ``model_dump()``."""
-
-
-class GateBlocked(RuntimeError):
-    def __init__(self, version: int, report: Any) -> None:
-        reasons = "; ".join(getattr(report, "reasons", []) or ["gate failed"])
-        super().__init__(f"model {version} did not pass the promotion gate: {reasons}")
-        self.version = version
-        self.report = report
+# What of a model's lineage its signed manifest covers.
+SIGNED_LINEAGE = ("dataset_manifest_sha256", "code_revision", "backbone", "run_id")
 
 
 class ModelRegistry:
@@ -161,23 +114,8 @@ class ModelRegistry:
                 "history": [{"at": created.isoformat(), "stage": "candidate", "reason": "registered"}],
             }
             if self.signer is not None:
-                manifest = {
-                    "format": "edge2core-model-manifest/1",
-                    "version": version,
-                    "dataset_version": dataset_version,
-                    "classes": list(classes),
-                    "artifacts": reserved["artifacts"],
-                    "lineage": {k: v for k, v in (lineage or {}).items()
-                                if k in ("dataset_manifest_sha256", "code_revision", "backbone", "run_id")},
-                    "created_at": created.isoformat(),
-                }
-                signed = self.signer.sign(manifest)
-                reserved["signature"] = signed
-                sig_key = f"models/signatures/{version}-{main.sha256[:16]}.json"
-                import json
-
-                self._store.put(sig_key, json.dumps(signed, sort_keys=True, indent=1).encode())
-                reserved["signature_key"] = sig_key
+                reserved.update(self._sign(version, dataset_version, classes, reserved["artifacts"],
+                                           lineage or {}, created, main))
             row = ModelRow(
                 version=version,
                 dataset_version=dataset_version,
@@ -191,15 +129,36 @@ class ModelRegistry:
                 created_at=created,
             )
             session.add(row)
-        info = _info(row)
+        info = info_of(row)
         if not promote:
             return info
         try:
             return self.promote(version, use_gate=gated,
                                 reason="registered with promote=True" + ("" if gated else " (gate not consulted)"))
         except GateBlocked as exc:
-            log.warning("candidate kept: promotion gate failed", version=version, reasons=getattr(exc.report, "reasons", None))
+            log.warning("candidate kept: promotion gate failed", version=version,
+                        reasons=getattr(exc.report, "reasons", None))
             return self.get(version)
+
+    def _sign(self, version: int, dataset_version: int, classes: list[str],
+              artifacts: dict[str, Any], lineage: dict[str, Any], created: datetime,
+              main: ArtifactRef) -> dict[str, Any]:
+        """Sign the version's manifest and store it beside the artefacts; what the record
+        keeps of it."""
+        assert self.signer is not None
+        manifest = {
+            "format": "edge2core-model-manifest/1",
+            "version": version,
+            "dataset_version": dataset_version,
+            "classes": list(classes),
+            "artifacts": artifacts,
+            "lineage": {k: v for k, v in lineage.items() if k in SIGNED_LINEAGE},
+            "created_at": created.isoformat(),
+        }
+        signed = self.signer.sign(manifest)
+        sig_key = f"models/signatures/{version}-{main.sha256[:16]}.json"
+        self._store.put(sig_key, json.dumps(signed, sort_keys=True, indent=1).encode())
+        return {"signature": signed, "signature_key": sig_key}
 
     # ------------------------------------------------------------------ stages
 
@@ -236,12 +195,13 @@ class ModelRegistry:
             raise ValueError(f"model {version} is retired; promoting it again needs force and a reason")
         report = None
         current = self.production()
-        if stage in GATED_STAGES and self.gate is not None and use_gate and current is not None and current.version != version:
+        if (stage in GATED_STAGES and self.gate is not None and use_gate and current is not None
+                and current.version != version):
             report = self.gate.check(target, current)
             if not report.passed:
                 if not force:
                     with self._sessions.begin() as session:
-                        row = session.get(ModelRow, version)
+                        row = _row(session, version)
                         self._append_history(row, {"at": utcnow().isoformat(), "stage": row.stage,
                                                    "event": "gate_failed", "to": stage,
                                                    "gate": dump_report(report)})
@@ -253,9 +213,7 @@ class ModelRegistry:
             now = utcnow().isoformat()
             canary = self.canary()
             with self._sessions.begin() as session:
-                row = session.get(ModelRow, version)
-                if row is None:
-                    raise LookupError(f"model version {version} does not exist")
+                row = _row(session, version)
                 if stage in ("production", "canary"):
                     for other in session.scalars(select(ModelRow).where(ModelRow.stage == stage)):
                         if other.version != version:
@@ -305,7 +263,7 @@ class ModelRegistry:
             else:
                 if not candidates:
                     raise LookupError("no former production model to roll back to")
-                target = max(candidates, key=lambda m: (_since(m), m.version))
+                target = max(candidates, key=lambda m: (production_since(m), m.version))
             canary = self.canary()
             self._rollback_rows(current, target, reason)
             info = self.get(target.version)
@@ -318,10 +276,10 @@ class ModelRegistry:
         now = utcnow().isoformat()
         with self._sessions.begin() as session:
             if current is not None and current.version != target.version:
-                row = session.get(ModelRow, current.version)
+                row = _row(session, current.version)
                 row.stage = "retired"
                 self._append_history(row, {"at": now, "stage": "retired", "reason": f"rolled back: {reason}"})
-            row = session.get(ModelRow, target.version)
+            row = _row(session, target.version)
             previous = row.stage
             row.stage = "production"
             self._append_history(row, {"at": now, "stage": "production", "from": previous,
@@ -334,9 +292,7 @@ class ModelRegistry:
     def _retire(self, version: int, reason: str) -> ModelInfo:
         before = self.get(version)
         with self._sessions.begin() as session:
-            row = session.get(ModelRow, version)
-            if row is None:
-                raise LookupError(f"model version {version} does not exist")
+            row = _row(session, version)
             if row.stage == "production":
                 raise ValueError("the production model cannot be retired directly; roll back instead")
             row.stage = "retired"
@@ -352,7 +308,7 @@ class ModelRegistry:
             row = session.get(ModelRow, version)
         if row is None:
             raise LookupError(f"model version {version} does not exist")
-        return _info(row)
+        return info_of(row)
 
     def production(self) -> ModelInfo | None:
         return self._stage("production")
@@ -363,12 +319,12 @@ class ModelRegistry:
     def _stage(self, stage: str) -> ModelInfo | None:
         with self._sessions() as session:
             row = session.scalars(select(ModelRow).where(ModelRow.stage == stage)).first()
-        return _info(row) if row else None
+        return info_of(row) if row else None
 
     def list(self) -> list[ModelInfo]:
         with self._sessions() as session:
             rows = session.scalars(select(ModelRow).order_by(ModelRow.version)).all()
-        return [_info(r) for r in rows]
+        return [info_of(r) for r in rows]
 
     def artifact(self, version: int, kind: str = "full") -> tuple[ArtifactRef, bytes]:
         info = self.get(version)
@@ -402,74 +358,14 @@ class ModelRegistry:
         and (when a gate is set and ``evaluate``) the gate's verdict for b against a on the
         frozen evaluation set."""
         ma, mb = self.get(a), self.get(b)
-
-        def pick(m: ModelInfo) -> dict[str, Any]:
-            val = m.metrics.get("val", {}) if isinstance(m.metrics, dict) else {}
-            shipped = m.metrics.get("shipped", {}) if isinstance(m.metrics, dict) else {}
-            return {
-                "version": m.version, "stage": m.stage, "dataset_version": m.dataset_version,
-                "classes": len(m.classes), "path": m.params.get("path"),
-                "backbone": m.lineage.get("backbone"),
-                "val_top1": val.get("top1"), "val_top5": val.get("top5"),
-                "val_coarse_top1": val.get("coarse_top1"), "val_ece": val.get("ece"),
-                "shipped_fp32_top1": (shipped.get("fp32") or {}).get("top1"),
-                "shipped_int8_top1": (shipped.get("int8") or {}).get("top1"),
-                "sizes": {k: r.size for k, r in m.artifacts.items()} or {"full": m.size},
-            }
-
-        out: dict[str, Any] = {"a": pick(ma), "b": pick(mb)}
-        ra = (ma.metrics.get("val") or {}).get("per_class") or {}
-        rb = (mb.metrics.get("val") or {}).get("per_class") or {}
-        moves = {
-            sku: round((rb[sku]["recall"] or 0.0) - (ra[sku]["recall"] or 0.0), 4)
-            for sku in set(ra) & set(rb)
-            if ra[sku].get("recall") is not None and rb[sku].get("recall") is not None
-        }
-        out["recall_change"] = dict(sorted(moves.items(), key=lambda kv: kv[1])[:10])
-        out["classes_added"] = sorted(set(mb.classes) - set(ma.classes))
-        out["classes_removed"] = sorted(set(ma.classes) - set(mb.classes))
+        out = compare_models(ma, mb)
         if evaluate and self.gate is not None:
             out["gate"] = dump_report(self.gate.check(mb, ma))
         return out
 
 
-def dump_report(report: Any) -> Any:
-    """A gate report as JSON (reports are pydantic models; other gates may give dicts)."""
-    return report.model_dump(mode="json") if hasattr(report, "model_dump") else report
-
-
-def _since(m: ModelInfo) -> str:
-    for entry in reversed(m.history):
-        if entry.get("stage") == "production":
-            return str(entry.get("at"))
-    return ""
-
-
-def _info(row: ModelRow) -> ModelInfo:
-    params = dict(row.params or {})
-    reserved = params.pop(RESERVED, None) or {}
-    return ModelInfo(
-        version=row.version,
-        dataset_version=row.dataset_version,
-        artifact_key=row.artifact_key,
-        sha256=row.sha256,
-        size=row.size,
-        classes=row.classes,
-        metrics=row.metrics,
-        params=params,
-        stage=row.stage,
-        created_at=row.created_at,
-        artifacts={k: ArtifactRef(**v) for k, v in (reserved.get("artifacts") or {}).items()},
-        lineage=reserved.get("lineage") or {},
-        signature=reserved.get("signature"),
-        history=reserved.get("history") or [],
-        canary_sites=_canary_sites(row.stage, reserved.get("history") or []),
-    )
-
-
-def _canary_sites(stage: str, history: list[dict[str, Any]]) -> list[str]:
-    if stage != "canary":
-        return []
-    last = next((h for h in reversed(history) if h.get("stage") == "canary"), {})
-    return list(last.get("sites") or [])
-
+def _row(session: Session, version: int) -> ModelRow:
+    row = session.get(ModelRow, version)
+    if row is None:
+        raise LookupError(f"model version {version} does not exist")
+    return row

@@ -27,14 +27,22 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from starlette.requests import ClientDisconnect
+
+from edge2core.common.errors import DomainError
 from edge2core.common.events import PhotoRecord, utcnow
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
-
-if TYPE_CHECKING:
-    from edge2core.core.ingest.receiver import ImageReceiver, Receipt, UploadError
+from edge2core.core.ingest.accepting import Accepting, Receipt
+from edge2core.core.ingest.errors import (
+    InvalidUpload,
+    NoUpload,
+    OffsetMismatch,
+    StoreUnavailable,
+    UploadBusy,
+    UploadTooLarge,
+)
 
 log = get_logger(__name__)
 
@@ -42,7 +50,7 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"
 _PURGE_EVERY_S = 60.0
 _HASH_BLOCK = 1 << 20
-_RETRY_AFTER_S = "5"
+_RETRY_AFTER_S = 5.0
 
 
 class ClientGone(Exception):
@@ -87,10 +95,13 @@ class UploadState:
 
 
 class ResumableUploads:
-    def __init__(self, receiver: ImageReceiver, *, expiry_s: float) -> None:
+    """Uploads in progress in `folder` (local, e.g. in the object store's staging folder),
+    verified, stored and recorded by `receiver` once complete."""
+
+    def __init__(self, receiver: Accepting, folder: Path, *, expiry_s: float) -> None:
         self._receiver = receiver
         self.expiry_s = expiry_s
-        self.dir = receiver.store.staging_dir() / "uploads"
+        self.dir = folder
         self.dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
         # sha256 -> (offset, running hash of bytes [0, offset)): saves re-reading the part file.
@@ -164,12 +175,11 @@ class ResumableUploads:
 
     def create(self, record: PhotoRecord, length: int) -> tuple[UploadState, bool]:
         """POST by id: start an upload, or find the one already there. True if it is new."""
-        self._check_length(record, length)
+        self._check_new(record, length)
         self._purge_now_and_then()
         now = utcnow()
         if (done := self._receiver.existing(record.sha256)) is not None:
-            state = UploadState(record, length, length, now, now, done=done)
-            return state, False
+            return UploadState(record, length, length, now, now, done=done), False
         if (state := self.state(record.sha256)) is not None:
             return state, False
         return self._start(record, length), True
@@ -183,25 +193,22 @@ class ResumableUploads:
         again and acknowledged as a replay when it completes (stored once, under one key).
         Clients that keep the upload's URL resume with HEAD instead.
         """
-        from edge2core.core.ingest.receiver import UploadError
-
-        self._check_length(record, length)
+        self._check_new(record, length)
         lock = self._locks.setdefault(record.sha256, asyncio.Lock())
         if lock.locked():
-            raise UploadError(423, "upload_busy", "another request is appending to this upload")
+            raise UploadBusy("another request is appending to this upload")
         async with lock:
             await asyncio.to_thread(self._purge_now_and_then)
             return await asyncio.to_thread(self._start, record, length)
 
-    def _check_length(self, record: PhotoRecord, length: int) -> None:
-        from edge2core.core.ingest.receiver import UploadError
-
+    def _check_new(self, record: PhotoRecord, length: int) -> None:
+        """What can be refused before any bytes arrive: the record's ids, its length."""
+        self._receiver.check_ids(record)
         if length != record.size:
-            raise UploadError(
-                422, "size_mismatch", f"Upload-Length {length} but the record says {record.size}"
-            )
+            raise InvalidUpload(f"Upload-Length {length} but the record says {record.size}",
+                                code="size_mismatch")
         if length > self._receiver.max_bytes:
-            raise UploadError(413, "too_large", f"over {self._receiver.max_bytes} bytes")
+            raise UploadTooLarge(f"over {self._receiver.max_bytes} bytes")
 
     def _purge_now_and_then(self) -> None:
         if time.monotonic() - self._last_purge > _PURGE_EVERY_S:
@@ -224,17 +231,10 @@ class ResumableUploads:
         done = self._receiver.existing(sha256)
         if done is None or done.erased:
             return None
-        from edge2core.core.db.schema import ImageRow
-
-        with self._receiver.sessions() as session:
-            row = session.get(ImageRow, sha256)
-        if row is None:
+        if (stored := self._receiver.stored_record(sha256)) is None:
             return None
-        record = PhotoRecord(
-            site=row.site, device=row.device, source=row.source, sha256=sha256, size=row.size,
-            width=row.width, height=row.height,
-        )
-        return UploadState(record, row.size, row.size, row.stored_at, row.stored_at, done=done)
+        record, stored_at = stored
+        return UploadState(record, record.size, record.size, stored_at, stored_at, done=done)
 
     async def append(
         self, sha256: str, offset: int, body: AsyncIterable[bytes]
@@ -245,27 +245,21 @@ class ResumableUploads:
         durable in the object store and recorded. Raises `ClientGone` (after keeping what
         arrived) when the client went away mid-body.
         """
-        from edge2core.core.ingest.receiver import UploadError
-
         lock = self._locks.setdefault(sha256, asyncio.Lock())
         if lock.locked():
-            raise UploadError(423, "upload_busy", "another request is appending to this upload")
+            raise UploadBusy("another request is appending to this upload")
         async with lock:
             state = await asyncio.to_thread(self.state, sha256)
             if state is None:
                 if (done := await asyncio.to_thread(self.head, sha256)) is not None:
                     if offset == done.length:
                         return done  # a replay of the final PATCH: already stored
-                    raise UploadError(
-                        409, "offset_mismatch", f"the upload is complete at {done.length}",
-                        {"Upload-Offset": str(done.length)},
-                    )
-                raise UploadError(404, "no_upload", "no such upload (expired?); create it again")
+                    raise OffsetMismatch(f"the upload is complete at {done.length}",
+                                         offset=done.length)
+                raise NoUpload("no such upload (expired?); create it again")
             if offset != state.offset:
-                raise UploadError(
-                    409, "offset_mismatch", f"the upload is at offset {state.offset}, not {offset}",
-                    {"Upload-Offset": str(state.offset)},
-                )
+                raise OffsetMismatch(f"the upload is at offset {state.offset}, not {offset}",
+                                     offset=state.offset)
             hasher = await asyncio.to_thread(self._hasher_at, sha256, offset)
             gone = await self._write(state, hasher, body)
             if gone:
@@ -279,12 +273,8 @@ class ResumableUploads:
         """Append, then fsync and record the new offset even if the client vanished mid-way.
 
         True if the client went away. A failing staging disk (full, read-only) is the core's
-        fault, not the client's: what was written is kept and the request ends in a 503.
+        fault, not the client's: what was written is kept and the request is refused as `Busy`.
         """
-        from starlette.requests import ClientDisconnect
-
-        from edge2core.core.ingest.receiver import UploadError
-
         gone = False
         too_long = False
         disk_error: OSError | None = None
@@ -325,10 +315,8 @@ class ResumableUploads:
         if disk_error is not None:
             raise _staging_failed(state, disk_error)
         if too_long:
-            raise UploadError(
-                413, "exceeds_length", f"the body goes past Upload-Length {state.length}",
-                {"Upload-Offset": str(state.offset)},
-            )
+            raise UploadTooLarge(f"the body goes past Upload-Length {state.length}",
+                                 code="exceeds_length", offset=state.offset)
         return gone
 
     async def _checkpoint(
@@ -363,11 +351,10 @@ class ResumableUploads:
 
         A refusal (wrong hash, metadata left, not an image) ends the upload for good. Any other
         failure (the object store refuses the write, the database is down) keeps it, complete
-        and unfinished, and answers 503 without a key: the client must not take the bytes'
-        arrival for storage. A PATCH with an empty body at offset == length tries again.
+        and unfinished, and is refused as `Busy` (`store_unavailable`) without a key: the
+        client must not take the bytes' arrival for storage. A PATCH with an empty body at
+        offset == length tries again.
         """
-        from edge2core.core.ingest.receiver import UploadError
-
         try:
             self._receiver.verify(state.record, digest, state.offset)
             # Already stored (sent again by a client that lost its answer) or erased: the
@@ -377,32 +364,28 @@ class ResumableUploads:
                 receipt = self._receiver.accept(
                     state.record, self._part(state.sha256), keep_on_failure=True
                 )
-        except UploadError:
+        except DomainError:  # a refusal
             self.discard(state.sha256)
             raise
         except Exception as exc:
             log.exception("finishing an upload failed; it is kept for another try",
                           sha256=state.sha256, size=state.length)
-            raise UploadError(
-                503, "store_unavailable",
+            raise StoreUnavailable(
                 "all bytes arrived but the photo could not be stored yet; finish the upload "
                 "again later (PATCH with an empty body at Upload-Offset = Upload-Length)",
-                {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+                offset=state.offset, retry_after_s=_RETRY_AFTER_S,
             ) from exc
         self.discard(state.sha256)
         return receipt
 
 
-def _staging_failed(state: UploadState, exc: OSError) -> UploadError:
-    """The core could not write an upload's bytes (its own disk): a 503 naming no path."""
-    from edge2core.core.ingest.receiver import UploadError
-
+def _staging_failed(state: UploadState, exc: OSError) -> StoreUnavailable:
+    """The core could not write an upload's bytes (its own disk): `Busy`, naming no path."""
     log.error("writing an upload's bytes failed", sha256=state.sha256,
               errno=exc.errno, error=exc.strerror)
-    return UploadError(
-        503, "staging_unavailable",
+    return StoreUnavailable(
         "the core could not keep the bytes; HEAD says how many it holds, resume from there",
-        {"Upload-Offset": str(state.offset), "Retry-After": _RETRY_AFTER_S},
+        code="staging_unavailable", offset=state.offset, retry_after_s=_RETRY_AFTER_S,
     )
 
 

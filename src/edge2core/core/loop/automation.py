@@ -1,7 +1,7 @@
 """The learning loop: decide when to retrain, train, and roll the result out, with every
 decision in the audit log.
 
-Triggers (`decide`, pure):
+Triggers are decided by `decide` (pure, in `decide.py`) on what `state.py` reads:
 - a pending-data product has enough kiosk captures from enough devices -> fast retrain;
 - a product in the production model was retired -> fast retrain without it (the edge masks
   it at once through the catalogue; the retrain takes it out of the model itself);
@@ -25,146 +25,47 @@ classes: `fingerprint`) or when a person says so (`POST /v1/automation/retry`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.events import Source, as_utc, utcnow
+from edge2core.common.background import supervised
+from edge2core.common.errors import Conflict
+from edge2core.common.events import as_utc, utcnow
 from edge2core.common.logging import get_logger
-from edge2core.common.products import Product, ProductStatus
+from edge2core.common.products import ProductStatus
 from edge2core.config import AutomationPolicy
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+from edge2core.core.db.schema import ModelRow
 from edge2core.core.deliver.registry import GateBlocked, ModelInfo, ModelRegistry, dump_report
-from edge2core.core.db.schema import ImageRow, ModelRow
 from edge2core.core.deliver.site_reports import SiteReports
+from edge2core.core.loop.decide import (
+    RETRY_FIRST_S,
+    RETRY_LIMIT,
+    RETRY_MAX_S,
+    Decision,
+    Hold,
+    LoopInputs,
+    ProductData,
+    backoff_s,
+    decide,
+    decision_key,
+    fingerprint,
+)
+from edge2core.core.loop.state import kiosk_counts, newest_photo_age_s, photos_since, trainable
+
+__all__ = ["Busy", "Decision", "LearningLoop", "LoopInputs", "NothingToTrain", "ProductData",
+           "RolloutStopped", "decide"]
 
 log = get_logger(__name__)
-
-
-# --------------------------------------------------------------------------- deciding (pure)
-
-
-@dataclass(frozen=True)
-class ProductData:
-    photos: int
-    devices: int
-
-
-@dataclass(frozen=True)
-class LoopInputs:
-    pending: dict[str, ProductData]  # pending-data products: kiosk captures so far
-    in_model: frozenset[str]  # classes of the production model
-    retired: frozenset[str]
-    drifting: dict[str, float]  # sku -> mean confidence in its own class, below drift_below
-    new_photos: int  # labelled photos stored since the production model's dataset
-    since_full_s: float  # since the last full retrain (or the first model, if none was full)
-    trainable: int = 0  # active products with enough photos to learn
-    hour_utc: int = 0  # now, for the scheduled retrain's window
-    since_last_photo_s: float = float("inf")  # since the newest labelled photo arrived
-    blocked: frozenset[str] = frozenset()  # SKUs whose last rollout was stopped
-
-
-@dataclass(frozen=True)
-class Decision:
-    path: str  # "fast" | "full"
-    trigger: str  # new_product | retired | drift | scheduled
-    reason: str
-    skus: tuple[str, ...] = ()
-
-
-def decision_key(decision: Decision) -> str:
-    return f"{decision.trigger}:{','.join(decision.skus)}" if decision.skus else decision.trigger
-
-
-def fingerprint(trigger: str, skus: Sequence[str], inputs: LoopInputs) -> tuple[Any, ...]:
-    """What a trigger's outcome depends on, without the clock: when it changes, a held
-    trigger may go again (a product active again, new captures of its products, another
-    production model, a product that reached enough photos to train)."""
-    return (trigger, tuple(skus), tuple(sorted(inputs.in_model)), tuple(sorted(inputs.retired)),
-            inputs.trainable, tuple(sorted(inputs.pending)),
-            tuple((s, inputs.pending[s]) for s in skus if s in inputs.pending),
-            tuple(sorted(s for s in skus if s in inputs.drifting)))
-
-
-def backoff_s(tries: int, first_s: float, max_s: float) -> float:
-    """The wait after `tries` failed tries: first_s, 2x, 4x, ... up to max_s."""
-    return min(max_s, first_s * 2 ** max(0, tries - 1))
-
-
-def decide(inputs: LoopInputs, policy: AutomationPolicy) -> Decision | None:
-    if (not inputs.in_model and inputs.trainable >= 2 and "bootstrap" not in inputs.blocked
-            and inputs.since_last_photo_s >= policy.bootstrap_quiet_s):
-        return Decision("fast", "bootstrap",
-                        f"no model yet; {inputs.trainable} products have enough photos")
-    ready = sorted(sku for sku, data in inputs.pending.items()
-                   if data.photos >= policy.new_product_min_photos
-                   and data.devices >= policy.new_product_min_devices
-                   and sku not in inputs.blocked)
-    if ready:
-        counts = ", ".join(f"{s}: {inputs.pending[s].photos} photos from "
-                           f"{inputs.pending[s].devices} devices" for s in ready)
-        return Decision("fast", "new_product", f"enough kiosk captures ({counts})", tuple(ready))
-    gone = sorted((inputs.retired & inputs.in_model) - inputs.blocked)
-    if gone:
-        return Decision("fast", "retired", f"retired products still in the model: {', '.join(gone)}",
-                        tuple(gone))
-    drifting = sorted(s for s in inputs.drifting if s not in inputs.blocked)
-    if drifting:
-        detail = ", ".join(f"{s} (mean confidence {inputs.drifting[s]:.2f})" for s in drifting)
-        return Decision("fast", "drift", f"recent captures drift from their class: {detail}",
-                        tuple(drifting))
-    start, end = policy.full_retrain_hours_utc
-    in_window = start <= inputs.hour_utc < end if start <= end else not end <= inputs.hour_utc < start
-    if (in_window and inputs.since_full_s >= policy.full_retrain_every_s
-            and inputs.new_photos >= policy.full_retrain_min_new_photos
-            and "scheduled" not in inputs.blocked):
-        return Decision("full", "scheduled",
-                        f"{inputs.new_photos} new photos since the production model's dataset")
-    return None
-
-
-# --------------------------------------------------------------------------- reading the state
-
-
-def kiosk_counts(sessions: sessionmaker[Session], skus: Sequence[str]) -> dict[str, ProductData]:
-    if not skus:
-        return {}
-    stmt = (select(ImageRow.sku, func.count(), func.count(distinct(ImageRow.device)))
-            .where(ImageRow.sku.in_(list(skus)), ImageRow.source == Source.KIOSK.value)
-            .group_by(ImageRow.sku))
-    with sessions() as session:
-        found = {sku: ProductData(n, d) for sku, n, d in session.execute(stmt)}
-    return {sku: found.get(sku, ProductData(0, 0)) for sku in skus}
-
-
-def newest_photo_age_s(sessions: sessionmaker[Session]) -> float:
-    with sessions() as session:
-        newest = session.scalar(select(func.max(ImageRow.stored_at)).where(ImageRow.sku.is_not(None)))
-    newest = as_utc(newest)
-    return (utcnow() - newest).total_seconds() if newest else float("inf")
-
-
-def photos_since(sessions: sessionmaker[Session], since: datetime) -> int:
-    stmt = select(func.count()).select_from(ImageRow).where(
-        ImageRow.stored_at > since, ImageRow.sku.is_not(None))
-    with sessions() as session:
-        return int(session.scalar(stmt) or 0)
-
-
-def _trainable(products: Sequence[Product], counts: dict[str, ProductData], ready: Sequence[str],
-               min_photos: int) -> list[str]:
-    """Active products with enough photos, and the pending ones a run is for."""
-    chosen = [p.sku for p in products if p.status == ProductStatus.ACTIVE
-              or (p.sku in ready and p.status != ProductStatus.RETIRED)]
-    return sorted(s for s in chosen if counts[s].photos >= min_photos)
 
 
 # --------------------------------------------------------------------------- acting
@@ -174,42 +75,12 @@ class RolloutStopped(RuntimeError):
     pass
 
 
-class Busy(RuntimeError):
+class Busy(Conflict):
     pass
 
 
 class NothingToTrain(ValueError):
     """A trigger fired, but too few sellable products have enough photos for a model."""
-
-
-# A trigger that fails or changes nothing waits RETRY_FIRST_S, then twice as long each time
-# (at most RETRY_MAX_S), and stops after RETRY_LIMIT tries (see `Hold`).
-RETRY_FIRST_S = 30.0
-RETRY_MAX_S = 3600.0
-RETRY_LIMIT = 5
-
-
-@dataclass
-class Hold:
-    """A trigger held back: it failed, or fired again after a run that changed nothing."""
-
-    trigger: str
-    skus: tuple[str, ...]
-    tries: int  # failed (or ineffective) tries in a row
-    reason: str  # the last one's
-    seen: tuple[Any, ...]  # `fingerprint` when it was held: a change lets it go at once
-    next_at: float  # time.monotonic() from which it may try again
-    stopped: bool = False  # no more tries until its inputs change or `retry`
-    since: datetime = field(default_factory=utcnow)
-
-    def blocks(self) -> tuple[str, ...]:
-        return self.skus or (self.trigger,)
-
-    def view(self, now: float) -> dict[str, Any]:
-        return {"trigger": self.trigger, "skus": list(self.skus), "tries": self.tries,
-                "reason": self.reason, "stopped": self.stopped,
-                "retry_in_s": None if self.stopped else round(max(0.0, self.next_at - now), 1),
-                "since": self.since.isoformat()}
 
 
 @dataclass
@@ -254,7 +125,7 @@ class LearningLoop:
             new_photos=photos_since(self.sessions, since) if since else 0,
             since_full_s=self._since_full_s(),
             hour_utc=utcnow().hour,
-            trainable=len(_trainable(products, counts, (), self.policy.min_photos_per_class)),
+            trainable=len(trainable(products, counts, (), self.policy.min_photos_per_class)),
             since_last_photo_s=newest_photo_age_s(self.sessions),
             blocked=frozenset(self.blocked),
         )
@@ -419,7 +290,7 @@ class LearningLoop:
         products = self.catalogue.list()
         counts = kiosk_counts(self.sessions,
                               [p.sku for p in products if p.status != ProductStatus.RETIRED])
-        return _trainable(products, counts, ready, self.policy.min_photos_per_class)
+        return trainable(products, counts, ready, self.policy.min_photos_per_class)
 
     def roll_out(self, model: ModelInfo, decision: Decision) -> ModelInfo:
         """Gate, canary sites (if any), fleet; the model as it is in production."""
@@ -479,16 +350,13 @@ class LearningLoop:
         }
 
     async def run(self) -> None:
-        """Look at the state when woken (an arrival, a catalogue change) or every few seconds."""
-        while True:
-            await asyncio.to_thread(self.wake.wait, self.policy.check_every_s)
-            await asyncio.sleep(self.policy.min_step_gap_s)  # a burst of arrivals, one look
-            self.wake.clear()
-            try:
-                await asyncio.to_thread(self.step)
-            except NothingToTrain:
-                pass  # held back and logged by `step`
-            except Exception:  # the trigger is held back (see `step`); the loop goes on
-                log.exception("learning loop step failed; trying again later")
-                await asyncio.sleep(self.policy.check_every_s)
+        """Look at the state when woken (an arrival, a catalogue change) or every few seconds;
+        a step that fails is held back (see `step`) and the loop goes on."""
+        await supervised("learning-loop", self._look_when_woken, delay_s=self.policy.check_every_s)
 
+    async def _look_when_woken(self) -> None:
+        await asyncio.to_thread(self.wake.wait, self.policy.check_every_s)
+        await asyncio.sleep(self.policy.min_step_gap_s)  # a burst of arrivals, one look
+        self.wake.clear()
+        with contextlib.suppress(NothingToTrain):  # held back and logged by `step`
+            await asyncio.to_thread(self.step)

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.events import Source, as_utc
 from edge2core.core.curate.datasets import DatasetEntry
-from edge2core.core.deliver.registry import ModelInfo
 from edge2core.core.db.schema import ImageRow
+from edge2core.core.deliver.registry import ModelInfo
 
 Scorer = Callable[[ModelInfo, list[DatasetEntry]], np.ndarray]
 

@@ -43,12 +43,13 @@ class PooledFeatures(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.net.extract_features(x)  # (N, 1280, 7, 7), after BN + ReLU6
+        features: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]  # (N, 1280, 7, 7), after BN + ReLU6
         return features.mean(dim=(2, 3))
 
     def imagenet_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The pretrained 1000-class ImageNet logits (for sanity checks only)."""
-        return self.net._fc(self.forward(x))
+        logits: torch.Tensor = self.net._fc(self.forward(x))  # type: ignore[operator]
+        return logits
 
 
 def weights_path() -> Path:

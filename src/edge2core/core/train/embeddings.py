@@ -28,6 +28,7 @@ from edge2core.common.fsutil import write_atomic
 from edge2core.common.images import decode_rgb
 from edge2core.common.logging import get_logger
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess_batch
+from edge2core.core.train.onnx_export import ort_session
 
 __all__ = ["EmbeddingCache", "OrtEmbedder", "load_model_image", "preprocess_bytes"]
 
@@ -49,8 +50,6 @@ class OrtEmbedder:
     """``image`` batches -> ``embedding`` with an ONNX Runtime session on a backbone file."""
 
     def __init__(self, backbone_onnx: bytes, *, threads: int = 0, batch_size: int = 32) -> None:
-        from edge2core.core.train.onnx_export import ort_session
-
         self.session = ort_session(backbone_onnx, threads)
         self.batch_size = batch_size
         self.output = self.session.get_outputs()[0].name

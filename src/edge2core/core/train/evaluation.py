@@ -201,7 +201,7 @@ def confusion_png(cm: np.ndarray | list, classes: Sequence[str], title: str = ""
             for i in range(len(classes)):
                 for j in range(len(classes)):
                     if cm[i, j]:
-                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                        ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=6,
                                 color="white" if norm[i, j] > 0.5 else "black")
         fig.tight_layout()
         buf = io.BytesIO()

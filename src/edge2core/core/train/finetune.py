@@ -150,7 +150,9 @@ def augment_batch(
     return (x - PIXEL_MEAN) / PIXEL_STD
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 64) -> tuple[float, float, np.ndarray]:
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 64
+) -> tuple[float, float, np.ndarray]:
     model.eval()
     logits = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -199,7 +201,8 @@ def finetune(
 
     train_t = [im if isinstance(im, torch.Tensor) else to_uint8_tensor(im) for im in train_images]
     ytr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
-    xval = torch.from_numpy(preprocess_batch(val_images)) if len(val_images) else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    xval = (torch.from_numpy(preprocess_batch(val_images)) if len(val_images)
+            else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
     yval = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
     if len(train_t) != len(ytr) or len(train_t) == 0:
         raise ValueError("need train images with one label each")
@@ -215,7 +218,7 @@ def finetune(
             model.fc.weight.copy_(torch.from_numpy(init_head.weight.copy()))
             model.fc.bias.copy_(torch.from_numpy(init_head.bias.copy()))
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt)
+    model = model.to(device).to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_t) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -245,7 +248,8 @@ def finetune(
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs > 1 sample
                     continue
-                x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=cfg.train_size)
+                x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale,
+                                  jitter=cfg.jitter, size=cfg.train_size)
                 x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     loss = criterion(model(x).float(), ytr[idx].to(device))
@@ -256,7 +260,8 @@ def finetune(
                     sched.step()
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
-            val_top1, val_loss, _ = _evaluate(model, xval, yval, device) if len(yval) else (float("nan"), float("nan"), None)
+            val_top1, val_loss, _ = (_evaluate(model, xval, yval, device) if len(yval)
+                                     else (float("nan"), float("nan"), None))
             record = {
                 "epoch": epoch,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),

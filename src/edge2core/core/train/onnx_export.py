@@ -102,6 +102,8 @@ def _to_model_proto(model: nn.Module, opset: int, output_name: str = OUTPUT_NAME
             )
     finally:
         onnx_logger.setLevel(old_level)
+    if program is None:  # only without dynamo=True
+        raise RuntimeError("the ONNX exporter returned no program")
     proto = program.model_proto
     got = {o.domain: o.version for o in proto.opset_import}.get("", None)
     if got != opset:
@@ -320,7 +322,7 @@ def quantize_backbone_int8(
         src.write_bytes(backbone_onnx)
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001  # pre-processing is an optimisation only
+        except Exception:  # pre-processing is an optimisation only
             pre = src
         if method == "dynamic":
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=True)

@@ -1,0 +1,277 @@
+"""Embedded NATS server configuration: what a server listens on and who may connect, and the
+config file text that says so (`render_config`, pure).
+
+Both sides of edge2core run a local ``nats-server`` (see `nats_server` for the process):
+
+* the **edge** server speaks MQTT (TCP and WebSocket on ``/mqtt``) to cameras,
+  keeps a local JetStream domain for store-and-forward, and dials the core as a
+  leaf node;
+* the **core** server accepts leaf connections and has its own JetStream domain.
+
+Distinct JetStream domains are what keep the two JetStream "brains" separate
+over the leaf connection: without them, a leaf and its hub in the same account
+would try to form one JetStream domain and the edge would lose its local store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from edge2core.common.net import free_port
+
+__all__ = [
+    "AuthCallout",
+    "NatsServerConfig",
+    "NatsUser",
+    "leaf_url_with_credentials",
+    "render_config",
+    "MQTT_WS_PATH",
+]
+
+#: nats-server routes WebSocket upgrades on this path to its MQTT handler.
+MQTT_WS_PATH = "/mqtt"
+
+_DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024  # photos up to 8 MB must pass MQTT, with headroom
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    """A client the server lets in by its config: an edge2core process, or a site (leaf link).
+
+    `password` may be a bcrypt hash ("$2a$..."/"$2b$..."), which nats-server verifies itself.
+    Empty allow lists mean "all". (Devices are not config users: see `AuthCallout`.)
+    """
+
+    user: str
+    password: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthCallout:
+    """Delegate client authentication to a service (nats-server's auth callout).
+
+    The server sends every connecting client not in `auth_users` to the service, on
+    `$SYS.REQ.USER.AUTH` in the global account, with its MQTT client id among the facts; the
+    service answers with a user JWT signed by `issuer` (an account public nkey, "A...") or an
+    error. `auth_users` (edge2core's own clients, the service's among them) bypass it.
+    """
+
+    issuer: str
+    auth_users: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsServerConfig:
+    """Everything needed to render one nats-server config file."""
+
+    name: str
+    store_dir: Path
+    client_port: int
+    http_port: int
+    host: str = "127.0.0.1"
+    mqtt_port: int | None = None
+    websocket_port: int | None = None
+    jetstream_domain: str | None = None
+    leafnode_port: int | None = None  # core side: accept leaf connections
+    leafnode_remotes: tuple[str, ...] = ()  # edge side: e.g. "nats-leaf://127.0.0.1:7422"
+    # Core side: only these may connect as leaf nodes (sites: id and token); empty: anyone.
+    leafnode_users: tuple[NatsUser, ...] = ()
+    max_payload: int = _DEFAULT_MAX_PAYLOAD
+    # How long the server waits for an MQTT QoS 1 ack before redelivering (nats default 30s).
+    mqtt_ack_wait: str | None = None
+    # No users: anyone on the listeners may connect (development); else only these.
+    users: tuple[NatsUser, ...] = ()
+    # With it, every other client is admitted (or not) by the callout service.
+    auth_callout: AuthCallout | None = None
+    # Users of the system account ($SYS): server requests such as kicking a connection.
+    system_users: tuple[NatsUser, ...] = ()
+
+    @classmethod
+    def with_free_ports(
+        cls,
+        name: str,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        mqtt: bool = True,
+        websocket: bool = True,
+        leafnode: bool = False,
+        jetstream_domain: str | None = None,
+        leafnode_remotes: tuple[str, ...] = (),
+        leafnode_users: tuple[NatsUser, ...] = (),
+        max_payload: int = _DEFAULT_MAX_PAYLOAD,
+        mqtt_ack_wait: str | None = None,
+        users: tuple[NatsUser, ...] = (),
+        auth_callout: AuthCallout | None = None,
+        system_users: tuple[NatsUser, ...] = (),
+    ) -> NatsServerConfig:
+        """Build a config whose listeners all use ports that are free right now (tests, dev)."""
+        return cls(
+            name=name,
+            store_dir=Path(store_dir),
+            host=host,
+            client_port=free_port(host),
+            http_port=free_port(host),
+            mqtt_port=free_port(host) if mqtt else None,
+            websocket_port=free_port(host) if websocket else None,
+            leafnode_port=free_port(host) if leafnode else None,
+            jetstream_domain=jetstream_domain,
+            leafnode_remotes=tuple(leafnode_remotes),
+            leafnode_users=tuple(leafnode_users),
+            max_payload=max_payload,
+            mqtt_ack_wait=mqtt_ack_wait,
+            users=users,
+            auth_callout=auth_callout,
+            system_users=system_users,
+        )
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+    @property
+    def leafnode_url(self) -> str | None:
+        """URL an edge server puts in ``leafnode_remotes`` to reach this (core) server."""
+        if self.leafnode_port is None:
+            return None
+        return f"nats-leaf://{self.host}:{self.leafnode_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+# --------------------------------------------------------------------------- config text
+
+
+def _q(value: str | Path) -> str:
+    """Quote a string for the NATS config format (JSON string syntax is accepted)."""
+    return json.dumps(str(value))
+
+
+def _hostport(host: str, port: int) -> str:
+    return _q(f"{host}:{port}")
+
+
+def _jetstream_block(cfg: NatsServerConfig) -> list[str]:
+    lines = ["jetstream {", f"  store_dir: {_q(cfg.store_dir)}"]
+    if cfg.jetstream_domain:
+        lines.append(f"  domain: {_q(cfg.jetstream_domain)}")
+    lines.append("}")
+    return lines
+
+
+def _mqtt_block(cfg: NatsServerConfig) -> list[str]:
+    # MQTT in nats-server needs JetStream (sessions, retained msgs and QoS 1 are
+    # JetStream streams) and an explicit server_name; both are always rendered.
+    if cfg.mqtt_port is None:
+        return []
+    lines = ["mqtt {", f"  host: {_q(cfg.host)}", f"  port: {cfg.mqtt_port}"]
+    if cfg.mqtt_ack_wait:
+        lines.append(f"  ack_wait: {_q(cfg.mqtt_ack_wait)}")
+    return [*lines, "}"]
+
+
+def _allow(kind: str, subjects: tuple[str, ...]) -> str:
+    return f"{kind}: {{ allow: [{', '.join(_q(s) for s in subjects)}] }}"
+
+
+def _user_line(user: NatsUser) -> str:
+    perms = [_allow(k, v) for k, v in (("publish", user.publish), ("subscribe", user.subscribe)) if v]
+    permissions = f", permissions: {{ {', '.join(perms)} }}" if perms else ""
+    return f"{{ user: {_q(user.user)}, password: {_q(user.password)}{permissions} }}"
+
+
+def _authorization_block(cfg: NatsServerConfig) -> list[str]:
+    if not cfg.users:
+        return []
+    lines = ["authorization {", "  users: ["]
+    lines += [f"    {_user_line(user)}" for user in cfg.users]
+    lines.append("  ]")
+    if cfg.auth_callout is not None:
+        known = {u.user for u in (*cfg.users, *cfg.system_users)}
+        missing = [u for u in cfg.auth_callout.auth_users if u not in known]
+        if missing:
+            raise ValueError(f"auth_callout.auth_users {missing} are not configured users")
+        lines += [
+            "  auth_callout {",
+            f"    issuer: {_q(cfg.auth_callout.issuer)}",
+            f"    auth_users: [{', '.join(_q(u) for u in cfg.auth_callout.auth_users)}]",
+            "  }",
+        ]
+    return [*lines, "}"]
+
+
+def _accounts_block(cfg: NatsServerConfig) -> list[str]:
+    # Only the system account is declared: everything else (edge2core's clients, devices, MQTT,
+    # JetStream, the leaf link) stays in the global account, as without this block.
+    if not cfg.system_users:
+        return []
+    lines = ["accounts {", '  "$SYS": {', "    users: ["]
+    lines += [f"      {_user_line(user)}" for user in cfg.system_users]
+    return [*lines, "    ]", "  }", "}"]
+
+
+def _websocket_block(cfg: NatsServerConfig) -> list[str]:
+    # Plain ws:// on the local network; TLS is terminated elsewhere if needed.
+    # MQTT clients connect on path /mqtt (paho's default ws path).
+    if cfg.websocket_port is None:
+        return []
+    return [
+        "websocket {",
+        f"  host: {_q(cfg.host)}",
+        f"  port: {cfg.websocket_port}",
+        "  no_tls: true",
+        "}",
+    ]
+
+
+def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
+    if cfg.leafnode_port is None and not cfg.leafnode_remotes:
+        return []
+    lines = ["leafnodes {"]
+    if cfg.leafnode_port is not None:
+        # Sites reach the core through whatever address they were given (NAT, a proxy, a
+        # load balancer): never tell them to use the core's own listening address instead.
+        lines += [f"  host: {_q(cfg.host)}", f"  port: {cfg.leafnode_port}", "  no_advertise: true"]
+        if cfg.leafnode_users:
+            lines += ["  authorization {", "    users: ["]
+            lines += [f"      {{ user: {_q(u.user)}, password: {_q(u.password)} }}"
+                      for u in cfg.leafnode_users]
+            lines += ["    ]", "  }"]
+    if cfg.leafnode_remotes:
+        lines.append("  remotes: [")
+        lines += [f"    {{ url: {_q(url)} }}" for url in cfg.leafnode_remotes]
+        lines.append("  ]")
+    lines.append("}")
+    return lines
+
+
+def leaf_url_with_credentials(url: str, user: str, password: str) -> str:
+    """`nats-leaf://host:port` -> `nats-leaf://user:password@host:port` (both quoted)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def render_config(cfg: NatsServerConfig) -> str:
+    """Render ``cfg`` as nats-server config file text (pure function)."""
+    lines = [
+        f"# generated by edge2core for server {cfg.name!r}",
+        f"server_name: {_q(cfg.name)}",
+        f"listen: {_hostport(cfg.host, cfg.client_port)}",
+        f"http: {_hostport(cfg.host, cfg.http_port)}",
+        f"max_payload: {cfg.max_payload}",
+        *_jetstream_block(cfg),
+        *_mqtt_block(cfg),
+        *_websocket_block(cfg),
+        *_leafnodes_block(cfg),
+        *_authorization_block(cfg),
+        *_accounts_block(cfg),
+    ]
+    return "\n".join(lines) + "\n"

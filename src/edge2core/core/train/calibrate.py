@@ -1,0 +1,88 @@
+"""The maths at the end of a run, on arrays only (no store, no files): calibration, the
+metrics a model is registered with, and the comparison of a shipped artefact with the head.
+
+Kept apart from the steps that read photos and write files so each rule can be checked on
+small arrays, and so the numbers a run records are computed in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge2core.core.train.evaluation import classification_report, fit_temperature, threshold_for_precision
+from edge2core.core.train.head import HeadModel, predict_proba
+
+__all__ = ["calibrate_head", "coarse_map", "evaluate_head", "sample_indices", "shipped_report", "val_top1"]
+
+
+def calibrate_head(head: HeadModel, val_x: np.ndarray, val_y: np.ndarray,
+                   classes: list[str]) -> tuple[HeadModel, dict[str, Any]]:
+    """Fit a temperature on val and fold it into the head's weights, so the probabilities
+    the edge sees are calibrated and its "unrecognised" threshold means what it says.
+    ``fit_temperature`` returns 1.0 on too few photos (a temperature fitted on a handful
+    only makes the model overconfident)."""
+    raw = predict_proba(head, val_x)
+    temperature = fit_temperature(raw, val_y)
+    calibration = {"temperature": temperature,
+                   "ece_before": classification_report(raw, val_y, classes, with_confusion=False)["ece"]}
+    scaled = HeadModel(head.weight / temperature, head.bias / temperature, head.classes,
+                       {**head.info, "temperature": temperature})
+    return scaled, calibration
+
+
+def evaluate_head(head: HeadModel, features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray,
+                  is_val: np.ndarray, classes: list[str], coarse: dict[str, str] | None,
+                  calibration: dict[str, Any], target_precision: float) -> dict[str, Any]:
+    """The model's ``metrics``: ``train`` (without per-class rows: they only restate the fit),
+    ``val`` with the confusion matrix, and ``calibration`` completed with the ECE after
+    scaling and the confidence threshold that reaches ``target_precision`` on val."""
+    train = classification_report(predict_proba(head, features[train_mask]), labels[train_mask],
+                                  classes, coarse, with_confusion=False)
+    train.pop("per_class", None)
+    metrics: dict[str, Any] = {"train": train}
+    val_y = labels[is_val]
+    if len(val_y):
+        val_probs = predict_proba(head, features[is_val])
+        metrics["val"] = classification_report(val_probs, val_y, classes, coarse)
+        calibration["ece_after"] = metrics["val"]["ece"]
+        calibration["recognised_threshold"] = threshold_for_precision(val_probs, val_y, target_precision)
+    metrics["calibration"] = calibration
+    return metrics
+
+
+def val_top1(head: HeadModel, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 of a head on embeddings (to compare candidate heads on val)."""
+    return float((predict_proba(head, x).argmax(1) == y).mean())
+
+
+def coarse_map(classes: Sequence[str], found: Mapping[str, str]) -> dict[str, str] | None:
+    """Fine class -> coarse class for the coarse metrics, from the catalogue's ``found``
+    entries; a class without one is its own coarse class, and with none at all there are
+    no coarse metrics (they would only repeat the fine ones)."""
+    out = {sku: found[sku] for sku in classes if found.get(sku)}
+    if len(out) == len(classes):
+        return out
+    return {**{s: s for s in classes}, **out} if out else None
+
+
+def sample_indices(n: int, limit: int) -> np.ndarray:
+    """At most ``limit`` indices spread evenly over ``n`` photos (0: all of them), so the
+    check of shipped artefacts stays bounded on big val splits."""
+    sample = np.arange(n)
+    if limit and n > limit:
+        sample = np.linspace(0, n - 1, limit).round().astype(int)
+    return sample
+
+
+def shipped_report(probs: np.ndarray, reference: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """A shipped artefact's probabilities against the head's on the same photos: its top-1,
+    the head's, how often they agree and the largest probability difference."""
+    return {
+        "n": len(y), "top1": float((probs.argmax(1) == y).mean()),
+        "top1_reference": float((reference.argmax(1) == y).mean()),
+        "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(probs - reference).max()),
+    }

@@ -1,0 +1,148 @@
+"""The steps that make a run's head: pick or fine-tune the backbone, embed, fit, calibrate,
+evaluate.  Each takes the run's state and fills in its part (``core.train.state``).
+
+* fast path: ``choose_backbone`` -> ``embed_all`` -> ``fit_fast`` (L-BFGS head on cached
+  embeddings, seconds);
+* full path: ``fit_full`` (fine-tune with augmentation, minutes; a new backbone version)
+  -> ``embed_all`` (with the new backbone: those embeddings are the cache of later fast
+  updates) -> ``compare_heads`` (the fine-tuned classifier against an L-BFGS head refitted on
+  the new embeddings; ``params={"full_head": ...}`` picks the shipped one);
+* both: ``calibrate`` then ``evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edge2core.common.objectstore import ObjectStore
+from edge2core.core.curate.datasets import DatasetEntry
+from edge2core.core.train.backbones import IMAGENET_BACKBONE, Backbones
+from edge2core.core.train.calibrate import calibrate_head, evaluate_head, val_top1
+from edge2core.core.train.embeddings import load_model_image
+from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
+from edge2core.core.train.head import HeadModel, train_head
+from edge2core.core.train.state import FAST_DEFAULTS, Say, TrainingRun, timed
+
+__all__ = ["Embed", "calibrate", "choose_backbone", "compare_heads", "embed_all", "evaluate",
+           "fit_fast", "fit_full"]
+
+# (photos, backbone version, progress) -> (embeddings [N, 1280], how many were computed)
+Embed = Callable[[list[DatasetEntry], str, Say | None], tuple[np.ndarray, int]]
+FULL_HEADS = ("finetuned", "refit")
+
+
+def _shared_params(run: TrainingRun) -> dict[str, Any]:
+    return {k: run.opts[k] for k in FAST_DEFAULTS}
+
+
+def choose_backbone(run: TrainingRun, backbones: Backbones) -> None:
+    """Fast path: the pinned ``backbone`` parameter, else the current one."""
+    run.backbone = str(run.opts.get("backbone") or backbones.current())
+    run.params_used = {"path": "fast", "seed": run.seed, "backbone": run.backbone, **_shared_params(run)}
+
+
+def fit_full(run: TrainingRun, store: ObjectStore, backbones: Backbones, embed: Embed, threads: int) -> None:
+    """Full path: fine-tune ``base_backbone`` (ImageNet by default) end to end; the weights
+    become a new backbone version, exported to ONNX at once since every later step needs it."""
+    base = str(run.opts.get("base_backbone") or IMAGENET_BACKBONE)
+    cfg = FineTuneConfig.from_dict({**run.opts, "seed": run.seed})
+    if threads:
+        torch.set_num_threads(threads)
+    with timed(run, "decode"):
+        run.say(f"decoding {len(run.entries)} photos")
+        train_images, val_images = _decode(run, store)
+    with timed(run, "finetune"):
+        run.say(f"fine-tuning {base} on {len(train_images)} photos, {cfg.epochs} epochs")
+        init_head = _linear_probe(run, base, embed) if cfg.init == "linear_probe" else None
+        result = finetune(backbones.torch(base), train_images, run.labels[run.train_mask], val_images,
+                          run.labels[run.is_val], run.classes, cfg, progress=run.show_progress,
+                          on_epoch=lambda rec: _log_epoch(run, rec), init_head=init_head)
+        del train_images, val_images
+    with timed(run, "export_backbone"):
+        run.backbone = backbones.save_finetuned(result.backbone)
+        backbones.onnx(run.backbone)
+    run.head = result.head
+    run.record.update(base_backbone=base, device=result.device, best_epoch=result.best_epoch)
+    run.params_used = {"path": "full", "seed": run.seed, "base_backbone": base, **cfg.to_dict(),
+                       **_shared_params(run)}
+
+
+def _decode(run: TrainingRun, store: ObjectStore) -> tuple[list[torch.Tensor], list[Image.Image]]:
+    """Train photos as uint8 tensors (augmented on the fly), val photos as the edge sees them."""
+    train = [to_uint8_tensor(load_model_image(store.get(e.key))) for e in run.train_entries]
+    val = [load_model_image(store.get(e.key)) for e in run.val_entries]
+    return train, val
+
+
+def _linear_probe(run: TrainingRun, base: str, embed: Embed) -> HeadModel:
+    """LP-FT: an L-BFGS head on the base backbone's frozen embeddings to start the classifier."""
+    features, _ = embed(run.train_entries, base, run.say)
+    return train_head(features, run.labels[run.train_mask], run.classes, **run.head_options)
+
+
+def _log_epoch(run: TrainingRun, rec: dict[str, Any]) -> None:
+    run.log.append(rec)
+    run.say(f"epoch {rec['epoch']}: train loss {rec['train_loss']:.3f}, val loss "
+            f"{rec['val_loss']:.3f}, val top-1 {rec['val_top1']:.3f} ({rec['seconds']:.0f} s)")
+
+
+def embed_all(run: TrainingRun, embed: Embed) -> None:
+    """Every photo's embedding with the run's backbone (only photos new to it are computed)."""
+    run.record["backbone"] = run.backbone
+    with timed(run, "embed"):
+        run.features, computed = embed(run.entries, run.backbone, run.say)
+    run.record["embeddings_computed"] = computed
+
+
+def fit_fast(run: TrainingRun) -> None:
+    """Fast path: the L-BFGS linear head on the train embeddings."""
+    with timed(run, "train_head"):
+        run.say("training the head")
+        head = train_head(run.features[run.train_mask], run.labels[run.train_mask], run.classes,
+                          **run.head_options)
+    run.head = head
+    run.log.append({"epoch": 1, "method": "lbfgs", "train_loss": head.info.get("train_loss"),
+                    "iterations": head.info.get("iterations")})
+
+
+def compare_heads(run: TrainingRun) -> None:
+    """Full path: record the fine-tuned classifier's and a refitted L-BFGS head's val top-1
+    (centre crops, no dropout) and keep the one ``full_head`` names."""
+    choice = str(run.opts.get("full_head", "finetuned"))
+    refit = train_head(run.features[run.train_mask], run.labels[run.train_mask], run.classes,
+                       **run.head_options)
+    if run.is_val.any():
+        x, y = run.features[run.is_val], run.labels[run.is_val]
+        for name, head in (("finetuned", run.fitted_head()), ("refit", refit)):
+            run.alternatives[f"{name}_val_top1"] = val_top1(head, x, y)
+    if choice not in FULL_HEADS:
+        raise ValueError(f"full_head must be 'finetuned' or 'refit', not {choice!r}")
+    run.alternatives["shipped"] = choice
+    run.params_used["full_head"] = choice
+    if choice == "refit":
+        run.head = refit
+    run.record["head_alternatives"] = run.alternatives
+    run.say(f"heads on val: {run.alternatives}")
+
+
+def calibrate(run: TrainingRun) -> dict[str, Any]:
+    """Fold a val-fitted temperature into the head when asked and there are val photos;
+    returns the calibration entry of the metrics (temperature 1.0 when skipped)."""
+    val_y = run.labels[run.is_val]
+    if not (run.opts["calibrate"] and len(val_y) >= 2):
+        return {"temperature": 1.0}
+    run.head, calibration = calibrate_head(run.fitted_head(), run.features[run.is_val], val_y, run.classes)
+    return calibration
+
+
+def evaluate(run: TrainingRun, coarse: dict[str, str] | None, calibration: dict[str, Any]) -> None:
+    """The metrics the model is registered with (``core.train.calibrate.evaluate_head``)."""
+    run.metrics = evaluate_head(run.fitted_head(), run.features, run.labels, run.train_mask, run.is_val,
+                                run.classes, coarse, calibration, float(run.opts["target_precision"]))
+    if run.record.get("head_alternatives"):
+        run.metrics["head_alternatives"] = run.record["head_alternatives"]

@@ -1,0 +1,1 @@
+"""Tests of edge2core.core, one folder per stage of the loop."""

@@ -1,0 +1,1 @@
+"""Tests of edge2core.core.ingest."""

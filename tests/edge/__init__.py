@@ -1,0 +1,1 @@
+"""Tests of edge2core.edge: the edge site's parts."""

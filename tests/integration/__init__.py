@@ -1,0 +1,2 @@
+"""Tests that start real servers and processes across roles; all marked `integration`
+(by this folder's conftest.py)."""

@@ -1,0 +1,1 @@
+"""Tests of edge2core.sim: the simulated devices and photo sources."""

@@ -1,0 +1,1 @@
+"""Helpers and fixture plugins shared by the test folders (no tests here)."""
