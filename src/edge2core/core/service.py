@@ -19,27 +19,27 @@ from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUse
 from edge2core.common.products import Product
 from edge2core.common.signing import Signer
 from edge2core.config import AutomationPolicy, CoreSettings
-from edge2core.core.db import storage
 from edge2core.core.api.app import create_core_app
 from edge2core.core.api.deps import CoreServices
 from edge2core.core.audit import AuditLog
-from edge2core.core.loop.automation import LearningLoop
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.curate.datasets import DatasetStore
 from edge2core.core.curate.governance import Governance
 from edge2core.core.curate.labelling import LabellingQueue
+from edge2core.core.db import storage
 from edge2core.core.deliver.deployments import (
     CatalogueFeed,
     DeploySink,
     SiteBoard,
     open_buckets,
 )
-from edge2core.core.loop.drift import DriftWatch
 from edge2core.core.deliver.gate import ModelGate
-from edge2core.core.ingest.receiver import ImageReceiver
-from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.deliver.site_reports import SiteReports, report_trusted
+from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.ingest.uploads import ResumableUploads
+from edge2core.core.loop.automation import LearningLoop
+from edge2core.core.loop.drift import DriftWatch
 
 if TYPE_CHECKING:  # train/ brings PyTorch: imported where the trainer is built
     from edge2core.core.train.run import Trainer

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from edge2core.common.errors import Invalid
 from edge2core.common.events import META_HEADER, Guess, PhotoRecord, Source
 from edge2core.common.products import Product
 from edge2core.config import CoreSettings
@@ -185,8 +186,9 @@ def test_ids_in_a_photo_record_follow_the_one_rule(core) -> None:  # type: ignor
                         headers={**AS_SITE, META_HEADER: json.dumps(meta)})
     assert is_error(answer, 400, "bad_metadata")
     # The same rule under every upload path: the receiver itself refuses.
-    with pytest.raises(Exception, match="invalid_id"):
+    with pytest.raises(Invalid) as refused:
         services.receiver.accept_bytes(guessed, photo)
+    assert refused.value.code == "invalid_id"
 
 
 def test_labels_a_person_gives_follow_the_one_rule(core) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ exists. A route declares `services: Services` and FastAPI hands it the app's ins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +25,9 @@ from edge2core.core.deliver.site_reports import SiteReports
 from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.loop.automation import LearningLoop
-from edge2core.core.train.run import Trainer
+
+if TYPE_CHECKING:  # train/ brings PyTorch: the API needs it only once a run starts
+    from edge2core.core.train.run import Trainer
 
 
 @dataclass

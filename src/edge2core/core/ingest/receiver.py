@@ -82,7 +82,6 @@ class ImageReceiver:
 
     check_ids = staticmethod(checks.check_ids)
     verify = staticmethod(checks.verify)
-    check_privacy = staticmethod(checks.check_privacy)
 
     # --- one-shot upload (PUT /v1/images/<sha256>) -------------------------------------------
 
@@ -218,7 +217,7 @@ class ImageReceiver:
         something is wrong with the photo is quarantined."""
         try:
             self.check_ids(record)
-            self.check_privacy(data)
+            checks.check_privacy(data)
             return photo_dhash(data)
         except DomainError as exc:
             if exc.code in checks.QUARANTINED:

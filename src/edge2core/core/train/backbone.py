@@ -12,6 +12,7 @@ Threads: this module does not call ``torch.set_num_threads``; that is left to th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,17 +39,19 @@ class PooledFeatures(nn.Module):
     ``forward``.
     """
 
+    net: Any  # the wrapped EfficientNet, whose methods (extract_features, _fc) are untyped
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]  # (N, 1280, 7, 7), after BN + ReLU6
+        features = self.net.extract_features(x)  # (N, 1280, 7, 7), after BN + ReLU6
         return features.mean(dim=(2, 3))
 
     def imagenet_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The pretrained 1000-class ImageNet logits (for sanity checks only)."""
-        logits: torch.Tensor = self.net._fc(self.forward(x))  # type: ignore[operator]
+        logits: torch.Tensor = self.net._fc(self.forward(x))
         return logits
 
 

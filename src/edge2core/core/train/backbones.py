@@ -57,6 +57,7 @@ class Backbones:
         return IMAGENET_BACKBONE
 
     def set_current(self, version: str) -> None:
+        """Make ``version`` the fast path's backbone (a full run that registered its model)."""
         self._store.put(CURRENT_BACKBONE_KEY, json.dumps({"version": version}).encode())
 
     @staticmethod

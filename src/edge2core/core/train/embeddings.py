@@ -43,6 +43,7 @@ def load_model_image(data: bytes) -> Image.Image:
 
 
 def preprocess_bytes(items: Sequence[bytes]) -> np.ndarray:
+    """Photo bytes -> the model's input batch, exactly as the edge prepares it."""
     return preprocess_batch([load_model_image(b) for b in items])
 
 
@@ -81,6 +82,9 @@ class OrtEmbedder:
 
 
 class EmbeddingCache:
+    """Embeddings by (photo id, backbone version) in append-only shards under ``root``: a fast
+    update computes only the new photos, and a restarted core none at all."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._loaded: dict[str, dict[str, np.ndarray]] = {}

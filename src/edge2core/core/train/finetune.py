@@ -47,6 +47,8 @@ __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pic
 
 @dataclass
 class FineTuneConfig:
+    """The full path's recipe; defaults chosen on the grocery val split (module docstring)."""
+
     epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
@@ -76,6 +78,8 @@ class FineTuneConfig:
 
 @dataclass
 class FineTuneResult:
+    """The fine-tuned backbone (frozen, CPU), its classifier as a head, and the epoch log."""
+
     backbone: PooledFeatures
     head: HeadModel
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -183,30 +187,63 @@ def finetune(
 
     ``init_head``: start the classifier from a linear probe on the frozen embeddings
     (LP-FT, Kumar et al. 2022: the backbone is not wrecked by a random head's gradients in the
-    first steps); otherwise the classifier starts at random."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    first steps); otherwise the classifier starts at random.
 
+    Seeded: the global torch RNG (classifier init, dropout) and one generator for the order
+    and the augmentation, drawn in the same sequence every run."""
     cfg = config or FineTuneConfig()
     device = device or pick_device()
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    data = _Data.of(train_images, train_labels, val_images, val_labels)
+    loop = _Loop.build(_new_model(backbone, classes, cfg, init_head), cfg, device, gen, len(data.train))
+    log: list[dict[str, Any]] = []
+    best = _Best(cfg)
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("fine-tuning", total=loop.steps_per_epoch * cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
+            losses = loop.train_epoch(data, lambda text: bar.update(task, advance=1, description=text), epoch)
+            record = _epoch_record(loop, data, epoch, losses, epoch_started)
+            log.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if best.update(record, epoch, loop.model):
+                break
+            if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
+                break
+    return FineTuneResult(
+        backbone=_restore(loop.model, best), head=_classifier_head(loop.model, classes, cfg, best.epoch),
+        log=log, best_epoch=best.epoch, seconds=time.perf_counter() - started, device=str(device),
+    )
 
-    train_t = [im if isinstance(im, torch.Tensor) else to_uint8_tensor(im) for im in train_images]
-    ytr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
-    xval = (torch.from_numpy(preprocess_batch(val_images)) if len(val_images)
-            else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
-    yval = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
-    if len(train_t) != len(ytr) or len(train_t) == 0:
-        raise ValueError("need train images with one label each")
 
+@dataclass
+class _Data:
+    """Train photos as uint8 tensors (cropped anew every epoch), val photos preprocessed once."""
+
+    train: list[torch.Tensor]
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+
+    @classmethod
+    def of(cls, train_images: Sequence[Image.Image | torch.Tensor], train_labels: np.ndarray,
+           val_images: Sequence[Image.Image], val_labels: np.ndarray) -> _Data:
+        train = [im if isinstance(im, torch.Tensor) else to_uint8_tensor(im) for im in train_images]
+        ytr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
+        xval = (torch.from_numpy(preprocess_batch(val_images)) if len(val_images)
+                else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
+        yval = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
+        if len(train) != len(ytr) or len(train) == 0:
+            raise ValueError("need train images with one label each")
+        return cls(train, ytr, xval, yval)
+
+
+def _new_model(backbone: PooledFeatures, classes: list[str], cfg: FineTuneConfig,
+               init_head: HeadModel | None) -> _Net:
+    """A trainable copy of the backbone with a new classifier (from ``init_head`` if given)."""
     bb = copy.deepcopy(backbone)
     for p in bb.parameters():
         p.requires_grad_(True)
@@ -217,88 +254,135 @@ def finetune(
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(init_head.weight.copy()))
             model.fc.bias.copy_(torch.from_numpy(init_head.bias.copy()))
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_t) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    return model
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: FineTuneConfig, total: int) -> Any:
     if cfg.schedule == "onecycle" and total >= 4:
         pct = min(0.5, max(cfg.pct_start, 2.0 / total))  # both phases need >= 1 step
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
-    elif cfg.schedule in ("cosine", "onecycle"):
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}")
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+    if cfg.schedule in ("cosine", "onecycle"):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
-    log: list[dict[str, Any]] = []
-    best: tuple[float, float] = (-1.0, float("inf"))
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, stale = 0, 0
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("fine-tuning", total=total)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(train_t), generator=gen)
-            losses = []
-            for s in range(steps_per_epoch):
-                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                if len(idx) < 2:  # BatchNorm needs > 1 sample
-                    continue
-                x = augment_batch([train_t[i] for i in idx.tolist()], gen, min_scale=cfg.min_scale,
-                                  jitter=cfg.jitter, size=cfg.train_size)
-                x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = criterion(model(x).float(), ytr[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                losses.append(float(loss.detach()))
-                bar.update(task, advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
-            val_top1, val_loss, _ = (_evaluate(model, xval, yval, device) if len(yval)
-                                     else (float("nan"), float("nan"), None))
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val_loss": val_loss,
-                "val_top1": val_top1,
-                "lr": float(opt.param_groups[0]["lr"]),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            log.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            score = (val_top1 if not math.isnan(val_top1) else -record["train_loss"], val_loss)
-            if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]) or best_state is None:
-                best, best_epoch, stale = score, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-                # with one-cycle / cosine, val dips at the peak learning rate and recovers as
-                # it anneals: do not stop before most of the schedule has run
-                min_epochs = cfg.min_epochs if cfg.min_epochs is not None else math.ceil(0.6 * cfg.epochs)
-                if stale >= cfg.patience and epoch >= min_epochs:
-                    break
-            if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    out_backbone = model.backbone
-    for p in out_backbone.parameters():
+
+@dataclass
+class _Loop:
+    """What every training step uses, built once per fine-tuning."""
+
+    model: _Net
+    opt: torch.optim.Optimizer
+    sched: Any
+    criterion: nn.Module
+    cfg: FineTuneConfig
+    device: torch.device
+    fmt: torch.memory_format
+    gen: torch.Generator
+    steps_per_epoch: int
+
+    @classmethod
+    def build(cls, model: _Net, cfg: FineTuneConfig, device: torch.device, gen: torch.Generator,
+              n_train: int) -> _Loop:
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(device).to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        sched = _scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return cls(model, opt, sched, criterion, cfg, device, fmt, gen, steps_per_epoch)
+
+    def train_epoch(self, data: _Data, advance: Callable[[str], None], epoch: int) -> list[float]:
+        """One pass in a new random order; the step losses (``advance`` moves the bar)."""
+        cfg = self.cfg
+        self.model.train()
+        order = torch.randperm(len(data.train), generator=self.gen)
+        losses: list[float] = []
+        for s in range(self.steps_per_epoch):
+            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs > 1 sample
+                continue
+            losses.append(self._step(data, idx))
+            advance(f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
+        return losses
+
+    def _step(self, data: _Data, idx: torch.Tensor) -> float:
+        cfg = self.cfg
+        x = augment_batch([data.train[i] for i in idx.tolist()], self.gen, min_scale=cfg.min_scale,
+                          jitter=cfg.jitter, size=cfg.train_size)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.criterion(self.model(x).float(), data.train_labels[idx].to(self.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+
+def _epoch_record(loop: _Loop, data: _Data, epoch: int, losses: list[float], started: float) -> dict[str, Any]:
+    """The training log's line for an epoch (val top-1 and loss are NaN without val photos)."""
+    val_top1, val_loss, _ = (_evaluate(loop.model, data.val, data.val_labels, loop.device) if len(data.val_labels)
+                             else (float("nan"), float("nan"), None))
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "val_loss": val_loss,
+        "val_top1": val_top1,
+        "lr": float(loop.opt.param_groups[0]["lr"]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+@dataclass
+class _Best:
+    """The best epoch so far (val top-1, ties broken by val loss; train loss without val)
+    with a copy of its weights, and the early-stopping count."""
+
+    cfg: FineTuneConfig
+    score: tuple[float, float] = (-1.0, float("inf"))
+    state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+    stale: int = 0
+
+    def update(self, record: dict[str, Any], epoch: int, model: nn.Module) -> bool:
+        """Keep the epoch if it is the best; True when training should stop."""
+        val_top1 = record["val_top1"]
+        score = (val_top1 if not math.isnan(val_top1) else -record["train_loss"], record["val_loss"])
+        if score[0] > self.score[0] or (score[0] == self.score[0] and score[1] < self.score[1]) or self.state is None:
+            self.score, self.epoch, self.stale = score, epoch, 0
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            return False
+        self.stale += 1
+        # with one-cycle / cosine, val dips at the peak learning rate and recovers as it
+        # anneals: do not stop before most of the schedule has run
+        min_epochs = self.cfg.min_epochs if self.cfg.min_epochs is not None else math.ceil(0.6 * self.cfg.epochs)
+        return self.stale >= self.cfg.patience and epoch >= min_epochs
+
+
+def _restore(model: _Net, best: _Best) -> PooledFeatures:
+    """The best epoch's weights, back on the CPU in the default layout, frozen."""
+    assert best.state is not None
+    model.load_state_dict(best.state)
+    model.to("cpu").to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+    for p in model.backbone.parameters():
         p.requires_grad_(False)
-    head = HeadModel(
+    return model.backbone
+
+
+def _classifier_head(model: _Net, classes: list[str], cfg: FineTuneConfig, best_epoch: int) -> HeadModel:
+    """The fine-tuned classifier as a ``HeadModel``: the same piece the fast path exports."""
+    return HeadModel(
         weight=model.fc.weight.detach().numpy().copy(),
         bias=model.fc.bias.detach().numpy().copy(),
         classes=list(classes),
         info={"method": "finetune", **cfg.to_dict(), "best_epoch": best_epoch},
     )
-    return FineTuneResult(
-        backbone=out_backbone, head=head, log=log, best_epoch=best_epoch,
-        seconds=time.perf_counter() - started, device=str(device),
-    )
+
+
+def _progress_bar(enabled: bool) -> Any:
+    """A rich progress bar on stderr, gone when done (off: the same calls do nothing)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=True)

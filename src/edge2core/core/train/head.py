@@ -150,65 +150,11 @@ def train_head(
     """
     x_np = np.asarray(embeddings, dtype=np.float32)
     y_np = np.asarray(labels)
-    if x_np.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D), got {x_np.shape}")
-    if y_np.shape != (x_np.shape[0],):
-        raise ValueError(
-            f"labels must be (N,), got {y_np.shape} for {x_np.shape[0]} embeddings"
-        )
-    if x_np.shape[0] == 0:
-        raise ValueError("no training examples")
-    if not np.issubdtype(y_np.dtype, np.integer):
-        raise TypeError(f"labels must be integers, got {y_np.dtype}")
-    n_classes = len(classes)
-    if n_classes < 2:
-        raise ValueError("need at least 2 classes")
-    if y_np.min() < 0 or y_np.max() >= n_classes:
-        raise ValueError(
-            f"labels must be in [0, {n_classes}), got [{y_np.min()}, {y_np.max()}]"
-        )
-    if epochs < 1:
-        raise ValueError("epochs must be >= 1")
-
+    _check_head_inputs(x_np, y_np, len(classes), epochs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        x = torch.from_numpy(x_np).double()
-        y = torch.from_numpy(y_np.astype(np.int64))
-        if standardize:
-            mu = x.mean(dim=0)
-            sigma = x.std(dim=0, unbiased=False).clamp_min(1e-6)
-        else:
-            mu = torch.zeros(x.shape[1], dtype=torch.float64)
-            sigma = torch.ones(x.shape[1], dtype=torch.float64)
-        xs = (x - mu) / sigma
-
-        w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [w, b],
-            lr=lr,
-            max_iter=epochs,
-            history_size=20,
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(xs @ w.T + b, y)
-            loss = loss + 0.5 * weight_decay * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            final_loss = float(torch.nn.functional.cross_entropy(xs @ w.T + b, y))
-            # fold the standardisation: (x - mu) / sigma @ w.T + b == x @ (w / sigma).T + b'
-            w_raw = w / sigma
-            b_raw = b - w_raw @ mu
-        n_iter = int(opt.state[w].get("n_iter", 0))
-
+        w_raw, b_raw, n_iter, final_loss = _fit_lbfgs(x_np, y_np, len(classes), epochs=epochs, lr=lr,
+                                                      weight_decay=weight_decay, standardize=standardize)
     info = {
         "method": "lbfgs-logreg",
         "epochs": epochs,
@@ -226,6 +172,74 @@ def train_head(
         classes=list(classes),
         info=info,
     )
+
+
+def _check_head_inputs(x_np: np.ndarray, y_np: np.ndarray, n_classes: int, epochs: int) -> None:
+    """Refuse inputs L-BFGS would fit silently into nonsense (wrong shapes, labels out of range)."""
+    if x_np.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got {x_np.shape}")
+    if y_np.shape != (x_np.shape[0],):
+        raise ValueError(
+            f"labels must be (N,), got {y_np.shape} for {x_np.shape[0]} embeddings"
+        )
+    if x_np.shape[0] == 0:
+        raise ValueError("no training examples")
+    if not np.issubdtype(y_np.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got {y_np.dtype}")
+    if n_classes < 2:
+        raise ValueError("need at least 2 classes")
+    if y_np.min() < 0 or y_np.max() >= n_classes:
+        raise ValueError(
+            f"labels must be in [0, {n_classes}), got [{y_np.min()}, {y_np.max()}]"
+        )
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1")
+
+
+def _fit_lbfgs(
+    x_np: np.ndarray, y_np: np.ndarray, n_classes: int, *, epochs: int, lr: float,
+    weight_decay: float, standardize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """(weight, bias) on raw embeddings (float64), L-BFGS iterations, final train loss.
+
+    In float64 from zero weights: the problem is convex, so the result depends only on the
+    data and the thread count."""
+    x = torch.from_numpy(x_np).double()
+    y = torch.from_numpy(y_np.astype(np.int64))
+    if standardize:
+        mu = x.mean(dim=0)
+        sigma = x.std(dim=0, unbiased=False).clamp_min(1e-6)
+    else:
+        mu = torch.zeros(x.shape[1], dtype=torch.float64)
+        sigma = torch.ones(x.shape[1], dtype=torch.float64)
+    xs = (x - mu) / sigma
+
+    w = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=lr,
+        max_iter=epochs,
+        history_size=20,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xs @ w.T + b, y)
+        loss = loss + 0.5 * weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final_loss = float(torch.nn.functional.cross_entropy(xs @ w.T + b, y))
+        # fold the standardisation: (x - mu) / sigma @ w.T + b == x @ (w / sigma).T + b'
+        w_raw = w / sigma
+        b_raw = b - w_raw @ mu
+    return w_raw, b_raw, int(opt.state[w].get("n_iter", 0)), final_loss
 
 
 # --------------------------------------------------------------------------- inference / metrics

@@ -39,7 +39,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edge2core.common.onnx_models import (  # noqa: F401 (compose_onnx is part of this API)
@@ -120,8 +124,6 @@ def export_onnx(
     + rename).  Raises if the graph does not have the expected input / output or if the
     file would need external data.
     """
-    import onnx
-
     if opset < MIN_OPSET:
         raise ValueError(
             f"opset {opset} < {MIN_OPSET}: the torch.export-based ONNX exporter cannot target it "
@@ -133,19 +135,7 @@ def export_onnx(
     model = _Classifier(backbone, head).eval()
     proto = _to_model_proto(model, opset)
 
-    # sanity: names, no external data
-    if [i.name for i in proto.graph.input] != [INPUT_NAME]:
-        raise RuntimeError(
-            f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}"
-        )
-    if [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
-        raise RuntimeError(
-            f"unexpected ONNX outputs {[o.name for o in proto.graph.output]}"
-        )
-    for init in proto.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise RuntimeError(f"initializer {init.name} uses external data")
-
+    _check_classifier_graph(proto)
     meta = {
         "classes": json.dumps(list(head.classes)),
         "backbone": BACKBONE_ID,
@@ -161,7 +151,26 @@ def export_onnx(
         entry.key, entry.value = key, value
     proto.producer_name = "edge2core"
 
-    data = proto.SerializeToString()
+    _write_file(path, proto.SerializeToString())
+
+
+def _check_classifier_graph(proto: Any) -> None:
+    """The edge looks the tensors up by name and loads the file from bytes: refuse anything else."""
+    if [i.name for i in proto.graph.input] != [INPUT_NAME]:
+        raise RuntimeError(
+            f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}"
+        )
+    if [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
+        raise RuntimeError(
+            f"unexpected ONNX outputs {[o.name for o in proto.graph.output]}"
+        )
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise RuntimeError(f"initializer {init.name} uses external data")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Temporary file + rename: a reader never sees half a model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -179,8 +188,6 @@ def read_onnx_metadata(path_or_bytes: Path | str | bytes) -> dict[str, Any]:
     Returns the custom metadata map with ``classes`` decoded to a ``list[str]``; the other
     values are strings.
     """
-    import onnxruntime as ort
-
     source: str | bytes = (
         bytes(path_or_bytes)
         if isinstance(path_or_bytes, (bytes, bytearray))
@@ -243,8 +250,6 @@ def export_backbone_onnx(
     Done once per backbone version (tens of seconds on 2 cores); the result is cached in the
     object store by the trainer and reused for embeddings and for every composed model.
     """
-    import onnx
-
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
     backbone.eval()
@@ -266,9 +271,6 @@ def head_onnx(
 ) -> bytes:
     """The head alone: ``embedding`` [N,D] float32 -> ``probabilities`` [N,C] (a few kB per
     class).  Built directly with ``onnx.helper``: no torch, milliseconds."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     weight = numpy_helper.from_array(head.weight, name="head.weight")
     bias = numpy_helper.from_array(head.bias, name="head.bias")
     graph = helper.make_graph(
@@ -304,15 +306,7 @@ def quantize_backbone_int8(
     ``quantize_dynamic`` (weights only, no calibration).  The output ``embedding`` stays
     float32, so an INT8 backbone composes with the same float head.
     """
-    import numpy as np
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,23 +321,7 @@ def quantize_backbone_int8(
         if method == "dynamic":
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=True)
         elif method == "static":
-            data = np.asarray(calibration, dtype=np.float32)
-            if data.ndim != 4 or data.shape[0] == 0:
-                raise ValueError("static quantisation needs a calibration batch [N,3,224,224]")
-
-            class _Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self._it = iter(range(0, data.shape[0], 8))
-
-                def get_next(self) -> dict[str, Any] | None:
-                    start = next(self._it, None)
-                    return None if start is None else {INPUT_NAME: data[start : start + 8]}
-
-            quantize_static(
-                str(pre), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
+            _quantize_static(pre, dst, calibration)
         else:
             raise ValueError(f"unknown quantisation method {method!r}")
         proto = onnx.load(str(dst))
@@ -354,10 +332,32 @@ def quantize_backbone_int8(
     return proto.SerializeToString()
 
 
+def _quantize_static(src: Path, dst: Path, calibration: Any) -> None:
+    """QDQ, per-channel INT8 weights, UINT8 activations whose ranges are measured on the
+    calibration photos, fed 8 at a time."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    data = np.asarray(calibration, dtype=np.float32)
+    if data.ndim != 4 or data.shape[0] == 0:
+        raise ValueError("static quantisation needs a calibration batch [N,3,224,224]")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(range(0, data.shape[0], 8))
+
+        def get_next(self) -> dict[str, Any] | None:
+            start = next(self._it, None)
+            return None if start is None else {INPUT_NAME: data[start : start + 8]}
+
+    quantize_static(
+        str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
 def ort_session(model: bytes | str | Path, threads: int = 0) -> Any:
     """An ONNX Runtime CPU session (``threads`` 0 = ORT's default)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
