@@ -114,8 +114,8 @@ def _grocery_pick(root: Path, n_classes: int, train_per_class: int, n_photos: in
 def build_model(out_dir: Path, n_photos: int) -> Model:
     """EfficientNet-Lite0 + a linear head, trained and exported with the project's code."""
     from edge2core.core.train.backbone import load_backbone
-    from edge2core.core.train.onnx_export import export_onnx
     from edge2core.core.train.head import embed, train_head
+    from edge2core.core.train.onnx_export import export_onnx
 
     images: list[Image.Image] = []
     labels: list[int] = []
@@ -197,7 +197,7 @@ def drive(workers: list[Worker], count: int, max_s: float) -> Run:
             t0 = time.perf_counter()
             try:
                 version, ok = work(i), True
-            except Exception as exc:  # noqa: BLE001 - any failure is a failed request
+            except Exception as exc:
                 version, ok = None, False
                 with lock:
                     run.errors.append(repr(exc)[:300])
@@ -627,7 +627,7 @@ def main() -> None:
             for close in reversed(closers):
                 try:
                     close()
-                except Exception as exc:  # noqa: BLE001 - clean up the rest anyway
+                except Exception as exc:
                     say(f"[red]cleanup: {exc!r}[/]")
 
     def get(name: str, c: int, key: str) -> float:

@@ -27,17 +27,17 @@ import uvicorn
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos  # noqa: E402
+from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos
 
-from edge2core.common.net import free_port, wait_for_port  # noqa: E402
-from edge2core.edge.api import create_edge_app  # noqa: E402
-from edge2core.edge.catalogue_replica import CatalogueReplica  # noqa: E402
-from edge2core.edge.faces import FaceRedactor, load_default_detector  # noqa: E402
-from edge2core.edge.gateway import Gateway  # noqa: E402
-from edge2core.edge.inference import Recognizer  # noqa: E402
-from edge2core.edge.intake import Intake  # noqa: E402
-from edge2core.edge.prepare import PreparePolicy  # noqa: E402
-from edge2core.edge.spool import Spool  # noqa: E402
+from edge2core.common.net import free_port, wait_for_port
+from edge2core.edge.api import create_edge_app
+from edge2core.edge.catalogue_replica import CatalogueReplica
+from edge2core.edge.faces import FaceRedactor, load_default_detector
+from edge2core.edge.gateway import Gateway
+from edge2core.edge.inference import Recognizer
+from edge2core.edge.intake import Intake
+from edge2core.edge.prepare import PreparePolicy
+from edge2core.edge.spool import Spool
 
 WORKERS = 2  # the machine's cores; both pipelines get the same concurrency
 LONG_SIDE = 1024
@@ -68,7 +68,7 @@ def phone_photo(seed: int) -> bytes:
     return out.getvalue()
 
 
-def baseline_pipeline(redactor: FaceRedactor, out_dir: Path):  # noqa: ANN201
+def baseline_pipeline(redactor: FaceRedactor, out_dir: Path):
     """What one would write with Pillow alone: full decode, then the same steps."""
     counter = iter(range(10**9))
 
@@ -117,14 +117,14 @@ class EdgeDoor:
         self.spool.close()
 
 
-def rate(photos: list[bytes], fn) -> float:  # noqa: ANN001
+def rate(photos: list[bytes], fn) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(fn, photos))
     return len(photos) / (time.perf_counter() - start)
 
 
-def compare(name: str, photos: list[bytes], ours, baseline, repeats: int) -> dict:  # noqa: ANN001
+def compare(name: str, photos: list[bytes], ours, baseline, repeats: int) -> dict:
     ours_rates, base_rates = [], []
     for i in range(repeats):
         # Alternate the order so drift on a noisy machine hits both sides alike.

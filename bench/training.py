@@ -108,7 +108,6 @@ def main() -> None:
 
     import torch
 
-    from edge2core.core.db.engine import create_schema, make_engine, make_sessionmaker
     from edge2core.common.events import utcnow
     from edge2core.common.objectstore import LocalObjectStore, image_key
     from edge2core.common.products import Product
@@ -116,9 +115,10 @@ def main() -> None:
     from edge2core.config import PromotionGate
     from edge2core.core.catalogue.catalogue import Catalogue
     from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
+    from edge2core.core.db.engine import make_engine, make_sessionmaker
+    from edge2core.core.db.schema import ImageRow, create_schema
     from edge2core.core.deliver.gate import ModelGate
     from edge2core.core.deliver.registry import ModelRegistry
-    from edge2core.core.db.schema import ImageRow
     from edge2core.core.train.run import IMAGENET_BACKBONE, Trainer
     from edge2core.edge.prepare import PreparePolicy, prepare
 
@@ -222,7 +222,8 @@ def main() -> None:
     full_train_s = time.perf_counter() - t0
     fm = full.metrics
     say(f"full path: val top-1 {fm['val']['top1']:.3f}, onnx {fm['shipped']['fp32']['top1']:.3f}, "
-        f"int8 {fm['shipped']['int8']['top1']:.3f} in {full_train_s:.0f} s; model v{full.model.version} {full.model.stage}")
+        f"int8 {fm['shipped']['int8']['top1']:.3f} in {full_train_s:.0f} s; "
+        f"model v{full.model.version} {full.model.stage}")
     registry.promote(full.model.version, force=True, reason="bench: the full model is the production model")
 
     # ---- fast update: 30 photos of a new product arrive; everything else is cached
@@ -239,8 +240,8 @@ def main() -> None:
     # ---- baseline for update time: the same model exported through torch
     import onnx
 
-    from edge2core.core.train.onnx_export import export_onnx
     from edge2core.core.train.head import HeadModel
+    from edge2core.core.train.onnx_export import export_onnx
 
     head_proto = onnx.load_from_string(store.get(fast.model.artifacts["head"].key))
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in head_proto.graph.initializer}
@@ -283,7 +284,8 @@ def main() -> None:
         "train_size": train_size,
         "lr": args.lr,
         "init": init,
-        "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4) for x in store.get(full.model.lineage["log_key"]).splitlines()],
+        "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4)
+                               for x in store.get(full.model.lineage["log_key"]).splitlines()],
         "threads": torch.get_num_threads(),
         "quick": quick,
         "photo_source": photo_source,

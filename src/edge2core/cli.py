@@ -16,9 +16,9 @@ from rich.table import Table
 from edge2core import __version__
 from edge2core.common.logging import configure_logging
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
-from edge2core.core.cli.loop import loop_app
 from edge2core.core.cli.catalogue import catalogue_app
 from edge2core.core.cli.datasets import datasets_app
+from edge2core.core.cli.loop import loop_app
 from edge2core.core.cli.models import eval_command, models_app
 
 app = typer.Typer(
@@ -146,7 +146,7 @@ edge_app.add_typer(devices_app, name="devices")
 DataDir = Annotated[Path | None, typer.Option(help="The edge's data dir (default from settings).")]
 
 
-def _registry(data_dir: Path | None):  # noqa: ANN202 - keeps the import lazy
+def _registry(data_dir: Path | None):
     from edge2core.edge.devices import DeviceRegistry
 
     return DeviceRegistry((data_dir or EdgeSettings().data_dir) / "devices.json")
@@ -255,10 +255,12 @@ def datasets_import(
 
 @app.command()
 def demo(
-    dataset: Annotated[Path | None, typer.Option(envvar="E2C_DATASET", help="A grocery-layout photo folder; synthetic photos if absent.")] = None,
+    dataset: Annotated[Path | None, typer.Option(
+        envvar="E2C_DATASET", help="A grocery-layout photo folder; synthetic photos if absent.")] = None,
     classes: Annotated[int | None, typer.Option(help="How many products.")] = None,
     per_class: Annotated[int | None, typer.Option(help="Kiosk captures per product.")] = None,
-    held_out_per_class: Annotated[int | None, typer.Option(help="Shopper photos per product, never trained on.")] = None,
+    held_out_per_class: Annotated[
+        int | None, typer.Option(help="Shopper photos per product, never trained on.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep the run's data here (default: a temp dir).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the summary as JSON.")] = False,
     config: ConfigOpt = None,

@@ -111,7 +111,9 @@ class RoleProcess:
         self._log.close()
 
 
-def start_core(data_dir: Path, ports: CorePorts | None = None, extra_env: dict[str, str] | None = None) -> tuple[RoleProcess, CorePorts]:
+def start_core(
+    data_dir: Path, ports: CorePorts | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[RoleProcess, CorePorts]:
     ports = ports or CorePorts()
     env = {**ports.env(data_dir), **(extra_env or {})}
     proc = RoleProcess("core", env, data_dir / "core.log", f"{ports.url}/healthz")

@@ -70,14 +70,14 @@ class MqttPeer:
         self.client.loop_start()
         assert self.connected.wait(WAIT), "MQTT connect timed out"
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
             self.connected.set()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self.subscribed.set()
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.messages.append(msg)
         self.got_message.set()
 

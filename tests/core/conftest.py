@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edge2core.common.objectstore import LocalObjectStore
-from edge2core.core.db.engine import create_schema, make_engine, make_sessionmaker
+from edge2core.core.db.engine import make_engine, make_sessionmaker
+from edge2core.core.db.schema import create_schema
 from edge2core.core.ingest.receiver import ImageReceiver
 from tests.support.jpegs import jpeg_bytes
 from tests.support.postgres import fresh_postgres

@@ -24,13 +24,6 @@ from edge2core.common import envelope, topics
 from edge2core.common.nats_server import MQTT_WS_PATH, EmbeddedNats, NatsServerConfig, render_config
 from edge2core.config import EdgeSettings
 from edge2core.edge.broker_auth import BrokerAuth
-from edge2core.edge.nats_jwt import (
-    PREFIX_ACCOUNT,
-    PREFIX_SERVER,
-    Issuer,
-    decode_public_key,
-    encode_public_key,
-)
 from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.devices import DeviceRegistry, DeviceRole
@@ -38,6 +31,13 @@ from edge2core.edge.gateway import Gateway
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.mqtt_door import MqttDoor
+from edge2core.edge.nats_jwt import (
+    PREFIX_ACCOUNT,
+    PREFIX_SERVER,
+    Issuer,
+    decode_public_key,
+    encode_public_key,
+)
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.service import SiteAccess, edge_nats_config, site_access, start_doors
 from edge2core.edge.spool import Spool
@@ -163,7 +163,7 @@ class Device:
         assert self.answered.wait(10), "no CONNACK"
         self.connect_s = time.perf_counter() - started
 
-    def _on_connect(self, _c, _u, _f, reason, _p) -> None:  # noqa: ANN001
+    def _on_connect(self, _c, _u, _f, reason, _p) -> None:
         if self.reason is None:
             self.reason = reason
         self.answered.set()

@@ -103,7 +103,7 @@ def test_broker_permissions_cover_only_the_devices_own_topics(tmp_path: Path) ->
     ("paho1234", None),
     ("", None),
 ])
-def test_client_ids_belong_to_the_device_whose_id_they_start_with(client_id: str, owner) -> None:  # noqa: ANN001
+def test_client_ids_belong_to_the_device_whose_id_they_start_with(client_id: str, owner) -> None:
     from edge2core.edge.devices import client_id_owner, owns_client_id
 
     ids = ["kiosk", "kiosk-1", "kiosk-1-7"]
@@ -160,13 +160,13 @@ def http_site(tmp_path: Path) -> Iterator[tuple[TestClient, DeviceRegistry, Spoo
     spool.close()
 
 
-def _post(client: TestClient, token: str | None, **params: str):  # noqa: ANN202
+def _post(client: TestClient, token: str | None, **params: str):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return client.post("/v1/photos", params={"sku": "SKU-0001", **params},
                        content=render_photo(1, 1), headers=headers)
 
 
-def test_http_takes_the_device_from_its_token(http_site) -> None:  # noqa: ANN001
+def test_http_takes_the_device_from_its_token(http_site) -> None:
     client, registry, spool = http_site
     token = registry.add("kiosk-4", DeviceRole.KIOSK)
     response = _post(client, token)
@@ -176,7 +176,7 @@ def test_http_takes_the_device_from_its_token(http_site) -> None:  # noqa: ANN00
 
 
 @pytest.mark.parametrize("case", ["no_token", "unknown", "revoked", "other_device", "wrong_role"])
-def test_http_refuses_unknown_revoked_and_impostor_devices(http_site, case: str) -> None:  # noqa: ANN001
+def test_http_refuses_unknown_revoked_and_impostor_devices(http_site, case: str) -> None:
     client, registry, spool = http_site
     kiosk = registry.add("kiosk-4", DeviceRole.KIOSK)
     phone = registry.add("phone-4", DeviceRole.SHOPPER)
@@ -232,7 +232,7 @@ def _connect(port: int, user: str, password: str) -> tuple[mqtt.Client, object]:
     answered = threading.Event()
     result: dict[str, object] = {}
 
-    def on_connect(_c, _u, _f, reason, _p) -> None:  # noqa: ANN001
+    def on_connect(_c, _u, _f, reason, _p) -> None:
         result["reason"] = reason
         answered.set()
 
@@ -250,7 +250,7 @@ def _admitted(port: int, user: str, password: str) -> bool:
     return not reason.is_failure
 
 
-def test_mqtt_admits_registered_devices_only_and_only_under_their_topics(mqtt_site) -> None:  # noqa: ANN001
+def test_mqtt_admits_registered_devices_only_and_only_under_their_topics(mqtt_site) -> None:
     _auth, access, settings, spool = mqtt_site
     token = access.devices.add("kiosk-1", DeviceRole.KIOSK)
 
@@ -277,7 +277,7 @@ def test_mqtt_admits_registered_devices_only_and_only_under_their_topics(mqtt_si
         assert not _admitted(settings.mqtt_port, user, password), user
 
 
-def test_revoked_device_is_disconnected_and_cannot_come_back(mqtt_site) -> None:  # noqa: ANN001
+def test_revoked_device_is_disconnected_and_cannot_come_back(mqtt_site) -> None:
     auth, access, settings, _spool = mqtt_site
     token = access.devices.add("kiosk-7", DeviceRole.KIOSK)
     assert _admitted(settings.mqtt_port, "kiosk-7", token)

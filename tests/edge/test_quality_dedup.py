@@ -37,7 +37,7 @@ def _photo() -> Image.Image:
         (lambda im: im.filter(ImageFilter.GaussianBlur(4)), "blurry"),
     ],
 )
-def test_bad_photos_are_flagged_with_the_reason(make, flag: str) -> None:  # noqa: ANN001
+def test_bad_photos_are_flagged_with_the_reason(make, flag: str) -> None:
     report = assess(make(_photo()), QualityPolicy())
     assert report.flags == (flag,)
 

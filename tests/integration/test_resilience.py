@@ -69,7 +69,7 @@ def test_core_down_for_the_whole_burst_then_everything_arrives_once(
         kiosk.close()
         assert len(acked) == len(batch)
 
-        status = lambda: httpx.get(f"{edge_ports.url}/v1/status").json()["spool"]  # noqa: E731
+        status = lambda: httpx.get(f"{edge_ports.url}/v1/status").json()["spool"]
         wait_until(lambda: status()["items"] == len(batch), 60, "everything spooled")
         backlog = status()
         assert backlog["bytes"] > 0 and backlog["oldest_age_s"] is not None

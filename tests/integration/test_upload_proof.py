@@ -181,7 +181,7 @@ async def test_edge_survives_the_reply_to_the_last_byte_being_lost(core: Refusin
     answers: the edge sees a reset connection, and the core's HEAD says "complete"."""
     data, record = large_photo(4)
     core.store.refusals_left = 1
-    server_error = lambda head: head.startswith(b"HTTP/1.1 5")  # noqa: E731
+    server_error = lambda head: head.startswith(b"HTTP/1.1 5")
     async with ReplyDroppingProxy(core.port, drop=server_error) as proxy:
         client = client_for(proxy.url, chunk_bytes=len(data))
         try:
@@ -196,7 +196,7 @@ async def test_edge_survives_the_reply_to_the_last_byte_being_lost(core: Refusin
 
 async def test_edge_learns_the_key_when_only_the_reply_was_lost(core: RefusingCore) -> None:
     data, record = large_photo(5)
-    stored = lambda head: b"x-e2c-key" in head.lower()  # noqa: E731
+    stored = lambda head: b"x-e2c-key" in head.lower()
     async with ReplyDroppingProxy(core.port, drop=stored) as proxy:
         client = client_for(proxy.url, chunk_bytes=len(data))
         try:

@@ -477,7 +477,7 @@ def test_the_admin_token_guards_changes_and_reads(tmp_path: Path) -> None:
 
     sites = {"store-1": "site-secret"}
     admin = "admin-secret-0123456789"
-    allowed = lambda method, path, auth: access_allowed(  # noqa: E731
+    allowed = lambda method, path, auth: access_allowed(
         method, path, auth, admin_token=admin, site_tokens=sites)
     site, boss = "Bearer site-secret", f"Bearer {admin}"
     photo = "/v1/images/" + "0" * 64

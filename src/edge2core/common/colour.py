@@ -56,7 +56,7 @@ def orientation(image: Image.Image) -> Image.Transpose | None:
     to do, or the tag is missing, unreadable or out of range (ignored: stripped anyway)."""
     try:
         value = image.getexif().get(0x0112)
-    except Exception:  # noqa: BLE001 - any parse failure of metadata we strip anyway
+    except Exception:
         return None
     return _TRANSPOSE.get(value) if isinstance(value, int) else None
 

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 import structlog
+from structlog.types import EventDict
 
 _ERROR_LEVELS = frozenset({"error", "critical", "exception", "fatal"})
 # Loggers that libraries configure with handlers of their own; ours replace them.
@@ -31,10 +32,10 @@ def _exc_info(value: Any) -> ExcInfo | None:
     if isinstance(value, BaseException):
         return (type(value), value, value.__traceback__)
     if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
-        return value  # type: ignore[return-value]
+        return value
     if value:
         current = sys.exc_info()
-        return current if current[1] is not None else None  # type: ignore[return-value]
+        return current if current[1] is not None else None
     return None
 
 
@@ -53,7 +54,7 @@ def exception_fields(exc_info: ExcInfo) -> dict[str, str]:
     }
 
 
-def capture_exception(_logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def capture_exception(_logger: Any, method: str, event_dict: EventDict) -> EventDict:
     """Resolve `exc_info` now (at the call, while the exception is current) into tuple form;
     an error logged without one inside an `except` block gets the exception being handled."""
     if "exc_info" in event_dict:
@@ -67,7 +68,7 @@ def capture_exception(_logger: Any, method: str, event_dict: dict[str, Any]) -> 
     return event_dict
 
 
-def structured_exception(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def structured_exception(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """`exc_info` -> `exception: {type, message, traceback}` (JSON output)."""
     info = _exc_info(event_dict.pop("exc_info", None))
     if info is not None:

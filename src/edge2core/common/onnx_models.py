@@ -36,7 +36,8 @@ def compose_onnx(
     import onnx
     from onnx import compose
 
-    backbone = backbone_onnx if not isinstance(backbone_onnx, (bytes, bytearray)) else onnx.load_from_string(bytes(backbone_onnx))
+    backbone = (onnx.load_from_string(bytes(backbone_onnx))
+                if isinstance(backbone_onnx, bytes | bytearray) else backbone_onnx)
     head = onnx.load_from_string(head_bytes)
     head.ir_version = backbone.ir_version
     head_meta = {p.key: p.value for p in head.metadata_props}

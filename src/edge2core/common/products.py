@@ -106,7 +106,7 @@ class Product(BaseModel):
             return NotImplemented
         return self.content() == other.content()
 
-    __hash__ = None  # type: ignore[assignment]  (mutable, like every BaseModel)
+    # Unhashable (mutable, like every BaseModel): defining __eq__ sets __hash__ to None.
 
     def content(self) -> dict[str, Any]:
         """The record without `updated_at`, as JSON values (for diffs and comparisons)."""

@@ -174,7 +174,7 @@ async def apply_retention_every(services: CoreServices, every_s: float) -> None:
 
 
 def _on_site_report(reports: SiteReports, site_tokens: dict[str, str]):  # type: ignore[no-untyped-def]
-    async def on_report(msg) -> None:  # noqa: ANN001 - nats-py's Msg
+    async def on_report(msg) -> None:
         try:
             report = SiteModelReport.model_validate_json(msg.data)
         except ValueError:

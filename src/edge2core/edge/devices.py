@@ -8,6 +8,7 @@ client ids of its own; revoking it closes its broker connection within seconds.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
@@ -161,7 +162,7 @@ class DeviceRegistry:
     def get(self, device_id: str) -> Device | None:
         return self._devices.get(device_id)
 
-    def ids(self) -> list[str]:
+    def ids(self) -> builtins.list[str]:
         """Every registered id, revoked ones too (their client ids stay theirs)."""
         with self._lock:
             return list(self._devices)

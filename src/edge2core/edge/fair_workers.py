@@ -86,7 +86,7 @@ class FairWorkers:
             key, job = item
             try:
                 job()
-            except BaseException:  # noqa: BLE001 - a job's failure must not kill the worker
+            except BaseException:
                 log.exception("worker job failed", key=key)
             finally:
                 self._done(key)

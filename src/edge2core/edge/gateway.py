@@ -122,7 +122,7 @@ class Gateway:
         def done(future: Future[Answer]) -> None:
             try:
                 answer = self._answered(future.result(), data, meta, door)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 then(None, exc)
                 return
             then(answer, None)

@@ -161,7 +161,7 @@ class InferencePool:
             if jobs:
                 try:
                     self._run(jobs, buffer)
-                except BaseException as exc:  # noqa: BLE001 - never leave a request hanging
+                except BaseException as exc:
                     for job in jobs:
                         if not job.future.done():
                             job.future.set_exception(exc)

@@ -220,7 +220,7 @@ class MqttDoor:
         for attempt in range(1, self._attempts + 1):
             try:
                 return self._handler(msg, self.publish)
-            except Exception as exc:  # noqa: BLE001 - whatever it is, it must end the message
+            except Exception as exc:
                 if attempt < self._attempts:
                     log.warning("MQTT handler failed; trying again", topic=msg.topic,
                                 attempt=attempt, error=repr(exc)[:300])
@@ -235,7 +235,7 @@ class MqttDoor:
                   attempts=self._attempts, exc_info=exc)
         try:
             self._on_poison(msg, exc, self.publish)
-        except Exception:  # noqa: BLE001 - not kept: leave it with the broker
+        except Exception:
             log.exception("could not keep a failed MQTT message; the broker keeps it",
                           topic=msg.topic)
             return False

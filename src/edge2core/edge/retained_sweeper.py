@@ -59,7 +59,7 @@ class RetainedSweeper:
         while not self._stop.wait(self._every_s):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
+            except Exception:
                 log.exception("retained sweep failed")
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:

@@ -51,7 +51,7 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 
-def promo(id: str, kind: str = "percent_off", value: float | None = 20.0, *,  # noqa: A002
+def promo(id: str, kind: str = "percent_off", value: float | None = 20.0, *,
           starts: datetime = T0, ends: datetime | None = T0 + 7 * DAY, label: str = "") -> Promotion:
     return Promotion(id=id, kind=kind, value=value, starts_at=starts, ends_at=ends, label=label)
 

@@ -201,9 +201,8 @@ def test_wal_commits_only_for_sqlite_files_in_wal_mode(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL elsewhere
     assert wal.latest() == 0
-    with wal.committing() as commit:
-        with wal.sessions.begin() as session:
-            session.execute(text("CREATE TABLE t (x INTEGER)"))
+    with wal.committing() as commit, wal.sessions.begin() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
     assert commit.seq == 1 == wal.latest()
     wal.sync(commit.seq)
     wal.sync(commit.seq)  # already covered: no second fsync needed

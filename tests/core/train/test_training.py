@@ -354,7 +354,7 @@ def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_top1"] <= 1 for r in result.log)
     assert max(r["val_top1"] for r in result.log) >= 0.7  # chance is 0.25
     assert result.head.classes == CLASSES and result.device == "cpu"
-    assert all(torch.equal(a, b) for a, b in zip(before, list(backbone.parameters())[:3]))  # copy
+    assert all(torch.equal(a, b) for a, b in zip(before, list(backbone.parameters())[:3], strict=True))  # copy
     assert not any(p.requires_grad for p in result.backbone.parameters())
 
 

@@ -41,8 +41,8 @@ def _settings(config: Path | None, data_dir: Path | None, database_url: str | No
 
 
 def _parts(settings: CoreSettings):  # type: ignore[no-untyped-def]
-    from edge2core.core.db import storage
     from edge2core.core.curate.datasets import DatasetStore
+    from edge2core.core.db import storage
 
     sessions = storage.database(settings)
     store = storage.object_store(settings)
@@ -58,7 +58,8 @@ def build(
     sku: Annotated[list[str] | None, typer.Option("--sku", help="Only these products (repeat).")] = None,
     site: Annotated[list[str] | None, typer.Option("--site", help="Only these sites (repeat).")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", help="Only these devices.")] = None,
-    source: Annotated[list[Source] | None, typer.Option("--source", help="kiosk and/or shopper (default both).")] = None,
+    source: Annotated[
+        list[Source] | None, typer.Option("--source", help="kiosk and/or shopper (default both).")] = None,
     since: Annotated[datetime | None, typer.Option(help="Captured at or after (ISO 8601).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Captured before (ISO 8601).")] = None,
     min_sharpness: Annotated[float | None, typer.Option(help="Minimum edge sharpness measure.")] = None,
@@ -207,8 +208,8 @@ def retention(data_dir: DataDirOpt = None, database_url: DbOpt = None,
 def migrate(data_dir: DataDirOpt = None, database_url: DbOpt = None,
             config: ConfigOpt = None) -> None:
     """Bring the core's database to the newest schema (the core also does this at start)."""
-    from edge2core.core.db.engine import make_engine
     from edge2core.core.db import migrations
+    from edge2core.core.db.engine import make_engine
 
     settings = _settings(config, data_dir, database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

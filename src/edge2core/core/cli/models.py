@@ -139,7 +139,8 @@ def train(
     dataset_version: int,
     path: Annotated[str, typer.Option(help="fast (cached embeddings + head) or full (fine-tune).")] = "fast",
     seed: int = 0,
-    param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter (JSON values), repeatable.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter (JSON values), repeatable.")] = None,
     url: UrlOpt = None,
 ) -> None:
     """Start a training run at the core and wait for the registered model."""

@@ -32,7 +32,7 @@ from edge2core.common.events import Source, as_utc, utcnow
 from edge2core.common.identifiers import Identifier, Sku
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.db.schema import DatasetRow, ImageRow
-from edge2core.core.api.jsontypes import UtcDateTime, json_float, with_zone
+from edge2core.core.jsontypes import UtcDateTime, json_float, with_zone
 
 MANIFEST_COLUMNS = (
     "sha256", "key", "sku", "split", "site", "device", "source", "label_origin",

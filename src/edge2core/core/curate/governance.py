@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from edge2core.common.events import SHA256_PATTERN, Source, as_utc, utcnow
 from edge2core.common.identifiers import Identifier
 from edge2core.common.objectstore import ObjectStore
-from edge2core.core.api.jsontypes import UtcDateTime
 from edge2core.core.db.schema import (
     ErasureRow,
     ImageRow,
@@ -35,6 +34,7 @@ from edge2core.core.db.schema import (
     QuarantineRow,
     TombstoneRow,
 )
+from edge2core.core.jsontypes import UtcDateTime
 
 BATCH = 500
 

@@ -22,8 +22,8 @@ from edge2core.common.events import Guess, as_utc, utcnow
 from edge2core.common.identifiers import IdKind, check, is_valid
 from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
 from edge2core.core.catalogue.catalogue import Catalogue, DuplicateProduct
-from edge2core.core.api.jsontypes import json_float
 from edge2core.core.db.schema import ImageRow, LabelTaskRow
+from edge2core.core.jsontypes import json_float
 
 
 class LabelStatus(StrEnum):

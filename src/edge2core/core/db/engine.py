@@ -41,10 +41,3 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def create_schema(engine: Engine) -> None:
-    # Import for the side effect of registering every table on Base.metadata.
-    import edge2core.core.db.schema  # noqa: F401
-
-    Base.metadata.create_all(engine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from edge2core.core.db.engine import Base
@@ -152,3 +152,8 @@ class AuditRow(Base):
     kind: Mapped[str] = mapped_column(String(64), index=True)  # e.g. catalogue.retired
     subject: Mapped[str] = mapped_column(String(200), index=True)  # e.g. a SKU, a model version
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def create_schema(engine: Engine) -> None:
+    """Every table at once, without migrations (tests and benchmarks; `core up` migrates)."""
+    Base.metadata.create_all(engine)

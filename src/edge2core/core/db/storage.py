@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.common.objectstore import ObjectStore, open_object_store
 from edge2core.config import CoreSettings
+from edge2core.core.db.engine import make_engine, make_sessionmaker
 
 
 def object_store(settings: CoreSettings) -> ObjectStore:

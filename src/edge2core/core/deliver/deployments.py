@@ -67,7 +67,7 @@ class KvBucket:
     async def open(cls, js: Any, bucket: str, history: int = 5) -> KvBucket:
         try:
             kv = await js.key_value(bucket)
-        except Exception:  # noqa: BLE001 - nats-py raises a few kinds for "no such bucket"
+        except Exception:
             kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=history))
         return cls(kv, asyncio.get_running_loop())
 
@@ -122,7 +122,7 @@ class KvBucket:
     async def _keys(self) -> list[str]:
         try:
             return list(await self._kv.keys())
-        except Exception:  # noqa: BLE001 - nats-py raises NoKeysError on an empty bucket
+        except Exception:
             return []
 
 

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from edge2core.common.events import ArtifactPointer, ModelPublished, calibrated_threshold
-from edge2core.core.api.jsontypes import UtcDateTime
 from edge2core.core.db.schema import ModelRow
+from edge2core.core.jsontypes import UtcDateTime
 
 RESERVED = "_registry"
 STAGES = ("candidate", "canary", "production", "archived", "retired")

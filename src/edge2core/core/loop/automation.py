@@ -283,7 +283,7 @@ class LearningLoop:
             if self.registry.get(model.version).stage == "canary":
                 self.registry.promote(model.version, stage="candidate", use_gate=False,
                                       reason=f"rollout failed: {exc!r}")
-        except Exception:  # noqa: BLE001 - the re-sync publishes what the database says
+        except Exception:
             log.exception("could not take the canary back", version=model.version)
 
     def _training_skus(self, ready: Sequence[str]) -> list[str]:

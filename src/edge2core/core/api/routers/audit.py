@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from edge2core.core.api.deps import Services
-from edge2core.core.api.jsontypes import UtcDateTime
 from edge2core.core.audit import MAX_LIMIT, AuditEvent
+from edge2core.core.jsontypes import UtcDateTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

@@ -20,7 +20,6 @@ from edge2core.common.errors import NotFound, TooLarge
 from edge2core.common.objectstore import ObjectNotFound, ObjectStore
 from edge2core.common.products import Product, ProductStatus, Promotion
 from edge2core.core.api.deps import Services
-from edge2core.core.api.jsontypes import JSON_NUMBER, UtcDateTime
 from edge2core.core.api.openapi import BINARY, IMAGE_TYPES, binary_body, errors
 from edge2core.core.catalogue.catalogue import (
     IMAGE_KEY_PATTERN,
@@ -30,6 +29,7 @@ from edge2core.core.catalogue.catalogue import (
     image_media_type,
     store_image,
 )
+from edge2core.core.jsontypes import JSON_NUMBER, UtcDateTime
 
 router = APIRouter(prefix="/v1/products", tags=["catalogue"])
 By = Query(None, max_length=64, description="who makes the change (kept in the audit log)")

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from edge2core.common.events import as_utc
 from edge2core.common.identifiers import ID_PATTERN
 from edge2core.core.api.deps import Services
-from edge2core.core.api.jsontypes import UtcDateTime
 from edge2core.core.curate.governance import EraseRequest, ErasureReport
 from edge2core.core.db.schema import QuarantineRow
+from edge2core.core.jsontypes import UtcDateTime
 
 router = APIRouter(prefix="/v1/governance", tags=["governance"])
 

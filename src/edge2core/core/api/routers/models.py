@@ -17,10 +17,10 @@ from edge2core.common.errors import Conflict, Invalid, NotFound
 from edge2core.common.identifiers import Identifier
 from edge2core.common.signing import SignatureError
 from edge2core.core.api.deps import CoreServices, Services
-from edge2core.core.api.jsontypes import JSON_INTEGER, JsonBool
 from edge2core.core.api.openapi import binary_answer, errors
 from edge2core.core.api.params import INT32_MAX, Version
 from edge2core.core.deliver.registry import ArtifactRef, ModelInfo
+from edge2core.core.jsontypes import JSON_INTEGER, JsonBool
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 from edge2core.common.errors import DomainError, Invalid
 from edge2core.common.identifiers import IdKind, is_valid
 from edge2core.core.api.deps import Services
-from edge2core.core.api.jsontypes import JSON_INTEGER
 from edge2core.core.api.openapi import errors
 from edge2core.core.api.params import INT32_MAX
 from edge2core.core.deliver.registry import ModelInfo
+from edge2core.core.jsontypes import JSON_INTEGER
 
 router = APIRouter(prefix="/v1/training-runs", tags=["training"])
 
