@@ -80,9 +80,11 @@ def _apply_profile(image: Image.Image, icc: bytes) -> Image.Image:
     if transform is None:
         return image
     try:
-        return ImageCms.applyTransform(image, transform)
+        out = ImageCms.applyTransform(image, transform)
     except (ImageCms.PyCMSError, ValueError, OSError):
         return image
+    assert out is not None  # None only with inPlace=True
+    return out
 
 
 @lru_cache(maxsize=32)

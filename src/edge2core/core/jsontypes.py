@@ -39,7 +39,7 @@ def _text_needs_zone(value: Any) -> Any:
 
 def _in_utc(value: datetime) -> datetime:
     try:
-        return as_utc(value)  # type: ignore[return-value]
+        return as_utc(value)
     except OverflowError as exc:
         raise ValueError(f"{value.isoformat()} is out of range once in UTC") from exc
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nats
 import uvicorn
+from nats.aio.msg import Msg
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.background import supervised
@@ -173,8 +174,10 @@ async def apply_retention_every(services: CoreServices, every_s: float) -> None:
     await supervised("retention", apply, delay_s=every_s)
 
 
-def _on_site_report(reports: SiteReports, site_tokens: dict[str, str]):  # type: ignore[no-untyped-def]
-    async def on_report(msg) -> None:
+def _on_site_report(
+    reports: SiteReports, site_tokens: dict[str, str],
+) -> Callable[[Msg], Awaitable[None]]:
+    async def on_report(msg: Msg) -> None:
         try:
             report = SiteModelReport.model_validate_json(msg.data)
         except ValueError:

@@ -102,9 +102,10 @@ def identify(
 ) -> str:
     """The sending device's id: from its bearer token when device identity is on."""
     if devices is None:
-        if not (claimed or anonymous):
+        sender = claimed or anonymous
+        if not sender:
             raise MissingField("say which device sends this: ?device=<id>")
-        return claimed or anonymous  # type: ignore[return-value]
+        return sender
     if not token:
         raise DeviceRefused("unknown_device", "send 'Authorization: Bearer <device token>'")
     device = devices.authenticate(token)
@@ -126,16 +127,23 @@ def create_edge_app(
     app = FastAPI(title=f"edge2core edge {site}", version="0.1.0")
     mount_metrics(app)
     identity = devices is not None
+    token: Callable[..., str | None]  # a dependency: FastAPI reads its signature
     if identity:
         bearer = HTTPBearer(auto_error=False, scheme_name="deviceToken",
                             description="the device's secret, as issued by `edge devices add`")
 
-        def token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str | None:
+        def bearer_token(
+            credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+        ) -> str | None:
             return credentials.credentials if credentials is not None else None
+
+        token = bearer_token
     else:
 
-        def token() -> str | None:  # device identity is off: no token is asked for
+        def no_token() -> str | None:  # device identity is off: no token is asked for
             return None
+
+        token = no_token
 
     def refusal(request: Request, exc: Exception, door: str = "http") -> JSONResponse:
         reason = reason_of(exc)

@@ -118,7 +118,7 @@ class Forwarder:
         *,
         quarantine_dir: Path,
         concurrency: int = 4,
-        on_forwarded: EventSink = _no_events,
+        on_forwarded: EventSink | None = None,
         bucket: TokenBucket | None = None,
         windows: list[Window] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now().astimezone(),
@@ -130,7 +130,7 @@ class Forwarder:
         self._core = core
         self._quarantine = quarantine_dir
         self._concurrency = concurrency
-        self._on_forwarded = on_forwarded
+        self._on_forwarded = on_forwarded or _no_events
         self._bucket = bucket or TokenBucket(0)
         self._windows = windows or []
         self._clock = clock

@@ -55,7 +55,7 @@ DEVICE_ERRORS = (
 )
 
 
-def error_reason(exc: Exception) -> str:
+def error_reason(exc: BaseException) -> str:
     if isinstance(exc, ImageRejected):
         return exc.reason.value
     if isinstance(exc, WrongSite):
@@ -168,7 +168,8 @@ class MqttHandlers:
 
     def on_capture_poison(self, msg: mqtt.MQTTMessage, exc: BaseException, publish: Publish) -> None:
         """A capture our code failed on every time: kept as a dead letter, then refused."""
-        letter = self._dead_letters.keep(msg.topic, msg.payload, exc, "internal_error")
+        # paho types a payload bytes | bytearray; a received one is bytes (bytes() returns it).
+        letter = self._dead_letters.keep(msg.topic, bytes(msg.payload), exc, "internal_error")
         _refuse(msg, _topic_or_none(msg.topic), {}, exc, publish, reason="internal_error",
                 detail=f"the edge could not process this capture; it is kept as dead letter "
                        f"{letter.id[:12]} for an operator")
@@ -219,6 +220,7 @@ class MqttHandlers:
             elif isinstance(exc, RECOGNITION_ERRORS):
                 _refuse(msg, info, header, exc, publish)
             else:
+                assert exc is not None  # the pool calls back with an answer or an error
                 log.error("recognition failed", topic=msg.topic, exc_info=exc)
                 _refuse(msg, info, header, exc, publish, reason="internal_error",
                         detail="the edge could not process this request")
@@ -239,7 +241,7 @@ class MqttHandlers:
         header: dict[str, Any] = {}
         try:
             info = topics.parse_topic(msg.topic)
-            env = envelope.decode(msg.payload)
+            env = envelope.decode(bytes(msg.payload))  # bytes: see on_capture_poison
             header = env.header
             action(msg, info, header, capture_meta(info, header, source), env.image, publish)
             return True
@@ -270,7 +272,7 @@ def _refuse(
 ) -> None:
     """Count, log and answer a refusal on the device's error topic. `detail` replaces the
     exception's text when that text is ours, not the device's (no internals leak)."""
-    reason = reason or error_reason(exc)  # type: ignore[arg-type]
+    reason = reason or error_reason(exc)
     detail = detail or str(exc)[:1000]
     PHOTOS_REJECTED.labels(door="mqtt", reason=reason).inc()
     log.info("MQTT message refused", topic=msg.topic, reason=reason, detail=detail[:300])

@@ -7,13 +7,17 @@ multipart bodies are parsed as a stream in memory (nothing is written to disk).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from edge2core.common.images import ImageRejected, RejectReason
+
+if TYPE_CHECKING:  # defined for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 # Room for a multipart body's boundaries, part headers and small fields around the photo.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -74,7 +78,7 @@ class _FormParts:
         self._field = bytearray()
         self._value = bytearray()
 
-    def callbacks(self) -> dict[str, Callable[..., None]]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 
@@ -38,7 +39,7 @@ log = get_logger(__name__)
 class MqttEndpoint:
     host: str
     port: int
-    transport: str = "tcp"  # or "websockets"
+    transport: Literal["tcp", "websockets"] = "tcp"
     username: str | None = None
     password: str | None = None
 

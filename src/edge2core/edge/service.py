@@ -115,7 +115,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         concurrency=settings.forward_concurrency,
         bucket=TokenBucket(settings.bandwidth_limit_bytes_s),
         windows=parse_windows(settings.upload_windows),
-        **({"on_forwarded": on_forwarded} if on_forwarded else {}),
+        on_forwarded=on_forwarded,
     )
     intake = Intake(
         settings.site,

@@ -12,6 +12,7 @@ Every committed change (add, change, retire, promotions, bulk upsert, import) is
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -294,7 +295,7 @@ class Catalogue:
         self._notify([saved])
         return saved
 
-    def _notify(self, products: list[Product]) -> None:
+    def _notify(self, products: builtins.list[Product]) -> None:
         """Hand the changed products' latest committed records to the hook, one change at a
         time: two writers racing cannot publish an older record after a newer one."""
         if not products or self.on_change is None:

@@ -9,7 +9,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,13 @@ from rich.table import Table
 
 from edge2core.common.events import Source
 from edge2core.config import CONFIG_ENV, CoreSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from edge2core.common.objectstore import ObjectStore
+    from edge2core.core.curate.datasets import DatasetStore
+    from edge2core.core.train.embeddings import EmbeddingCache
 
 datasets_app = typer.Typer(
     help="Datasets: build versions from a query, diff, export; erasure and retention.",
@@ -35,12 +42,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def _settings(config: Path | None, data_dir: Path | None, database_url: str | None) -> CoreSettings:
     if config is not None:
         os.environ[CONFIG_ENV] = str(config)
-    given = {k: v for k, v in {"data_dir": data_dir, "database_url": database_url}.items()
-             if v is not None}
+    given: dict[str, Any] = {
+        k: v for k, v in {"data_dir": data_dir, "database_url": database_url}.items()
+        if v is not None}
     return CoreSettings(**given)
 
 
-def _parts(settings: CoreSettings):  # type: ignore[no-untyped-def]
+def _parts(
+    settings: CoreSettings,
+) -> tuple[ObjectStore, sessionmaker[Session], DatasetStore]:
     from edge2core.core.curate.datasets import DatasetStore
     from edge2core.core.db import storage
 
@@ -184,7 +194,7 @@ def erase(
     _echo_json(report.model_dump(mode="json"))
 
 
-def _embedding_cache(settings):  # type: ignore[no-untyped-def]
+def _embedding_cache(settings: CoreSettings) -> EmbeddingCache:
     """The core's embedding cache: erased photos' embeddings go with them."""
     from edge2core.core.train.embeddings import EmbeddingCache
 

@@ -16,13 +16,14 @@ their bytes then fails with `ObjectNotFound` (exports skip and count them).
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
@@ -32,7 +33,7 @@ from edge2core.common.events import Source, as_utc, utcnow
 from edge2core.common.identifiers import Identifier, Sku
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.db.schema import DatasetRow, ImageRow
-from edge2core.core.jsontypes import UtcDateTime, json_float, with_zone
+from edge2core.core.jsontypes import JSON_NUMBER, UtcDateTime, with_zone
 
 MANIFEST_COLUMNS = (
     "sha256", "key", "sku", "split", "site", "device", "source", "label_origin",
@@ -52,7 +53,7 @@ class DatasetQuery(BaseModel):
         default=None, description="captured at or after (arrival time if capture time unknown)"
     )
     until: UtcDateTime | None = Field(default=None, description="captured before")
-    min_sharpness: json_float(allow_inf_nan=False) | None = Field(
+    min_sharpness: Annotated[float, Field(allow_inf_nan=False), JSON_NUMBER] | None = Field(
         default=None,
         description="edge's sharpness measure; photos without one are left out"
     )
@@ -121,6 +122,7 @@ def _render_rows(rows: Sequence[tuple]) -> bytes:
     columns = list(zip(*ordered, strict=True)) if ordered else [()] * len(MANIFEST_COLUMNS)
     schema = _schema()
     arrays = []
+    values: Sequence[Any]
     for name, values in zip(MANIFEST_COLUMNS, columns, strict=True):
         if name in ("captured_at", "received_at"):
             values = [as_utc(v) for v in values]
@@ -239,7 +241,7 @@ class DatasetStore:
         """The manifest as a pyarrow Table (verified against its hash)."""
         return read_manifest(self.manifest_bytes(version))
 
-    def entries(self, version: int) -> list[DatasetEntry]:
+    def entries(self, version: int) -> builtins.list[DatasetEntry]:
         with self._entries_lock:
             if (cached := self._entries.get(version)) is not None:
                 self._entries.move_to_end(version)
@@ -266,7 +268,7 @@ class DatasetStore:
                     - len(relabelled)},
         )
 
-    def _select(self, query: DatasetQuery) -> list[tuple]:
+    def _select(self, query: DatasetQuery) -> builtins.list[tuple]:
         c = ImageRow
         stmt = select(
             c.sha256, c.key, c.sku, c.split, c.site, c.device, c.source, c.label_origin,
@@ -314,7 +316,8 @@ def _info(row: DatasetRow) -> DatasetInfo:
 def _stored_query(stored: dict[str, Any]) -> DatasetQuery:
     """A version's query as it was stored: times written before they carried a zone are
     UTC; a query that today's rules refuse (a version made before them) is shown as it was."""
-    fields = {k: with_zone(v) if k in ("since", "until") else v for k, v in stored.items()}
+    fields: dict[str, Any] = {
+        k: with_zone(v) if k in ("since", "until") else v for k, v in stored.items()}
     try:
         return DatasetQuery.model_validate(fields)
     except ValidationError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 from sqlalchemy import delete, func, select
@@ -35,6 +35,9 @@ from edge2core.core.db.schema import (
     TombstoneRow,
 )
 from edge2core.core.jsontypes import UtcDateTime
+
+if TYPE_CHECKING:
+    from edge2core.core.ingest.uploads import ResumableUploads
 
 BATCH = 500
 
@@ -79,13 +82,13 @@ class Governance:
         sessions: sessionmaker[Session],
         *,
         retention_days: dict[str, int] | None = None,
-        uploads: object | None = None,
-        on_erased: Callable[[list[str]], None] = lambda _ids: None,
+        uploads: ResumableUploads | None = None,
+        on_erased: Callable[[list[str]], object] = lambda _ids: None,
     ) -> None:
         self._store = store
         self._sessions = sessions
         self.retention_days = dict(retention_days or {})
-        self._uploads = uploads  # core.uploads.ResumableUploads, for partial uploads
+        self._uploads = uploads  # partial (resumable) uploads
         self._on_erased = on_erased
 
     def erase(self, request: EraseRequest, *, kind: str = "erasure") -> ErasureReport:
@@ -114,11 +117,11 @@ class Governance:
         quarantined = self._erase_quarantine(request)
         discarded = self._discard_uploads(request)
         with self._sessions.begin() as session:
-            log = session.get(ErasureRow, log_id)
-            assert log is not None
-            log.images = len(erased)
-            log.finished_at = utcnow()
-            report = _report(log)
+            finished = session.get(ErasureRow, log_id)
+            assert finished is not None
+            finished.images = len(erased)
+            finished.finished_at = utcnow()
+            report = _report(finished)
         if erased or quarantined:
             self._on_erased(erased)
         report.uploads_discarded = discarded
@@ -132,7 +135,7 @@ class Governance:
                                    reason=f"retention: {source} photos are kept {days} days")
             reports.append(self.erase(request, kind="retention"))
         if self._uploads is not None:
-            self._uploads.purge_expired(now)  # type: ignore[attr-defined]
+            self._uploads.purge_expired(now)
         return reports
 
     def history(self, limit: int = 100) -> list[ErasureReport]:
@@ -141,7 +144,9 @@ class Governance:
                 select(ErasureRow).order_by(ErasureRow.id.desc()).limit(limit)).all()
         return [_report(r) for r in rows]
 
-    def _where(self, request: EraseRequest, table: type = ImageRow) -> list:
+    def _where(
+        self, request: EraseRequest, table: type[ImageRow] | type[QuarantineRow] = ImageRow,
+    ) -> list:
         c = table
         clauses = []
         if request.site is not None:
@@ -150,14 +155,14 @@ class Governance:
             clauses.append(c.device == request.device)
         if table is ImageRow:
             if request.source is not None:
-                clauses.append(c.source == request.source.value)
-            when = func.coalesce(c.captured_at, c.received_at)
+                clauses.append(ImageRow.source == request.source.value)
+            when = func.coalesce(ImageRow.captured_at, ImageRow.received_at)
             if request.since is not None:
                 clauses.append(when >= as_utc(request.since))
             if request.until is not None:
                 clauses.append(when < as_utc(request.until))
             if request.received_before is not None:
-                clauses.append(c.received_at < as_utc(request.received_before))
+                clauses.append(ImageRow.received_at < as_utc(request.received_before))
         if request.sha256s is not None:
             clauses.append(c.sha256.in_(request.sha256s))
         return clauses
@@ -181,7 +186,7 @@ class Governance:
         if self._uploads is None:
             return 0
         discarded = 0
-        for state in self._uploads.in_progress():  # type: ignore[attr-defined]
+        for state in self._uploads.in_progress():
             r = state.record
             when = as_utc(r.captured_at or r.received_at)
             if (
@@ -194,13 +199,13 @@ class Governance:
                      or as_utc(r.received_at) < as_utc(request.received_before))
                 and (request.sha256s is None or r.sha256 in request.sha256s)
             ):
-                discarded += self._uploads.discard(r.sha256)  # type: ignore[attr-defined]
+                discarded += self._uploads.discard(r.sha256)
         return discarded
 
 
 def _report(row: ErasureRow) -> ErasureReport:
     return ErasureReport(
         id=row.id, kind=row.kind, criteria=row.criteria, reason=row.reason, images=row.images,
-        started_at=as_utc(row.started_at),  # type: ignore[arg-type]
+        started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
     )

@@ -10,8 +10,10 @@ a discarded photo stays unlabelled (and retention deletes it in time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -23,7 +25,7 @@ from edge2core.common.identifiers import IdKind, check, is_valid
 from edge2core.common.products import SKU_PATTERN, Product, ProductStatus
 from edge2core.core.catalogue.catalogue import Catalogue, DuplicateProduct
 from edge2core.core.db.schema import ImageRow, LabelTaskRow
-from edge2core.core.jsontypes import json_float
+from edge2core.core.jsontypes import JSON_NUMBER
 
 
 class LabelStatus(StrEnum):
@@ -73,7 +75,7 @@ class NewProduct(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200,
                              description="required when the SKU is new")
     coarse: str = Field(default="", max_length=200)
-    price: json_float(ge=0, allow_inf_nan=False) = 0.0
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False), JSON_NUMBER] = 0.0
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
 
 
@@ -161,7 +163,8 @@ class LabellingQueue:
     def discard(self, sha256: str, by: str | None = None) -> LabelTask:
         return self._decide(sha256, LabelStatus.DISCARDED, lambda _t, _i: None, by)
 
-    def _decide(self, sha256: str, status: LabelStatus, choose, by: str | None,  # type: ignore[no-untyped-def]
+    def _decide(self, sha256: str, status: LabelStatus,
+                choose: Callable[[LabelTaskRow, ImageRow], str | None], by: str | None,
                 redecide: bool = False) -> LabelTask:
         with self._sessions.begin() as session:
             task, image = self._load(session, sha256, lock=True)
@@ -199,7 +202,7 @@ def _task(task: LabelTaskRow, image: ImageRow) -> LabelTask:
         confidence=image.confidence,
         edge_model_version=image.edge_model_version,
         captured_at=as_utc(image.captured_at),
-        received_at=as_utc(image.received_at),  # type: ignore[arg-type]
+        received_at=as_utc(image.received_at),
         sku=task.sku,
         decided_at=as_utc(task.decided_at),
         decided_by=task.decided_by,

@@ -59,6 +59,6 @@ def quarantine(services: Services,
     return JSONResponse([
         {"sha256": r.sha256, "site": r.site, "device": r.device, "reason": r.reason,
          "detail": r.detail, "attempts": r.attempts,
-         "first_at": as_utc(r.first_at).isoformat(),  # type: ignore[union-attr]
-         "last_at": as_utc(r.last_at).isoformat()} for r in rows  # type: ignore[union-attr]
+         "first_at": as_utc(r.first_at).isoformat(),
+         "last_at": as_utc(r.last_at).isoformat()} for r in rows
     ])
