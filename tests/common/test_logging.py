@@ -166,7 +166,7 @@ def test_edge_http_bug_is_logged_with_its_traceback(captured: Captured, tmp_path
         parts.spool.close()
     (entry,) = [e for e in lines(captured) if e["event"] == "request failed"]
     assert_exception(entry, f"{__name__}.SensorJammed", "status broke")
-    assert entry["logger"] == "edge2core.edge.http_errors"
+    assert entry["logger"] == "edge2core.common.asgi_guard"
 
 
 def test_console_rendering_still_shows_the_traceback(captured: Captured) -> None:

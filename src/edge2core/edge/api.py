@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edge2core.common.asgi_guard import InternalErrorGuard
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.identifiers import (
     ID_PATTERN,
@@ -39,7 +40,6 @@ from edge2core.edge.http_errors import (
     HTTP_CODES,
     STATUS,
     ErrorBody,
-    Guard,
     detail_of,
     error_response,
     reason_of,
@@ -115,6 +115,10 @@ def identify(
         raise DeviceRefused("wrong_role",
                             f"{device.id!r} is a {device.role.value}, not a {role.value}")
     return device.id
+
+
+def _count_internal_error() -> None:
+    PHOTOS_REJECTED.labels(door="http", reason="internal_error").inc()
 
 
 def create_edge_app(
@@ -228,6 +232,6 @@ def create_edge_app(
         response.headers.update(exc.headers or {})
         return response
 
-    app.add_middleware(Guard)
+    app.add_middleware(InternalErrorGuard, role="edge", on_error=_count_internal_error)
     clean_openapi(app)
     return app

@@ -7,17 +7,14 @@ traceback or a server path; a bug is logged with its traceback.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import Request
 
 from edge2core.common.identifiers import InvalidIdentifier
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import PHOTOS_REJECTED
 from edge2core.edge.gateway import error_reason
 from edge2core.edge.http_body import BODY_DONE, DoorRefusal
 
@@ -87,41 +84,3 @@ def error_response(request: Request, reason: str, detail: str, status: int) -> J
     )):
         headers["Connection"] = "close"
     return JSONResponse({"error": reason, "detail": detail}, status_code=status, headers=headers)
-
-
-class Guard:
-    """Turns an unexpected exception in any handler into `500 internal_error`, logged with its
-    traceback, so no request ever sees a traceback and the server keeps serving."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except ClientDisconnect:
-            log.info("client went away mid-request", method=scope.get("method"),
-                     path=scope.get("path"))
-        except Exception:
-            incident = secrets.token_hex(4)
-            log.error("request failed", exc_info=True, incident=incident,
-                      method=scope.get("method"), path=scope.get("path"))
-            if started:
-                return  # the answer was under way: the server closes the connection
-            PHOTOS_REJECTED.labels(door="http", reason="internal_error").inc()
-            body = {"error": "internal_error",
-                    "detail": f"the edge failed to handle this request (incident {incident}); "
-                              "its log has the details"}
-            await JSONResponse(body, status_code=500, headers={"Connection": "close"})(
-                scope, receive, send)

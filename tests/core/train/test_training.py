@@ -361,6 +361,29 @@ def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
 # --------------------------------------------------------------------------- evaluation
 
 
+def test_the_recognised_threshold_stays_sensible_on_small_val_sets():
+    """20 photos per class gave 0.9989 and called correct answers at 0.998 unrecognised."""
+    from edge2core.core.train.evaluation import threshold_for_precision
+
+    probs = np.full((40, 2), 0.0)
+    probs[:, 0] = np.linspace(0.999, 0.6, 40)
+    probs[:, 1] = 1 - probs[:, 0]
+    labels = np.zeros(40, dtype=int)
+    labels[1] = 1  # one confident mistake near the top
+    th = threshold_for_precision(probs, labels, 0.99)
+    assert th["raw_threshold"] > 0.99 and th["method"] == "capped"
+    assert th["threshold"] == 0.9 and th["coverage"] > 0.2  # confident answers are answered
+    assert threshold_for_precision(probs[:10], labels[:10], 0.95)["threshold"] is None
+    assert threshold_for_precision(probs[:10], labels[:10], 0.95)["method"] == "too_few_photos"
+    low = np.column_stack([np.full(40, 0.25), np.full(40, 0.75)])
+    floored = threshold_for_precision(low, np.ones(40, dtype=int), 0.95)
+    assert floored["raw_threshold"] == 0.75 and floored["method"] == "precision_target"
+    guesses = np.column_stack([np.full(40, 0.2)] + [np.full(40, 0.1)] * 8)  # 9 classes, unsure
+    floored = threshold_for_precision(guesses, np.zeros(40, dtype=int), 0.95)
+    assert floored["method"] == "floored" and floored["threshold"] == 0.3
+    assert floored["coverage"] == 0.0  # near-guesses are not called recognised
+
+
 def test_evaluation_report_calibration_and_threshold():
     from edge2core.core.train.evaluation import (
         classification_report,
@@ -387,7 +410,7 @@ def test_evaluation_report_calibration_and_threshold():
     assert 1.5 < t < 2.5  # the Bayes posterior here is softmax(1.5 x logits): T = 3 / 1.5
     calibrated = classification_report(temperature_scale(p, t), y, classes)
     assert calibrated["ece"] < r["ece"] / 2 and calibrated["top1"] == r["top1"]
-    th = threshold_for_precision(temperature_scale(p, t), y, 0.95)
+    th = threshold_for_precision(temperature_scale(p, t), y, 0.95, cap=1.0)
     answered = temperature_scale(p, t).max(1) >= th["threshold"]
     assert th["precision"] >= 0.95 and abs(answered.mean() - th["coverage"]) < 1e-9
     assert fit_temperature(p[:10], y[:10]) == 1.0  # too few photos to fit on

@@ -23,9 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edge2core.common.asgi_guard import InternalErrorGuard
 from edge2core.common.errors import (
     Busy,
     Conflict,
@@ -173,39 +172,6 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     return sorted(set().union(*(methods for _literal, methods in matches)))
 
 
-class CatchAll:
-    """ASGI middleware: an exception nothing else answered becomes 500 `internal_error`,
-    logged with its traceback (once, here); the body says nothing about the code."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except ClientDisconnect:
-            return  # nobody to answer
-        except Exception:
-            log.exception("request failed", method=scope.get("method"), path=scope.get("path"))
-            if started:
-                raise  # half an answer went out: only closing the connection is left
-            response = error_response(
-                500, "internal_error",
-                "the core could not handle this request; the error is in its log")
-            await response(scope, receive, send)
-
-
 BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's 400 detail
 
 
@@ -261,4 +227,4 @@ def install_error_handling(app: FastAPI) -> None:
     app.add_exception_handler(GateBlocked, gate_blocked)
     app.add_exception_handler(InvalidIdentifier, invalid_id)
     app.add_exception_handler(LookupError, not_found)
-    app.add_middleware(CatchAll)
+    app.add_middleware(InternalErrorGuard, role="core")

@@ -16,7 +16,7 @@ from edge2core.common.events import META_HEADER, PhotoRecord
 from edge2core.common.metrics import CORE_IMAGES
 from edge2core.core.api.access import site_token_ok
 from edge2core.core.api.errors import refusal_response
-from edge2core.core.api.tus import bad_metadata
+from edge2core.core.api.tus import bad_metadata, validation_summary
 from edge2core.core.ingest.accepting import Receipt
 
 
@@ -57,7 +57,7 @@ def one_shot_record(site_tokens: Mapping[str, str], sha256: str, meta: str,
     try:
         record = PhotoRecord.model_validate_json(meta)
     except ValidationError as exc:
-        raise bad_metadata(f"{META_HEADER} is invalid: {exc}") from exc
+        raise bad_metadata(f"{META_HEADER} is invalid: {validation_summary(exc)}") from exc
     if record.sha256 != sha256:
         raise bad_metadata("the URL and the metadata name different ids")
     authorise(site_tokens, record.site, authorization)

@@ -109,7 +109,7 @@ def upload_record(
         else:
             record = PhotoRecord.model_validate(_record_fields(pairs, length, sha256))
     except ValidationError as exc:
-        raise bad_metadata(f"the photo record is invalid: {_validation_summary(exc)}") from exc
+        raise bad_metadata(f"the photo record is invalid: {validation_summary(exc)}") from exc
     if sha256 is not None and record.sha256 != sha256:
         raise bad_metadata("the URL and the record name different ids")
     return record
@@ -130,7 +130,7 @@ def _record_fields(pairs: dict[str, str], length: int, sha256: str | None) -> di
     return fields
 
 
-def _validation_summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
     """Which fields are wrong and why, without echoing the input or pointing anywhere."""
     problems = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False)[:5]:

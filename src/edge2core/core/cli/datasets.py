@@ -32,7 +32,7 @@ datasets_app = typer.Typer(
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", envvar=CONFIG_ENV, help="TOML file with a [core] section."),
+    typer.Option("--config", envvar=CONFIG_ENV, help="TOML file whose core table holds the settings."),
 ]
 DataDirOpt = Annotated[Path | None, typer.Option(help="The core's data dir.")]
 DbOpt = Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in data dir).")]

@@ -9,7 +9,8 @@ the confusion-matrix picture).
   linear head it is folded into the weights (``HeadModel.scaled``), so the probabilities the
   edge sees are calibrated and its "unrecognised" threshold means what it says;
 * ``threshold_for_precision``: the lowest confidence threshold whose recognised answers
-  (confidence >= threshold) reach a target precision on val;
+  (confidence >= threshold) reach a target precision on val, kept within a floor and a cap
+  and not estimated on too few photos;
 * ``confusion_png``: the confusion matrix as a PNG (Agg backend, no display needed).
 """
 
@@ -103,29 +104,48 @@ def fit_temperature(
     return float(np.exp((lo + hi) / 2))
 
 
-def threshold_for_precision(probs: np.ndarray, labels: np.ndarray, target: float = 0.95) -> dict[str, Any]:
-    """The lowest threshold t such that answers with confidence >= t are right with precision
-    >= target (on this set); with the coverage (share of photos answered) it gives."""
+# The "recognised" threshold a run ships is kept inside these bounds. On a small val set one
+# confident mistake drives the precision-target threshold to the top (20 photos per class once
+# gave 0.9989, and correct answers at 0.998 were called unrecognised): a cap keeps confident
+# answers answered; a floor keeps near-guesses among many classes unanswered. Below
+# THRESHOLD_MIN_PHOTOS val photos no threshold is estimated at all (the edge's default, 0.5).
+THRESHOLD_FLOOR = 0.3
+THRESHOLD_CAP = 0.9
+THRESHOLD_MIN_PHOTOS = 30
+
+
+def threshold_for_precision(probs: np.ndarray, labels: np.ndarray, target: float = 0.95, *,
+                            floor: float = THRESHOLD_FLOOR, cap: float = THRESHOLD_CAP,
+                            min_photos: int = THRESHOLD_MIN_PHOTOS) -> dict[str, Any]:
+    """The confidence threshold the edge uses to call an answer "recognised".
+
+    `raw_threshold` is the lowest t such that answers with confidence >= t are right with
+    precision >= target on this set; `threshold` is it kept within [floor, cap] (`method` says
+    which: precision_target, capped, floored), or None with fewer than `min_photos` photos or
+    when no t reaches the target (`method` too_few_photos / unreachable: the edge then uses its
+    default). `coverage` and `precision` are measured at `threshold`, so they stay honest when
+    it was clamped.
+    """
     n = probs.shape[0]
-    if n == 0:
-        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None}
+    answer: dict[str, Any] = {"target_precision": target, "photos": int(n), "floor": floor,
+                              "cap": cap, "raw_threshold": None, "threshold": None,
+                              "coverage": 0.0, "precision": None}
+    if n < max(1, min_photos):
+        return {**answer, "method": "too_few_photos"}
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     order = np.argsort(-conf, kind="stable")
     cum_prec = np.cumsum(correct[order]) / np.arange(1, n + 1)
     ok = np.nonzero(cum_prec >= target)[0]
     if ok.size == 0:
-        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None}
-    # the largest prefix (lowest threshold) that still meets the target
-    last = int(ok[-1])
-    t = float(conf[order][last])
-    answered = conf >= t
-    return {
-        "target_precision": target,
-        "threshold": t,
-        "coverage": float(answered.mean()),
-        "precision": float(correct[answered].mean()),
-    }
+        return {**answer, "method": "unreachable"}
+    raw = float(conf[order][int(ok[-1])])  # the largest prefix (lowest threshold) meeting it
+    applied = min(max(raw, floor), cap)
+    method = "capped" if raw > cap else "floored" if raw < floor else "precision_target"
+    answered = conf >= applied
+    precision = float(correct[answered].mean()) if answered.any() else None
+    return {**answer, "raw_threshold": raw, "threshold": applied, "method": method,
+            "coverage": float(answered.mean()), "precision": precision}
 
 
 def classification_report(
