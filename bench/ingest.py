@@ -5,8 +5,12 @@ spool), against a plain Pillow pipeline doing the same steps with the same face 
 
     .venv/bin/python bench/ingest.py [--quick]
 
+Half the 12-megapixel photos carry a wide-gamut ICC profile (converted to sRGB by ours, as a
+phone's Display P3 photo is; plain Pillow ignores it). A third mix, `formats`, is what phones and
+cameras also send: HEIC and AVIF, a 16-bit greyscale PNG and a transparent PNG cut-out.
+
 Last stdout line: JSON with ours_photos_per_s, baseline_photos_per_s, ratio (12-megapixel
-case) and the same for 348 px photos, and photo_source (see _common.py: the grocery photos,
+case) and the same for 348 px photos and for the formats mix, and photo_source (see _common.py: the grocery photos,
 $E2C_DATASET or synthetic ones; the faces photo when there is one).
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvicorn
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos
@@ -61,11 +65,53 @@ def phone_photo(seed: int) -> bytes:
     pixels = np.clip(np.asarray(big, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     exif = Image.Exif()
     exif[0x010F] = "PhoneMaker"
+    icc = {"icc_profile": wide_gamut_profile()} if seed % 2 == 0 else {}
     exif[0x0112] = 1
     exif[0x8825] = {1: "N", 2: (59.0, 20.0, 0.0), 3: "E", 4: (18.0, 4.0, 0.0)}
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG", quality=92, exif=exif)
+    Image.fromarray(pixels).save(out, format="JPEG", quality=92, exif=exif, **icc)
     return out.getvalue()
+
+
+def wide_gamut_profile() -> bytes:
+    """An RGB matrix profile that is not sRGB by name (so ours converts with it): sRGB's
+    primaries with the red and green swapped, as cheap to apply as Display P3's."""
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = int.from_bytes(data[128:132], "big")
+    tags = {bytes(data[132 + 12 * i: 136 + 12 * i]): (
+        int.from_bytes(data[136 + 12 * i: 140 + 12 * i], "big"),
+        int.from_bytes(data[140 + 12 * i: 144 + 12 * i], "big")) for i in range(count)}
+    (r_off, r_len), (g_off, g_len) = tags[b"rXYZ"], tags[b"gXYZ"]
+    red, green = bytes(data[r_off:r_off + r_len]), bytes(data[g_off:g_off + g_len])
+    data[r_off:r_off + r_len], data[g_off:g_off + g_len] = green, red
+    name = data.find("sRGB".encode("utf-16-be"))
+    data[name:name + 8] = "Wide".encode("utf-16-be")
+    return bytes(data)
+
+
+def format_photos(n: int) -> list[bytes]:
+    """HEIC, AVIF, 16-bit greyscale PNG and RGBA cut-out PNG, 2000x1500, distinct."""
+    out: list[bytes] = []
+    for i in range(n):
+        base = Image.open(io.BytesIO(small_photos(i + 1)[-1])).convert("RGB")
+        big = base.resize((2000, 1500), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        kind = i % 4
+        if kind == 0:
+            big.save(buffer, format="HEIF", quality=80)
+        elif kind == 1:
+            big.save(buffer, format="AVIF", quality=70)
+        elif kind == 2:
+            grey = (np.asarray(big.convert("L"), dtype=np.uint16) * 257 + i).astype(np.uint16)
+            Image.fromarray(grey).save(buffer, format="PNG")
+        else:
+            rgba = big.convert("RGBA")
+            alpha = np.zeros((1500, 2000), dtype=np.uint8)
+            alpha[200:1300, 300:1700] = 255
+            rgba.putalpha(Image.fromarray(alpha))
+            rgba.save(buffer, format="PNG", compress_level=1)
+        out.append(buffer.getvalue())
+    return out
 
 
 def baseline_pipeline(redactor: FaceRedactor, out_dir: Path):
@@ -152,6 +198,9 @@ def main() -> None:
     phones *= 2
     small = small_photos(60 if args.quick else 200)
     assert_distinct(small, "348 px photos")
+    say("making HEIC, AVIF, 16-bit and transparent photos")
+    formats = format_photos(8 if args.quick else 16)
+    assert_distinct(formats, "format photos")
     with tempfile.TemporaryDirectory() as tmp:
         door = EdgeDoor(Path(tmp) / "edge", redactor)
         out = Path(tmp) / "baseline"
@@ -159,12 +208,14 @@ def main() -> None:
         try:
             big = compare("12 MP", phones, door.post, baseline_pipeline(redactor, out), repeats)
             little = compare("348 px", small, door.post, baseline_pipeline(redactor, out), repeats)
+            mixed = compare("formats", formats, door.post, baseline_pipeline(redactor, out), repeats)
         finally:
             door.close()
     emit({
         **big,
         "photo_bytes_12mp": int(median([len(p) for p in phones])),
         "small_348px": little,
+        "formats": mixed,
         "workers": WORKERS,
         "face_detector": redactor.detector.name,
         "target_ratio": 2.0,

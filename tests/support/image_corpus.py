@@ -99,6 +99,26 @@ def out_of_range_orientation() -> Case:
     return Case("orientation-42", out.getvalue(), {(5, 3): (30, 60, 90)})
 
 
+def cmyk_jpeg() -> Case:
+    """A CMYK JPEG (print workflows, some scanners): cyan-free, full magenta and yellow is red."""
+    image = Image.new("CMYK", (16, 16), (0, 255, 255, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95)
+    return Case("cmyk", out.getvalue(), {(8, 8): (255, 0, 0)}, tolerance=6)
+
+
+def raw_profile_not_hex() -> Case:
+    """A PNG text chunk 'Raw profile type exif' whose body is not hex (ImageMagick's format,
+    broken): metadata we cannot read, sound pixels."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Raw profile type exif", "\nexif\n      20\nthis is not hexadecimal at all!!")
+    return Case("raw-profile", _png(Image.new("RGB", (8, 8), (10, 200, 90)), pnginfo=info),
+                {(4, 4): (10, 200, 90)})
+
+
 def cases() -> list[Case]:
     return [gray16_gradient(), rgba_cutout(), palette_with_transparency(), grey_alpha(),
-            icc_swapped(), bad_exif_png(), out_of_range_orientation()]
+            icc_swapped(), bad_exif_png(), out_of_range_orientation(), cmyk_jpeg(),
+            raw_profile_not_hex()]
