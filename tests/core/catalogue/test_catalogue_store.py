@@ -27,3 +27,21 @@ def test_catalogue_upsert_update_list_get(sessions) -> None:
     assert catalogue.get("sku-b") is None
 
 
+
+
+def test_catalogue_images_may_be_what_phones_save() -> None:
+    """HEIC and AVIF are read by the one decoding path, so the catalogue keeps them too
+    (before: a KeyError, answered 500)."""
+    import io
+    import re
+
+    from PIL import Image
+
+    from edge2core.core.catalogue.catalogue import IMAGE_KEY_PATTERN, image_key_for, image_media_type
+
+    for fmt, ext, media in (("HEIF", "heic", "image/heic"), ("AVIF", "avif", "image/avif")):
+        out = io.BytesIO()
+        Image.new("RGB", (32, 24), (200, 100, 50)).save(out, format=fmt)
+        key, media_type = image_key_for(out.getvalue())
+        assert key.endswith(f".{ext}") and media_type == media
+        assert re.fullmatch(IMAGE_KEY_PATTERN, key) and image_media_type(key) == media

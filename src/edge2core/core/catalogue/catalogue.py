@@ -43,9 +43,12 @@ CHANGEABLE = frozenset({"name", "coarse", "price", "currency", "status", "descri
 IMPORTED = ("name", "coarse", "description", "image_key")
 IMAGE_PREFIX = "catalogue/images/"
 # What `image_key_for` makes: the only keys a product's image may name.
-IMAGE_KEY_PATTERN = r"^catalogue/images/[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|png|webp)$"
+IMAGE_KEY_PATTERN = r"^catalogue/images/[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|png|webp|heic|avif)$"
+# Every format the one decoding path reads (`images.SUPPORTED_FORMATS`): kept as sent, decoded
+# to sRGB wherever pixels are needed.
 IMAGE_TYPES = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"),
-               "WEBP": ("webp", "image/webp")}
+               "WEBP": ("webp", "image/webp"), "HEIF": ("heic", "image/heic"),
+               "AVIF": ("avif", "image/avif")}
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
