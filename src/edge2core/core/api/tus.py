@@ -16,7 +16,7 @@ from email.utils import format_datetime
 from pydantic import ValidationError
 
 from edge2core.common.errors import Invalid, Unsupported
-from edge2core.common.events import SHA256_PATTERN, PhotoRecord
+from edge2core.common.events import META_HEADER, SHA256_PATTERN, PhotoRecord
 from edge2core.core.ingest.uploads import TUS_VERSION, UploadState
 
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
@@ -155,3 +155,61 @@ def tus_headers(state: UploadState | None = None) -> dict[str, str]:
             if state.done.erased:
                 headers["X-E2C-Erased"] = "true"
     return headers
+
+
+# --- the OpenAPI document of the tus routes ----------------------------------------------------
+# The routes read their headers themselves (above), so the framework cannot describe them: these
+# are the header parameters, bodies and answer headers the routes really take and give.
+
+_COUNT_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+
+
+def _header(name: str, description: str, schema: dict[str, object],
+            required: bool = True) -> dict[str, object]:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": schema}
+
+
+TUS_RESUMABLE_PARAMETER = _header(
+    "Tus-Resumable", f"the tus version the client speaks; another (or none) is refused 412 "
+    f"`tus_version`, with `Tus-Version: {TUS_VERSION}`", {"type": "string", "enum": [TUS_VERSION]})
+UPLOAD_LENGTH_PARAMETER = _header(
+    "Upload-Length", "the photo's size in bytes (decimal digits; no deferred length): missing "
+    "or malformed is 400 `no_length`/`bad_length`, over the core's limit (`Tus-Max-Size`, "
+    "OPTIONS) 413, another than the record's `size` 422 `size_mismatch`",
+    {**_COUNT_SCHEMA, "minimum": 1})
+UPLOAD_OFFSET_PARAMETER = _header(
+    "Upload-Offset", "where this body goes (decimal digits): the upload's offset, else 409 "
+    "`offset_mismatch` with the offset it is at", _COUNT_SCHEMA)
+UPLOAD_METADATA_PARAMETER = _header(
+    "Upload-Metadata", "tus metadata, comma-separated `key base64(value)` pairs: `record` (the "
+    "photo record as JSON) or one key per record field (`sha256`, `site`, `device`, `source`, "
+    "`width`, `height`, ...; `size` defaults to Upload-Length). Needed unless X-E2C-Meta "
+    "gives the record; what does not parse, or is not a valid record, is 400 `bad_metadata`",
+    {"type": "string"}, required=False)
+META_PARAMETER = _header(
+    META_HEADER, "the photo record as JSON (the edge's way; wins over Upload-Metadata)",
+    {"type": "string"}, required=False)
+
+_DIGITS = {"type": "integer", "minimum": 0}
+TUS_VERSION_HEADER = {"required": True, "description": "the tus version this server speaks",
+                      "schema": {"type": "string", "enum": [TUS_VERSION]}}
+UPLOAD_HEADERS: dict[str, dict[str, object]] = {
+    "Tus-Resumable": TUS_VERSION_HEADER,
+    "Upload-Offset": {"description": "how many bytes the core holds durably",
+                      "schema": _DIGITS},
+    "Upload-Length": {"description": "the upload's declared length", "schema": _DIGITS},
+    "Upload-Expires": {"description": "when an unfinished upload is dropped (RFC 9110 date)",
+                       "schema": {"type": "string"}},
+    "X-E2C-Key": {"description": "the stored photo's key: the only proof of storage",
+                  "schema": {"type": "string"}},
+    "X-E2C-Created": {"description": "whether this upload stored the photo (else a replay)",
+                      "schema": {"type": "string", "enum": ["true", "false"]}},
+    "X-E2C-Erased": {"description": "the photo was erased (privacy); nothing is stored",
+                     "schema": {"type": "string", "enum": ["true"]}},
+}
+LOCATION_HEADER = {"required": True, "description": "the upload's URL",
+                   "schema": {"type": "string"}}
+OFFSET_BODY = {"requestBody": {
+    "required": True, "description": "the bytes from Upload-Offset on",
+    "content": {OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
