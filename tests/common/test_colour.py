@@ -92,3 +92,18 @@ def test_recognition_and_training_see_the_same_pixels_as_capture(
     in_training = preprocess_bytes([case.data])
     assert at_edge.shape == in_training.shape
     assert np.allclose(at_edge, in_training, atol=1e-5), case.name
+
+
+def test_a_large_photo_with_a_profile_is_converted_after_shrinking_with_the_same_colours() -> None:
+    """Capture shrinks before the ICC transform (cheaper on 12 MP); the colours still come out
+    converted: a swapped-primaries photo of (200, 60, 20) is stored as (60, 200, 20)."""
+    from tests.support.image_corpus import swapped_primaries_profile
+
+    out = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (200, 60, 20)).save(
+        out, "JPEG", quality=95, icc_profile=swapped_primaries_profile())
+    photo = prepare(out.getvalue(), PreparePolicy())
+    assert (photo.width, photo.height) == (1024, 683)
+    with Image.open(io.BytesIO(photo.data)) as image:
+        pixel = np.asarray(image.convert("RGB"))[300, 500].astype(int)
+    assert np.abs(pixel - [60, 200, 20]).max() <= 6

@@ -189,12 +189,15 @@ def open_checked(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
     return image, fmt
 
 
-def decode_rgb(image: Image.Image, *, reduce_to: int | None = None) -> Image.Image:
+def decode_rgb(image: Image.Image, *, reduce_to: int | None = None,
+               shrink_to: int | None = None) -> Image.Image:
     """Decode fully (truncated data fails here), convert to 8-bit sRGB (`colour.to_srgb8`:
     ICC profile, bit depth, transparency, mode), apply the EXIF orientation; returns RGB.
 
     `reduce_to` lets JPEG decode at 1/2, 1/4 or 1/8 scale when the target is that small:
-    the cheapest resize is the one the decoder never has to do.
+    the cheapest resize is the one the decoder never has to do. `shrink_to` (capture, which
+    stores at most that long side anyway) shrinks the decoded pixels to it before the colour
+    conversion, so an ICC transform runs on a fraction of a phone photo's pixels.
     Raises `ImageRejected(CORRUPT)` for damaged pixels only; unreadable metadata is ignored.
     """
     try:
@@ -203,11 +206,15 @@ def decode_rgb(image: Image.Image, *, reduce_to: int | None = None) -> Image.Ima
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(RejectReason.CORRUPT, f"the image data is damaged: {exc}") from exc
+    turn = orientation(image)  # read off the source: the converted copy has no EXIF
+    source = image
+    if shrink_to and max(image.size) > shrink_to and image.info.get("icc_profile"):
+        source = resize_long_side(image, shrink_to)
+        source.info = dict(image.info)  # the profile travels with the pixels
     try:
-        rgb = to_srgb8(image)
+        rgb = to_srgb8(source)
     except (OSError, ValueError) as exc:
         raise ImageRejected(RejectReason.CORRUPT, f"the pixels cannot be read: {exc}") from exc
-    turn = orientation(image)  # read off the source: the converted copy has no EXIF
     return rgb.transpose(turn) if turn is not None else rgb
 
 

@@ -76,7 +76,7 @@ def prepare(data: bytes, policy: PreparePolicy, redactor: Redactor | None = None
     """Raises `ImageRejected` for anything that is not a sound, supported photo within limits."""
     image, fmt = open_checked(data, policy.limits)
     with image:
-        rgb = decode_rgb(image, reduce_to=policy.long_side)
+        rgb = decode_rgb(image, reduce_to=policy.long_side, shrink_to=policy.long_side)
     resized = resize_long_side(rgb, policy.long_side)
     quality = check_quality(resized, policy.quality)
     redaction = None
