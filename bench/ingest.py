@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvicorn
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PHOTOS, assert_distinct, emit, median, say, synthetic_photos
@@ -42,6 +42,7 @@ from edge2core.edge.inference import Recognizer
 from edge2core.edge.intake import Intake
 from edge2core.edge.prepare import PreparePolicy
 from edge2core.edge.spool import Spool
+from edge2core.sim.profiles import swapped_primaries_profile
 
 WORKERS = 2  # the machine's cores; both pipelines get the same concurrency
 LONG_SIDE = 1024
@@ -65,28 +66,12 @@ def phone_photo(seed: int) -> bytes:
     pixels = np.clip(np.asarray(big, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     exif = Image.Exif()
     exif[0x010F] = "PhoneMaker"
-    icc = {"icc_profile": wide_gamut_profile()} if seed % 2 == 0 else {}
+    icc = {"icc_profile": swapped_primaries_profile("Wide")} if seed % 2 == 0 else {}
     exif[0x0112] = 1
     exif[0x8825] = {1: "N", 2: (59.0, 20.0, 0.0), 3: "E", 4: (18.0, 4.0, 0.0)}
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=92, exif=exif, **icc)
     return out.getvalue()
-
-
-def wide_gamut_profile() -> bytes:
-    """An RGB matrix profile that is not sRGB by name (so ours converts with it): sRGB's
-    primaries with the red and green swapped, as cheap to apply as Display P3's."""
-    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    count = int.from_bytes(data[128:132], "big")
-    tags = {bytes(data[132 + 12 * i: 136 + 12 * i]): (
-        int.from_bytes(data[136 + 12 * i: 140 + 12 * i], "big"),
-        int.from_bytes(data[140 + 12 * i: 144 + 12 * i], "big")) for i in range(count)}
-    (r_off, r_len), (g_off, g_len) = tags[b"rXYZ"], tags[b"gXYZ"]
-    red, green = bytes(data[r_off:r_off + r_len]), bytes(data[g_off:g_off + g_len])
-    data[r_off:r_off + r_len], data[g_off:g_off + g_len] = green, red
-    name = data.find("sRGB".encode("utf-16-be"))
-    data[name:name + 8] = "Wide".encode("utf-16-be")
-    return bytes(data)
 
 
 def format_photos(n: int) -> list[bytes]:

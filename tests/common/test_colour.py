@@ -97,7 +97,7 @@ def test_recognition_and_training_see_the_same_pixels_as_capture(
 def test_a_large_photo_with_a_profile_is_converted_after_shrinking_with_the_same_colours() -> None:
     """Capture shrinks before the ICC transform (cheaper on 12 MP); the colours still come out
     converted: a swapped-primaries photo of (200, 60, 20) is stored as (60, 200, 20)."""
-    from tests.support.image_corpus import swapped_primaries_profile
+    from edge2core.sim.profiles import swapped_primaries_profile
 
     out = io.BytesIO()
     Image.new("RGB", (3000, 2000), (200, 60, 20)).save(

@@ -7,13 +7,13 @@ or an expected refusal reason. Everything is made here; no image files live in t
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image
 
 from edge2core.common.colour import BACKGROUND
+from edge2core.sim.profiles import swapped_primaries_profile
 
 
 @dataclass(frozen=True)
@@ -28,23 +28,6 @@ def _png(image: Image.Image, **params: object) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", **params)
     return out.getvalue()
-
-
-def swapped_primaries_profile() -> bytes:
-    """An RGB ICC profile equal to sRGB but with the red and green primaries swapped: a pixel
-    (r, g, b) in it is (g, r, b) in sRGB, a right answer known without any colour maths."""
-    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    count = struct.unpack(">I", data[128:132])[0]
-    tags = {}
-    for i in range(count):
-        sig, offset, size = struct.unpack(">4sII", data[132 + 12 * i : 144 + 12 * i])
-        tags[sig] = (offset, size)
-    (r_off, r_size), (g_off, g_size) = tags[b"rXYZ"], tags[b"gXYZ"]
-    red, green = bytes(data[r_off : r_off + r_size]), bytes(data[g_off : g_off + g_size])
-    data[r_off : r_off + r_size], data[g_off : g_off + g_size] = green, red
-    name = data.find("sRGB".encode("utf-16-be"))
-    data[name : name + 8] = "Swap".encode("utf-16-be")  # not taken for sRGB by its name
-    return bytes(data)
 
 
 def gray16_gradient() -> Case:
