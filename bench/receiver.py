@@ -264,7 +264,7 @@ def build_100k(work: Path, repeats: int, n: int = 100_000) -> list[float]:
     from edge2core.core.db import migrations
     from edge2core.core.db.engine import make_engine, make_sessionmaker
     from edge2core.core.db.schema import ImageRow
-    from edge2core.core.ingest.receiver import stable_split
+    from edge2core.core.ingest.near_dups import stable_split
 
     engine = make_engine(f"sqlite:///{work / 'build.db'}")
     migrations.upgrade(engine)

@@ -14,7 +14,7 @@ import pytest
 from edge2core.common.events import Source
 from edge2core.common.objectstore import image_key
 from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
-from edge2core.core.ingest.receiver import stable_split
+from edge2core.core.ingest.near_dups import stable_split
 from tests.support.receiving import VAL_PERCENT, chunks, distinct_jpeg, record_for
 
 SKUS = ("SKU-A", "SKU-B", "SKU-C")

@@ -26,7 +26,8 @@ from edge2core.core.curate.labelling import LabellingQueue
 from edge2core.core.db import migrations
 from edge2core.core.db.engine import make_engine, make_sessionmaker
 from edge2core.core.db.schema import ImageRow
-from edge2core.core.ingest.receiver import ImageReceiver, stable_split
+from edge2core.core.ingest.near_dups import stable_split
+from edge2core.core.ingest.receiver import ImageReceiver
 from tests.support.backends import Backend, noisy_jpeg
 from tests.support.jpegs import jpeg_bytes
 

@@ -28,7 +28,6 @@ from edge2core.core.ingest import checks
 from edge2core.core.ingest.accepting import Receipt
 from edge2core.core.ingest.errors import UploadTooLarge
 from edge2core.core.ingest.near_dups import photo_dhash
-from edge2core.core.ingest.near_dups import stable_split as stable_split  # re-export: bench, tests
 from edge2core.core.ingest.rows import ERASED, PhotoRows
 
 # Bodies up to this size are kept in memory rather than staged in a file: prepared photos are
