@@ -119,6 +119,7 @@ def main() -> None:
     from edge2core.core.db.schema import ImageRow, create_schema
     from edge2core.core.deliver.gate import ModelGate
     from edge2core.core.deliver.registry import ModelRegistry
+    from edge2core.core.train.embedding_cache import EmbeddingCache
     from edge2core.core.train.run import IMAGENET_BACKBONE, Trainer
     from edge2core.edge.prepare import PreparePolicy, prepare
 
@@ -161,7 +162,7 @@ def main() -> None:
     gate = ModelGate(PromotionGate(), datasets, lambda model, entries: trainer.score_model(model, entries))
     registry = ModelRegistry(store, sessions, signer=Signer.load_or_create(work / "keys"), gate=gate)
     trainer = Trainer(datasets, store, registry, threads=args.threads, catalogue=catalogue,
-                      cache_dir=work / "cache" / "embeddings")
+                      cache=EmbeddingCache(work / "cache" / "embeddings"))
 
     # ---- photos: prepared as the edge would, stored, recorded with the dataset's own split
     policy = PreparePolicy()

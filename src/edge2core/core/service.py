@@ -41,8 +41,10 @@ from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.loop.automation import LearningLoop
 from edge2core.core.loop.drift import DriftWatch
+from edge2core.core.train.embedding_cache import EmbeddingCache
+from edge2core.core.train.on_demand import TrainerOnDemand
 
-if TYPE_CHECKING:  # train/ brings PyTorch: imported where the trainer is built
+if TYPE_CHECKING:  # train/run brings PyTorch: imported where the trainer is built
     from edge2core.core.train.run import Trainer
 
 log = get_logger(__name__)
@@ -79,10 +81,14 @@ def build_core_services(
     gate = ModelGate(settings.gate, datasets, lambda model, entries: trainer.score_model(model, entries))
     registry = ModelRegistry(store, sessions, sites,
                              signer=Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
-    from edge2core.core.train.run import Trainer
 
-    trainer = Trainer(datasets, store, registry, threads=settings.training_threads,
-                      cache_dir=settings.resolved_embedding_cache_dir, catalogue=catalogue)
+    def build_trainer(cache: EmbeddingCache) -> Trainer:  # on first use: it loads PyTorch
+        from edge2core.core.train.run import Trainer
+
+        return Trainer(datasets, store, registry, threads=settings.training_threads,
+                       cache=cache, catalogue=catalogue)
+
+    trainer = TrainerOnDemand(build_trainer, EmbeddingCache(settings.resolved_embedding_cache_dir))
     loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer, wake)
     receiver = ImageReceiver(
         store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
@@ -118,7 +124,7 @@ def build_core_services(
 
 
 def learning_loop(policy: AutomationPolicy, sessions: sessionmaker[Session], catalogue: Catalogue,
-                  datasets: DatasetStore, registry: ModelRegistry, trainer: Trainer,
+                  datasets: DatasetStore, registry: ModelRegistry, trainer: TrainerOnDemand,
                   wake: threading.Event) -> LearningLoop:
     drift = DriftWatch(sessions, trainer.score_model, window=policy.drift_window,
                        min_photos=policy.drift_min_photos)

@@ -33,7 +33,7 @@ from edge2core.core.db.schema import ErasureRow, ImageRow, LabelTaskRow, Tombsto
 from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.service import build_core_services
-from edge2core.core.train.embeddings import EmbeddingCache
+from edge2core.core.train.embedding_cache import EmbeddingCache
 from tests.core.curate.test_datasets import T0, chunks, ingest, make_receiver, record_for
 from tests.support.backends import Backend, noisy_jpeg
 

@@ -85,7 +85,7 @@ def register_worse(core, model, promote: bool):
     bias[[0, 1]] = bias[[1, 0]]
     backbone = model.lineage["backbone"]
     head = head_onnx(HeadModel(weight, bias, model.classes), backbone)
-    full = compose_onnx(core.trainer.backbones.proto(backbone), head)
+    full = compose_onnx(core.trainer.get().backbones.proto(backbone), head)
     return core.registry.register(
         full, dataset_version=model.dataset_version, classes=model.classes, metrics={},
         params={"path": "test-worse"}, promote=promote,
@@ -177,12 +177,13 @@ def test_tampered_artefact_fails_signature_verification(core, first) -> None:
 
 
 def test_embedding_cache_survives_a_restart(core, first) -> None:
+    from edge2core.core.train.embedding_cache import EmbeddingCache
     from edge2core.core.train.run import Trainer
 
     # the first run computed every photo's embedding once
     assert first.record["embeddings_computed"] == core.dataset.stats["images"]
     restarted = Trainer(core.datasets, core.store, core.registry, catalogue=core.catalogue,
-                        cache_dir=core.data_dir / "cache" / "embeddings")
+                        cache=EmbeddingCache(core.data_dir / "cache" / "embeddings"))
     result = restarted.train(core.dataset.version, seed=0, register=False)
     assert result.record["embeddings_computed"] == 0
     assert not restarted._embedders  # no backbone session was even created
@@ -284,7 +285,7 @@ def test_eval_command_scores_a_list_with_the_shipped_artefact(core, first, tmp_p
 
 def test_full_path_makes_a_new_backbone_current_for_fast_updates(core, first) -> None:
     """Runs last in this module: it moves the current backbone."""
-    before = core.trainer.backbones.current()
+    before = core.trainer.get().backbones.current()
     assert before == "efficientnet-lite0-imagenet"
     full = core.trainer.train(core.dataset.version, seed=0, path="full", promote=False,
                               params={"epochs": 1, "train_size": 96, "batch_size": 16, "lr": 1e-4,
@@ -292,7 +293,7 @@ def test_full_path_makes_a_new_backbone_current_for_fast_updates(core, first) ->
     backbone = full.model.lineage["backbone"]
     assert backbone.startswith("efficientnet-lite0-ft-") and full.model.params["path"] == "full"
     assert full.record["base_backbone"] == before and full.record["device"] == "cpu"
-    assert core.trainer.backbones.current() == backbone
+    assert core.trainer.get().backbones.current() == backbone
     assert core.store.exists(f"backbones/{backbone}/weights.pt")
     log = [json.loads(line) for line in core.store.get(full.model.lineage["log_key"]).splitlines()]
     assert log[0]["epoch"] == 1 and {"train_loss", "val_loss", "val_top1"} <= set(log[0])

@@ -304,7 +304,7 @@ def test_composed_head_only_and_int8_agree_with_torch_export(backbone, backbone_
 
 
 def test_embedding_cache_persists_and_skips_recompute(tmp_path):
-    from edge2core.core.train.embeddings import EmbeddingCache
+    from edge2core.core.train.embedding_cache import EmbeddingCache
 
     calls: list[list[str]] = []
 

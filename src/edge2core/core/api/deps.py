@@ -9,7 +9,7 @@ exists. A route declares `services: Services` and FastAPI hands it the app's ins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,9 +25,7 @@ from edge2core.core.deliver.site_reports import SiteReports
 from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.loop.automation import LearningLoop
-
-if TYPE_CHECKING:  # train/ brings PyTorch: the API needs it only once a run starts
-    from edge2core.core.train.run import Trainer
+from edge2core.core.train.on_demand import TrainerOnDemand  # no PyTorch until a run starts
 
 
 @dataclass
@@ -43,7 +41,7 @@ class CoreServices:
     governance: Governance
     catalogue: Catalogue
     audit: AuditLog
-    trainer: Trainer
+    trainer: TrainerOnDemand
     registry: ModelRegistry
     reports: SiteReports
     loop: LearningLoop

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from edge2core.common.objectstore import ObjectStore
     from edge2core.core.curate.datasets import DatasetStore
-    from edge2core.core.train.embeddings import EmbeddingCache
+    from edge2core.core.train.embedding_cache import EmbeddingCache
 
 datasets_app = typer.Typer(
     help="Datasets: build versions from a query, diff, export; erasure and retention.",
@@ -196,7 +196,7 @@ def erase(
 
 def _embedding_cache(settings: CoreSettings) -> EmbeddingCache:
     """The core's embedding cache: erased photos' embeddings go with them."""
-    from edge2core.core.train.embeddings import EmbeddingCache
+    from edge2core.core.train.embedding_cache import EmbeddingCache
 
     return EmbeddingCache(settings.resolved_embedding_cache_dir)
 

@@ -30,7 +30,6 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,7 +40,8 @@ from edge2core.core.curate.datasets import DatasetEntry, DatasetStore
 from edge2core.core.deliver.registry import ModelInfo, ModelRegistry
 from edge2core.core.train.backbones import IMAGENET_BACKBONE, Backbones
 from edge2core.core.train.calibrate import coarse_map
-from edge2core.core.train.embeddings import EmbeddingCache, OrtEmbedder, preprocess_bytes
+from edge2core.core.train.embedding_cache import EmbeddingCache
+from edge2core.core.train.embeddings import OrtEmbedder, preprocess_bytes
 from edge2core.core.train.fit import (
     calibrate,
     choose_backbone,
@@ -74,8 +74,8 @@ def _silent(_message: str) -> None:
 class Trainer:
     """Runs training (one at a time) and scores registered models for the gate and drift.
 
-    ``cache_dir`` is the embedding cache folder (``embedding_cache_dir`` setting): it lives
-    outside the object store because it is local, derived and always safe to delete."""
+    ``cache`` is the embedding cache (its folder is the ``embedding_cache_dir`` setting): it
+    lives outside the object store because it is local, derived and always safe to delete."""
 
     def __init__(
         self,
@@ -83,7 +83,7 @@ class Trainer:
         store: ObjectStore,
         registry: ModelRegistry,
         *,
-        cache_dir: Path,
+        cache: EmbeddingCache,
         threads: int = 0,
         catalogue: ProductLookup | None = None,
     ) -> None:
@@ -93,7 +93,7 @@ class Trainer:
         self._threads = threads
         self._catalogue = catalogue
         self.backbones = Backbones(store, threads)
-        self.cache = EmbeddingCache(cache_dir)
+        self.cache = cache
         self._embedders: dict[str, OrtEmbedder] = {}
         self._heads: dict[str, Any] = {}  # head ONNX sha256 -> ONNX Runtime session
         self._lock = threading.Lock()  # one training run at a time

@@ -1,0 +1,62 @@
+"""The trainer, built the first time something needs it.
+
+Building a :class:`~edge2core.core.train.run.Trainer` imports PyTorch (about 1 s and 200 MB
+on our 2-core machines, measured with ``python -X importtime`` and the core's RSS), which a
+core that only receives photos never needs.  The core's wiring holds this handle instead: the
+API, the learning loop, the gate and drift call through it, and the real trainer is made on
+the first call (once, under a lock).  The embedding cache is built up front, without PyTorch,
+because erasing a photo purges its vectors whether or not a run ever happened.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge2core.core.train.embedding_cache import EmbeddingCache
+
+if TYPE_CHECKING:
+    from edge2core.core.curate.datasets import DatasetEntry
+    from edge2core.core.deliver.registry import ModelInfo
+    from edge2core.core.train.run import Trainer
+    from edge2core.core.train.state import TrainingResult
+
+__all__ = ["TrainerOnDemand"]
+
+
+class TrainerOnDemand:
+    """Forwards ``train``, ``rerun`` and ``score_model`` to a trainer that ``build(cache)``
+    makes on first use; ``cache`` is the shared embedding cache, usable at once."""
+
+    def __init__(self, build: Callable[[EmbeddingCache], Trainer], cache: EmbeddingCache) -> None:
+        self._build = build
+        self.cache = cache
+        self._trainer: Trainer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        """Whether the real trainer (and PyTorch) has been loaded yet."""
+        return self._trainer is not None
+
+    def get(self) -> Trainer:
+        """The trainer, built now if this is the first use."""
+        with self._lock:
+            if self._trainer is None:
+                self._trainer = self._build(self.cache)
+            return self._trainer
+
+    def train(self, dataset_version: int, **options: Any) -> TrainingResult:
+        """:meth:`Trainer.train` (same arguments, same errors)."""
+        return self.get().train(dataset_version, **options)
+
+    def rerun(self, record: dict[str, Any] | str, *, register: bool = False) -> dict[str, Any]:
+        """:meth:`Trainer.rerun`."""
+        return self.get().rerun(record, register=register)
+
+    def score_model(self, model: ModelInfo, entries: list[DatasetEntry]) -> np.ndarray:
+        """:meth:`Trainer.score_model`: probabilities (N, C)."""
+        return self.get().score_model(model, entries)
