@@ -360,6 +360,38 @@ def test_retired_product_is_never_the_answer(
     assert recognize(edge.client, trained_model.held_out(0)[0]).json()["sku"] == sku(0)
 
 
+def test_answers_carry_the_category_beside_the_product(
+    make_edge: Callable[..., Edge], trained_model: TrainedModel  # noqa: F811
+) -> None:
+    """Coarse beside fine: each guess names its category and the answer gives the category
+    with the most probability, summed over its products (retired ones count for nothing)."""
+    edge = make_edge(trained_model, unrecognised_below=0.0)
+    categories = {sku(0): "Fruit", sku(1): "Fruit", sku(2): "Dairy"}
+    edge.catalogue.replace([p.model_copy(update={"coarse": categories[p.sku]})
+                            for p in trained_model.products])
+    answer = recognize(edge.client, trained_model.held_out(0)[0]).json()
+    assert {c["sku"]: c["coarse"] for c in answer["top_k"]} == categories  # 3 classes, top 3
+    fruit = sum(c["confidence"] for c in answer["top_k"] if c["coarse"] == "Fruit")
+    assert answer["coarse"] == "Fruit"
+    assert answer["coarse_confidence"] == pytest.approx(fruit, abs=1e-5)
+    assert answer["coarse_confidence"] >= answer["confidence"]
+
+    # Retire both fruits: their probability no longer counts towards "Fruit".
+    edge.catalogue.replace([p.model_copy(update={"coarse": categories[p.sku],
+                                                 "status": ProductStatus.RETIRED if p.sku != sku(2)
+                                                 else p.status})
+                            for p in trained_model.products])
+    answer = recognize(edge.client, trained_model.held_out(0)[0]).json()
+    assert answer["coarse"] == "Dairy"
+    assert answer["coarse_confidence"] == pytest.approx(answer["top_k"][0]["confidence"], abs=1e-6)
+
+    # A catalogue without categories: no coarse answer, rather than a made-up one.
+    edge.catalogue.replace([p.model_copy(update={"coarse": ""}) for p in trained_model.products])
+    answer = recognize(edge.client, trained_model.held_out(0)[0]).json()
+    assert answer["coarse"] is None and answer["coarse_confidence"] is None
+    assert all(c["coarse"] is None for c in answer["top_k"])
+
+
 def test_unsure_answer_keeps_the_photo_for_labelling(
     make_edge: Callable[..., Edge], trained_model: TrainedModel  # noqa: F811
 ) -> None:

@@ -56,6 +56,29 @@ class Candidate(BaseModel):
     sku: str
     name: str | None
     confidence: float
+    coarse: str | None = None  # the product's category in the site's catalogue, if it has one
+
+
+@dataclass(frozen=True)
+class ClassView:
+    """What the catalogue says about a model's classes, rebuilt only when the model or the
+    catalogue changes: which may be answered (retired ones may not), and each class's
+    category as an index into ``coarse_names`` (-1: no category)."""
+
+    sellable: np.ndarray  # bool (C,)
+    coarse_index: np.ndarray  # int64 (C,)
+    coarse_names: tuple[str, ...]
+
+    def best_coarse(self, probs: np.ndarray) -> tuple[str | None, float | None]:
+        """The category with the most probability (summed over its products) and that sum,
+        so an app can say "an apple" when it is unsure which apple; (None, None) when no
+        class has a category."""
+        known = self.coarse_index >= 0
+        if not self.coarse_names or not known.any():
+            return None, None
+        sums = np.bincount(self.coarse_index[known], weights=probs[known], minlength=len(self.coarse_names))
+        best = int(sums.argmax())
+        return self.coarse_names[best], float(sums[best])
 
 
 class Answer(BaseModel):
@@ -67,6 +90,10 @@ class Answer(BaseModel):
     confidence: float
     top_k: list[Candidate]
     model_version: int
+    # The most likely category and its probability (the sum over its products), beside the
+    # fine answer: coarse accuracy is much higher than fine (see the model's coarse_top1).
+    coarse: str | None = None
+    coarse_confidence: float | None = None
     latency_ms: float
     request_id: str | None = None
     # The promotion valid now (from the site's catalogue replica) and the price with it.
@@ -112,7 +139,7 @@ class Recognizer:
         self._min_golden_top1 = min_golden_top1
         self._model: LoadedModel | None = None
         self._previous: LoadedModel | None = None
-        self._mask: tuple[tuple[str, int, int], np.ndarray] | None = None
+        self._view: tuple[tuple[str, int, int], ClassView] | None = None
         self._watch = watch or LiveWatch()
         # Versions rolled back after going live: the model agent will not load them again.
         self.rolled_back: set[str] = set()
@@ -236,15 +263,17 @@ class Recognizer:
     def _answer(
         self, model: LoadedModel, probs: np.ndarray, start: float, request_id: str | None
     ) -> Answer:
-        sellable = self._sellable(model)
+        view = self._class_view(model)
         # Retired products are masked here at once, before any retraining removes them.
-        masked = np.where(sellable, probs, 0.0)
+        masked = np.where(view.sellable, probs, 0.0)
         order = np.argsort(-masked)[: self._top_k]
         top = [
             Candidate(sku=model.classes[i], name=self._name(model.classes[i]),
-                      confidence=float(masked[i]))
+                      confidence=float(masked[i]),
+                      coarse=view.coarse_names[view.coarse_index[i]] if view.coarse_index[i] >= 0 else None)
             for i in order
         ]
+        coarse, coarse_confidence = view.best_coarse(masked)
         best = top[0]
         recognised = best.confidence >= self.threshold(model)
         product = self._catalogue.get(best.sku) if recognised else None
@@ -258,21 +287,32 @@ class Recognizer:
             confidence=best.confidence,
             top_k=top,
             model_version=model.version,
+            coarse=coarse,
+            coarse_confidence=coarse_confidence,
             latency_ms=(time.perf_counter() - start) * 1000,
             request_id=request_id,
             promotion=promotion,
             effective_price=price_now,
         )
 
-    def _sellable(self, model: LoadedModel) -> np.ndarray:
-        """Which classes may be answered; rebuilt only when the model or catalogue changes,
-        not on every request."""
+    def _class_view(self, model: LoadedModel) -> ClassView:
+        """The catalogue's view of the model's classes; rebuilt only when the model or the
+        catalogue changes, not on every request."""
         key = (model.sha256, model.version, self._catalogue.revision)
-        cached = self._mask
+        cached = self._view
         if cached is None or cached[0] != key:
-            mask = np.array([self._catalogue.is_sellable(c) for c in model.classes])
-            cached = self._mask = (key, mask)
+            cached = self._view = (key, self._build_view(model))
         return cached[1]
+
+    def _build_view(self, model: LoadedModel) -> ClassView:
+        names: dict[str, int] = {}
+        index = []
+        for sku in model.classes:
+            product = self._catalogue.get(sku)
+            coarse = product.coarse if product is not None else ""
+            index.append(names.setdefault(coarse, len(names)) if coarse else -1)
+        return ClassView(sellable=np.array([self._catalogue.is_sellable(c) for c in model.classes], dtype=bool),
+                         coarse_index=np.array(index, dtype=np.int64), coarse_names=tuple(names))
 
     def threshold(self, model: LoadedModel) -> float:
         if self._threshold is not None:
