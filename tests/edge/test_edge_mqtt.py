@@ -19,6 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from prometheus_client import REGISTRY
 
 from edge2core.common import envelope, topics
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig
@@ -428,9 +429,17 @@ def test_an_unforeseen_exception_ends_in_a_dead_letter_not_a_redelivery_loop(
     calls: list[str] = []
     real_capture = site.gateway.capture
 
+    def skipped() -> float:
+        return REGISTRY.get_sample_value("e2c_mqtt_redelivery_skipped_total") or 0.0
+
+    skipped_before = skipped()
+
     def capture_or_raise(data: bytes, meta: object, door: str) -> object:
         if getattr(meta, "device", "") == "k-boom":
             calls.append("boom")
+            # Slower than the broker's ack wait: it resends the message (DUP) while a worker
+            # still holds it, and that copy must not be handled, nor dead-lettered, again.
+            time.sleep(0.6)
             raise Surprise("no handler was written for this")
         return real_capture(data, meta, door)  # type: ignore[arg-type]
 
@@ -451,7 +460,8 @@ def test_an_unforeseen_exception_ends_in_a_dead_letter_not_a_redelivery_loop(
     assert DeadLetters(site.settings.data_dir / "dead-letters").payload(letters[0].id) == (
         capture(JPEG))
     tried = len(calls)
-    assert tried == 3  # bounded attempts in the process
+    assert tried == 3  # bounded attempts in the process, the broker's resend skipped
+    assert skipped() > skipped_before  # the broker did resend, and the copy was skipped
     time.sleep(3)  # the broker would have redelivered an unacknowledged message by now
     assert len(calls) == tried
 

@@ -26,6 +26,9 @@ FACES_REDACTED = Counter("e2c_faces_redacted_total", "Faces blurred before leavi
 SPOOL_EVICTED = Counter(
     "e2c_spool_evicted_total", "Photos evicted from a full spool to make room", ["source"]
 )
+SPOOL_INDEX_REPAIRED = Counter(
+    "e2c_spool_index_repaired_total", "Corrupt spool indexes rebuilt at start (old one quarantined)"
+)
 SPOOL_OLDEST_AGE = Gauge("e2c_spool_oldest_age_seconds", "Age of the oldest photo waiting")
 DEVICES_REFUSED = Counter(
     "e2c_devices_refused_total", "Unknown or revoked devices refused", ["door", "reason"]
@@ -39,6 +42,10 @@ MQTT_POISON = Counter(
     "e2c_mqtt_poison_total",
     "MQTT messages whose handler failed every attempt (kept as dead letters)",
     ["topic_kind"],
+)
+MQTT_REDELIVERY_SKIPPED = Counter(
+    "e2c_mqtt_redelivery_skipped_total",
+    "MQTT messages the broker resent while a worker still held the first copy (not handled twice)",
 )
 MQTT_RETAINED_SKIPPED = Counter(
     "e2c_mqtt_retained_skipped_total", "Retained MQTT messages replayed on subscribe and skipped"

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
-from edge2core.common.metrics import MQTT_POISON, MQTT_RETAINED_SKIPPED
+from edge2core.common.metrics import MQTT_POISON, MQTT_REDELIVERY_SKIPPED, MQTT_RETAINED_SKIPPED
 from edge2core.edge.fair_workers import FairWorkers
 
 log = get_logger(__name__)
@@ -42,6 +42,10 @@ class MqttEndpoint:
     transport: Literal["tcp", "websockets"] = "tcp"
     username: str | None = None
     password: str | None = None
+    # TLS (mqtts, wss): trust this CA file; present certfile/keyfile when the broker asks.
+    ca_file: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 def make_client(
@@ -59,6 +63,9 @@ def make_client(
         client.ws_set_options(path="/mqtt")
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.ca_file:
+        # paho re-reads these files on every (re)connect: a renewed certificate is used at once.
+        client.tls_set(ca_certs=endpoint.ca_file, certfile=endpoint.certfile, keyfile=endpoint.keyfile)
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     client.on_socket_open = _no_delay
     return client
@@ -141,6 +148,11 @@ class MqttDoor:
         self._replay_retained = replay_retained
         self._session_present = False
         self._subscribed = threading.Event()
+        # (topic, packet id) of messages a worker holds: the broker resends an unacknowledged
+        # message (same packet id, DUP set) when its ack wait runs out, and a copy of one still
+        # being worked on must not be handled (or dead-lettered) a second time.
+        self._in_flight: set[tuple[str, int]] = set()
+        self._in_flight_lock = threading.Lock()
         self.granted_qos: list[int] = []
         persistent = qos > 0
         self._workers = FairWorkers(workers, f"e2c-door-{client_id}") if persistent else None
@@ -191,7 +203,14 @@ class MqttDoor:
         if self._workers is None:  # QoS 0: the handler only hands the work on
             self._run(msg)
             return
-        self._workers.submit(_device_key(msg.topic), lambda: self._finish(client, msg))
+        key = (msg.topic, msg.mid)
+        with self._in_flight_lock:
+            if key in self._in_flight:
+                MQTT_REDELIVERY_SKIPPED.inc()
+                log.info("redelivery of a message still being handled skipped", topic=msg.topic, mid=msg.mid)
+                return
+            self._in_flight.add(key)
+        self._workers.submit(_device_key(msg.topic), lambda: self._finish(client, msg, key))
 
     def _ignored(self, msg: mqtt.MQTTMessage) -> bool:
         """Messages that carry nothing to do.
@@ -212,9 +231,13 @@ class MqttDoor:
             return True
         return False
 
-    def _finish(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
-        if self._run(msg):
-            client.ack(msg.mid, msg.qos)
+    def _finish(self, client: mqtt.Client, msg: mqtt.MQTTMessage, key: tuple[str, int]) -> None:
+        try:
+            if self._run(msg):
+                client.ack(msg.mid, msg.qos)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(key)
 
     def _run(self, msg: mqtt.MQTTMessage) -> bool:
         """True when the message is finished with: handled, refused, or kept as a dead letter."""
