@@ -142,6 +142,20 @@ def test_fast_run_registers_an_evaluated_signed_model(core, first) -> None:
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
+def test_an_int8_twin_that_loses_accuracy_is_not_shipped(core, first) -> None:
+    """A tolerance no INT8 model can meet: the version ships fp32 only, and says why."""
+    lossy = core.trainer.train(core.dataset.version, seed=0, promote=False,
+                               params={"int8_max_drop": -1.0, "int8_min_photo_drop": 0})
+    report = lossy.model.metrics["shipped"]["int8"]
+    assert "fp32 only" in report["refused"] and "photos_lost" in report
+    assert "int8" not in lossy.model.artifacts and "backbone_int8" not in lossy.model.artifacts
+    assert lossy.record["params"]["int8_max_drop"] == -1.0
+    # The default tolerance kept the first model's twin (checked above), and says how close it was.
+    kept = first.model.metrics["shipped"]["int8"]
+    assert "refused" not in kept
+    assert kept["photos_lost"] < 2 or kept["top1_drop"] <= 0.01
+
+
 def test_tampered_artefact_fails_signature_verification(core, first) -> None:
     from edge2core.common.signing import (
         SignatureError,

@@ -5,6 +5,7 @@
   from the cached INT8 backbone: no torch export, well under a second;
 * ``verify_shipped``: the shipped files run with ONNX Runtime on val photos, against the
   head on cached embeddings (what the registry's metrics claim must be what the edge runs);
+  an INT8 twin that loses more than ``int8_max_drop`` top-1 is not shipped (fp32 only);
 * ``save_run_files``: ``runs/<run id>/`` record, training log and confusion picture;
 * ``register_model``: the registry write, signed, with lineage pointing at those files.
 """
@@ -75,7 +76,23 @@ def verify_shipped(run: TrainingRun, store: ObjectStore, threads: int) -> None:
                 shipped[kind] = shipped_report(_run_onnx(data, x, threads), reference, y)
         if "int8" in shipped:
             shipped["int8"]["top1_drop"] = shipped["fp32"]["top1"] - shipped["int8"]["top1"]
+            _refuse_lossy_int8(run, shipped["int8"], len(sample))
     run.metrics["shipped"] = shipped
+
+
+def _refuse_lossy_int8(run: TrainingRun, report: dict[str, Any], n: int) -> None:
+    """Drop the INT8 twin when it loses more than ``int8_max_drop`` top-1 over ``n`` val photos
+    (and at least ``int8_min_photo_drop`` photos): the edge then runs this version in fp32
+    (slower, not wrong), and the report says why."""
+    tolerance = float(run.opts["int8_max_drop"])
+    drop = float(report["top1_drop"])
+    report["photos_lost"] = lost = round(drop * n)
+    if drop <= tolerance + 1e-9 or lost < int(run.opts["int8_min_photo_drop"]):
+        return
+    report["refused"] = (f"INT8 loses {drop:.3f} top-1 against fp32 (tolerance {tolerance:.3f}): "
+                         "this version ships fp32 only")
+    run.shipped().int8 = None
+    log.warning("INT8 artefact not shipped", run_id=run.run_id, top1_drop=round(drop, 4), tolerance=tolerance)
 
 
 def _run_onnx(model: bytes, images: np.ndarray, threads: int) -> np.ndarray:
