@@ -443,7 +443,7 @@ def test_one_shot_put_answers_like_the_route(core: Core, monkeypatch: pytest.Mon
     assert taken == ["fast", "fast", "fast"]
     # Malformed requests go to the route and keep its answers.
     missing = core.http.put(url, content=data)
-    assert missing.status_code == 422 and isinstance(missing.json()["detail"], list)
+    assert missing.status_code == 422 and isinstance(missing.json()["issues"], list)
     bad = core.http.put(url, content=data, headers={"X-E2C-Meta": "{"})
     assert (bad.status_code, bad.json()["error"]) == (400, "bad_metadata")
     ids = core.http.put(f"/v1/images/{wrong.sha256}", content=data, headers=meta)

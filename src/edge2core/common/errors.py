@@ -17,6 +17,9 @@ and answers `{"error": code, "detail": message}`. MQTT refusals use the same cod
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class DomainError(Exception):
     """Base of the vocabulary: `code` is stable (clients and metrics key on it), `detail` says
@@ -69,3 +72,15 @@ class Busy(DomainError):
 FAMILIES: tuple[type[DomainError], ...] = (
     NotFound, Conflict, Invalid, TooLarge, Unsupported, Unauthorised, Busy,
 )
+
+
+def describe_validation(errors: Iterable[Mapping[str, Any]], limit: int = 5) -> str:
+    """One line for people from pydantic/FastAPI validation errors: where and what (``query.n:
+    Input should be ...``), never the input itself, the server's code or its paths."""
+    parts = []
+    for error in list(errors)[:limit]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        message = str(error.get("msg", "invalid"))
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts) or "the request is malformed"
+

@@ -7,12 +7,14 @@ traceback or a server path; a bug is logged with its traceback.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
+from edge2core.common.errors import describe_validation
 from edge2core.common.identifiers import InvalidIdentifier
 from edge2core.common.logging import get_logger
 from edge2core.edge.gateway import error_reason
@@ -27,6 +29,7 @@ STATUS = {
     "spool_full": 507,
     "no_model": 503,
     "overloaded": 503,
+    "rate_limited": 429,
     "wrong_site": 403,
     "unknown_device": 401,
     "revoked_device": 403,
@@ -54,11 +57,7 @@ def reason_of(exc: Exception) -> str:
 
 def validation_detail(errors: list[Any]) -> str:
     """Where and what, from pydantic/FastAPI errors: never the server's code or paths."""
-    parts = []
-    for error in errors[:5]:
-        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {error.get('msg', 'invalid')}" if loc else str(error.get("msg")))
-    return "; ".join(parts) or "the request is malformed"
+    return describe_validation(errors)
 
 
 def detail_of(exc: Exception) -> str:
@@ -73,8 +72,11 @@ def _body_announced(request: Request) -> bool:
     return "transfer-encoding" in headers or length not in ("", "0")
 
 
-def error_response(request: Request, reason: str, detail: str, status: int) -> JSONResponse:
+def error_response(request: Request, reason: str, detail: str, status: int,
+                   retry_after_s: float | None = None) -> JSONResponse:
     headers: dict[str, str] = {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     if reason == "unknown_device":
         headers["WWW-Authenticate"] = "Bearer"
     # A body left unread on purpose (over the limit, or one an `Expect: 100-continue` client is

@@ -82,7 +82,7 @@ if schemathesis is not None:
             body = json.loads(response.content or b"{}")
         except ValueError:
             body = {}
-        found = body.get("detail") if isinstance(body.get("detail"), list) else []
+        found = body.get("issues") if isinstance(body.get("issues"), list) else []
         schema_rules = [e for e in found if e.get("type") != "value_error"]
         if schema_rules:
             raise AssertionError(

@@ -79,8 +79,9 @@ def test_every_error_is_one_body() -> None:
                                                          "detail": "no such key"})
     invalid = app_raising(Invalid("x")).get("/typed", params={"n": "one"})
     assert invalid.status_code == 422 and invalid.json()["error"] == "invalid"
-    assert invalid.json()["detail"][0]["loc"] == ["query", "n"]
-    assert set(invalid.json()["detail"][0]) == {"loc", "msg", "type"}
+    assert invalid.json()["issues"][0]["loc"] == ["query", "n"]
+    assert set(invalid.json()["issues"][0]) == {"loc", "msg", "type"}
+    assert invalid.json()["detail"].startswith("query.n: ")  # a message, like every detail
 
 
 def test_an_unexpected_failure_says_nothing_about_the_code() -> None:

@@ -5,8 +5,8 @@ Every error is JSON `{"error": code, "detail": message}` (`Error`): a stable cod
 `common.errors` (or subclasses naming a finer code) and never knows about HTTP; `status_of`
 maps them to a status here. A request that does not fit the schema (a missing field, a wrong
 type, an integer out of range, a body that is not JSON) is answered `422` with code `invalid`
-(the status FastAPI uses), and there `detail` is, as in FastAPI's own answer, the list of what
-does not fit (`loc`, `msg`, `type`; never the input). A gate refusal adds its `report`. An
+(the status FastAPI uses): `detail` says where and what in one line, as every other `detail`
+does, and `issues` lists what does not fit (`loc`, `msg`, `type`; never the input). A gate refusal adds its `report`. An
 unexpected failure is answered `500` `internal_error` and logged with its traceback; no error
 body carries a traceback, a file path or a line number.
 """
@@ -34,6 +34,7 @@ from edge2core.common.errors import (
     TooLarge,
     Unauthorised,
     Unsupported,
+    describe_validation,
 )
 from edge2core.common.identifiers import InvalidIdentifier
 from edge2core.common.logging import get_logger
@@ -79,9 +80,10 @@ class Error(BaseModel):
     model_config = ConfigDict(extra="allow", title="Error")
 
     error: str = Field(description="a stable code: not_found, invalid, unauthorized, ...")
-    detail: str | list[Issue] = Field(
-        description="what went wrong, for people; for a request that does not fit the schema "
-                    "(422 invalid), the list of what does not fit")
+    detail: str = Field(description="what went wrong, for people")
+    issues: list[Issue] | None = Field(
+        default=None, description="for a request that does not fit the schema (422 invalid): "
+                                  "each place that does not fit")
 
 
 def status_of(exc: DomainError) -> int:
@@ -107,7 +109,7 @@ def headers_of(exc: DomainError) -> dict[str, str]:
     return headers
 
 
-def error_response(status: int, code: str | None, detail: str | list[dict[str, Any]],
+def error_response(status: int, code: str | None, detail: str,
                    headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
     """The one error body."""
     body = {"error": code or CODES.get(status, "error"), "detail": detail, **extra}
@@ -186,8 +188,8 @@ def framework_error(app: FastAPI, request: Request, exc: StarletteHTTPException)
     if exc.status_code == 400 and detail == BODY_NOT_PARSED:
         # A body that is not JSON at all: a request that does not fit its schema, answered
         # like every other (422 invalid).
-        return error_response(422, "invalid", [
-            {"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}], headers)
+        return error_response(422, "invalid", "body: not valid JSON", headers,
+                              issues=[{"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}])
     return error_response(exc.status_code, None, detail, headers)
 
 
@@ -202,7 +204,8 @@ def install_error_handling(app: FastAPI) -> None:
 
     async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "invalid", issues(exc.errors()))
+        found = exc.errors()
+        return error_response(422, "invalid", describe_validation(found), issues=issues(found))
 
     async def refused(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
