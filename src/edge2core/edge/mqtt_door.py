@@ -153,6 +153,7 @@ class MqttDoor:
         # being worked on must not be handled (or dead-lettered) a second time.
         self._in_flight: set[tuple[str, int]] = set()
         self._in_flight_lock = threading.Lock()
+        self._closing = False  # stopping: new messages are left to the broker to redeliver
         self.granted_qos: list[int] = []
         persistent = qos > 0
         self._workers = FairWorkers(workers, f"e2c-door-{client_id}") if persistent else None
@@ -171,11 +172,23 @@ class MqttDoor:
                 f"subscriptions within {timeout}s"
             )
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Take no new message, let the workers finish and acknowledge what they hold (up to
+        `drain_s`), then disconnect. Anything not acknowledged by then is redelivered by the
+        broker to the next session: at least once, never lost."""
+        self._closing = True
+        deadline = time.monotonic() + drain_s
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.client.disconnect()
         self.client.loop_stop()
         if self._workers is not None:
             self._workers.close()
+
+    def in_flight(self) -> int:
+        """Messages a worker holds, not yet acknowledged."""
+        with self._in_flight_lock:
+            return len(self._in_flight)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -205,6 +218,8 @@ class MqttDoor:
             return
         key = (msg.topic, msg.mid)
         with self._in_flight_lock:
+            if self._closing:
+                return  # not acknowledged: the broker gives it to the next session
             if key in self._in_flight:
                 MQTT_REDELIVERY_SKIPPED.inc()
                 log.info("redelivery of a message still being handled skipped", topic=msg.topic, mid=msg.mid)
