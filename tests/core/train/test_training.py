@@ -358,6 +358,68 @@ def test_finetune_beats_chance_and_logs_epochs(backbone, data, head):
     assert not any(p.requires_grad for p in result.backbone.parameters())
 
 
+def test_finetune_reads_photos_from_the_store_as_batches_need_them(backbone, data, tmp_path):
+    """The full path streams photos from the object store (nothing decoded up front) and
+    learns exactly what it learns from photos held in memory."""
+    import io
+
+    import torch
+
+    from edge2core.common.objectstore import LocalObjectStore
+    from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
+    from edge2core.core.train.stored_photos import StoredPhotos
+
+    train_x, train_y, val_x, val_y = data
+    train_x, train_y = train_x[:24], train_y[:24]
+    store = LocalObjectStore(tmp_path / "objects")
+
+    def put(i: int, image) -> str:  # type: ignore[no-untyped-def]
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")  # lossless: the same pixels as the in-memory photos
+        store.put(f"photos/{i}.png", buffer.getvalue())
+        return f"photos/{i}.png"
+
+    reads: list[str] = []
+    real_get = store.get
+    store.get = lambda key: reads.append(key) or real_get(key)  # type: ignore[method-assign]
+    train_keys = [put(i, im) for i, im in enumerate(train_x)]
+    val_keys = [put(1000 + i, im) for i, im in enumerate(val_x)]
+
+    def load(data: bytes):  # type: ignore[no-untyped-def]
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+
+    streamed_train = StoredPhotos(store, train_keys, lambda data: to_uint8_tensor(load(data)))
+    streamed_val = StoredPhotos(store, val_keys, load)
+    assert reads == []  # nothing read before a batch asks
+    cfg = FineTuneConfig(epochs=1, batch_size=8, lr=3e-4, train_size=96, seed=0)
+    streamed = finetune(backbone, streamed_train, train_y, streamed_val, val_y, CLASSES, cfg, progress=False)
+    in_memory = finetune(backbone, train_x, train_y, val_x, val_y, CLASSES, cfg, progress=False)
+    assert len(reads) == len(train_keys) + len(val_keys)  # each photo read once per epoch
+    assert torch.equal(torch.as_tensor(streamed.head.weight), torch.as_tensor(in_memory.head.weight))
+    assert streamed.log[0]["val_top1"] == in_memory.log[0]["val_top1"]
+
+
+def test_prefetcher_keeps_batch_order_and_reads_ahead_by_one_batch():
+    from edge2core.common.waiting import wait_until
+    from edge2core.core.train.stored_photos import Prefetcher
+
+    class Counted(list):  # type: ignore[type-arg]
+        reads: list[int] = []
+
+        def __getitem__(self, i):  # type: ignore[no-untyped-def]
+            Counted.reads.append(i)
+            return super().__getitem__(i)
+
+    items = Counted(range(10))
+    with Prefetcher(threads=2) as prefetcher:
+        batches = prefetcher.batches(items, [[3, 1], [9], [0, 2, 4]])
+        assert next(batches) == [3, 1]
+        wait_until(lambda: 9 in Counted.reads, 10, "the next batch to be read ahead")
+        assert sorted(Counted.reads) == [1, 3, 9]  # the next batch, and no further
+        assert list(batches) == [[9], [0, 2, 4]]
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

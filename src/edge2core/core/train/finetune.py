@@ -41,6 +41,7 @@ from edge2core.common.preprocess import (
 )
 from edge2core.core.train.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.train.head import HeadModel
+from edge2core.core.train.stored_photos import Prefetcher
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pick_device"]
 
@@ -155,13 +156,17 @@ def augment_batch(
 
 
 def _evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 64
+    model: nn.Module, images: Sequence[Image.Image], y: torch.Tensor, device: torch.device,
+    prefetcher: Prefetcher, batch: int = 32,
 ) -> tuple[float, float, np.ndarray]:
+    """Top-1, loss and probabilities on photos preprocessed as at the edge, a batch at a time
+    (decoded as they are needed: the val split is never all in memory)."""
     model.eval()
     logits = []
+    batches = [range(i, min(i + batch, len(images))) for i in range(0, len(images), batch)]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for i in range(0, x.shape[0], batch):
-            xb = x[i : i + batch].to(device).contiguous(memory_format=torch.channels_last)
+        for photos in prefetcher.batches(images, batches):
+            xb = torch.from_numpy(preprocess_batch(photos)).to(device).contiguous(memory_format=torch.channels_last)
             logits.append(model(xb).float().cpu())
     z = torch.cat(logits) if logits else torch.zeros(0, 1)
     loss = float(F.cross_entropy(z, y)) if len(y) else float("nan")
@@ -200,7 +205,7 @@ def finetune(
     loop = _Loop.build(_new_model(backbone, classes, cfg, init_head), cfg, device, gen, len(data.train))
     log: list[dict[str, Any]] = []
     best = _Best(cfg)
-    with _progress_bar(progress) as bar:
+    with _progress_bar(progress) as bar, loop.prefetcher:
         task = bar.add_task("fine-tuning", total=loop.steps_per_epoch * cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
             epoch_started = time.perf_counter()
@@ -219,26 +224,40 @@ def finetune(
     )
 
 
+class _AsTensors(Sequence[torch.Tensor]):
+    """Train photos as uint8 tensors, converted when a batch reads them."""
+
+    def __init__(self, images: Sequence[Image.Image | torch.Tensor]) -> None:
+        self._images = images
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: Any) -> Any:
+        image = self._images[index]
+        return image if isinstance(image, torch.Tensor) else to_uint8_tensor(image)
+
+
 @dataclass
 class _Data:
-    """Train photos as uint8 tensors (cropped anew every epoch), val photos preprocessed once."""
+    """Train photos (cropped anew every epoch) and val photos, both sequences that may read and
+    decode each photo only when a batch needs it (``core.train.stored_photos``)."""
 
-    train: list[torch.Tensor]
+    train: Sequence[torch.Tensor]
     train_labels: torch.Tensor
-    val: torch.Tensor
+    val: Sequence[Image.Image]
     val_labels: torch.Tensor
 
     @classmethod
     def of(cls, train_images: Sequence[Image.Image | torch.Tensor], train_labels: np.ndarray,
            val_images: Sequence[Image.Image], val_labels: np.ndarray) -> _Data:
-        train = [im if isinstance(im, torch.Tensor) else to_uint8_tensor(im) for im in train_images]
         ytr = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64)
-        xval = (torch.from_numpy(preprocess_batch(val_images)) if len(val_images)
-                else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE))
         yval = torch.as_tensor(np.asarray(val_labels), dtype=torch.int64)
-        if len(train) != len(ytr) or len(train) == 0:
+        if len(train_images) != len(ytr) or len(train_images) == 0:
             raise ValueError("need train images with one label each")
-        return cls(train, ytr, xval, yval)
+        if len(val_images) != len(yval):
+            raise ValueError("need val images with one label each")
+        return cls(_AsTensors(train_images), ytr, val_images, yval)
 
 
 def _new_model(backbone: PooledFeatures, classes: list[str], cfg: FineTuneConfig,
@@ -279,6 +298,7 @@ class _Loop:
     fmt: torch.memory_format
     gen: torch.Generator
     steps_per_epoch: int
+    prefetcher: Prefetcher
 
     @classmethod
     def build(cls, model: _Net, cfg: FineTuneConfig, device: torch.device, gen: torch.Generator,
@@ -289,26 +309,24 @@ class _Loop:
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         sched = _scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        return cls(model, opt, sched, criterion, cfg, device, fmt, gen, steps_per_epoch)
+        return cls(model, opt, sched, criterion, cfg, device, fmt, gen, steps_per_epoch, Prefetcher())
 
     def train_epoch(self, data: _Data, advance: Callable[[str], None], epoch: int) -> list[float]:
         """One pass in a new random order; the step losses (``advance`` moves the bar)."""
         cfg = self.cfg
         self.model.train()
         order = torch.randperm(len(data.train), generator=self.gen)
+        steps = [order[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(self.steps_per_epoch)]
+        steps = [idx for idx in steps if len(idx) >= 2]  # BatchNorm needs > 1 sample
         losses: list[float] = []
-        for s in range(self.steps_per_epoch):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs > 1 sample
-                continue
-            losses.append(self._step(data, idx))
+        for idx, photos in zip(steps, self.prefetcher.batches(data.train, [i.tolist() for i in steps]), strict=True):
+            losses.append(self._step(data, idx, photos))
             advance(f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
         return losses
 
-    def _step(self, data: _Data, idx: torch.Tensor) -> float:
+    def _step(self, data: _Data, idx: torch.Tensor, photos: list[torch.Tensor]) -> float:
         cfg = self.cfg
-        x = augment_batch([data.train[i] for i in idx.tolist()], self.gen, min_scale=cfg.min_scale,
-                          jitter=cfg.jitter, size=cfg.train_size)
+        x = augment_batch(photos, self.gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=cfg.train_size)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self.criterion(self.model(x).float(), data.train_labels[idx].to(self.device))
@@ -321,7 +339,8 @@ class _Loop:
 
 def _epoch_record(loop: _Loop, data: _Data, epoch: int, losses: list[float], started: float) -> dict[str, Any]:
     """The training log's line for an epoch (val top-1 and loss are NaN without val photos)."""
-    val_top1, val_loss, _ = (_evaluate(loop.model, data.val, data.val_labels, loop.device) if len(data.val_labels)
+    val_top1, val_loss, _ = (_evaluate(loop.model, data.val, data.val_labels, loop.device, loop.prefetcher)
+                             if len(data.val_labels)
                              else (float("nan"), float("nan"), None))
     return {
         "epoch": epoch,

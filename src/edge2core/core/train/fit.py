@@ -27,6 +27,7 @@ from edge2core.core.train.embeddings import load_model_image
 from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
 from edge2core.core.train.head import HeadModel, train_head
 from edge2core.core.train.state import FAST_DEFAULTS, Say, TrainingRun, timed
+from edge2core.core.train.stored_photos import StoredPhotos
 
 __all__ = ["Embed", "calibrate", "choose_backbone", "compare_heads", "embed_all", "evaluate",
            "fit_fast", "fit_full"]
@@ -53,9 +54,7 @@ def fit_full(run: TrainingRun, store: ObjectStore, backbones: Backbones, embed: 
     cfg = FineTuneConfig.from_dict({**run.opts, "seed": run.seed})
     if threads:
         torch.set_num_threads(threads)
-    with timed(run, "decode"):
-        run.say(f"decoding {len(run.entries)} photos")
-        train_images, val_images = _decode(run, store)
+    train_images, val_images = _photos(run, store)
     with timed(run, "finetune"):
         run.say(f"fine-tuning {base} on {len(train_images)} photos, {cfg.epochs} epochs")
         init_head = _linear_probe(run, base, embed) if cfg.init == "linear_probe" else None
@@ -72,10 +71,13 @@ def fit_full(run: TrainingRun, store: ObjectStore, backbones: Backbones, embed: 
                        **_shared_params(run)}
 
 
-def _decode(run: TrainingRun, store: ObjectStore) -> tuple[list[torch.Tensor], list[Image.Image]]:
-    """Train photos as uint8 tensors (augmented on the fly), val photos as the edge sees them."""
-    train = [to_uint8_tensor(load_model_image(store.get(e.key))) for e in run.train_entries]
-    val = [load_model_image(store.get(e.key)) for e in run.val_entries]
+def _photos(run: TrainingRun, store: ObjectStore) -> tuple[StoredPhotos[torch.Tensor], StoredPhotos[Image.Image]]:
+    """Train photos as uint8 tensors (augmented on the fly), val photos as the edge sees them,
+    both read from the store and decoded when a batch needs them: memory stays flat however
+    many photos the dataset has."""
+    train = StoredPhotos(store, [e.key for e in run.train_entries],
+                         lambda data: to_uint8_tensor(load_model_image(data)))
+    val = StoredPhotos(store, [e.key for e in run.val_entries], load_model_image)
     return train, val
 
 

@@ -1,0 +1,85 @@
+"""Peak memory of one fine-tuning epoch over N photos, for bench/training.py (run in a fresh
+process so its peak RSS is the epoch's alone).
+
+Photos are prepared-size (1024x768) JPEGs in a local object store, each distinct (the
+grocery photos, or synthetic ones; see _common.py). ``--in-memory`` decodes every photo
+before the first step, as the full path did before it streamed them from the store: the
+baseline. Prints one JSON line: photos, in_memory, peak_rss_mb, seconds.
+
+    .venv/bin/python bench/_train_memory.py --photos 200 [--in-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PHOTOS, assert_distinct, synthetic_photos
+
+CLASSES = 8
+VAL = 32  # one evaluation batch
+
+
+def source_photos(n: int) -> list[bytes]:
+    """`n` distinct 1024x768 JPEGs, classes taking turns."""
+    files = PHOTOS.grocery_files()
+    raw = [f.read_bytes() for f in files[: n]] if len(files) >= n else synthetic_photos(n)
+    out = []
+    for i, data in enumerate(raw):
+        image = Image.open(io.BytesIO(data)).convert("RGB").resize((1024, 768))
+        image.paste((i % 256, i // 256 % 256, 7), (0, 0, 8, 8))  # distinct, whatever the source
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    assert_distinct(out, "memory photos")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, required=True)
+    parser.add_argument("--in-memory", action="store_true")
+    args = parser.parse_args()
+
+    from edge2core.common.objectstore import LocalObjectStore
+    from edge2core.core.train.backbone import load_backbone
+    from edge2core.core.train.embeddings import load_model_image
+    from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
+    from edge2core.core.train.stored_photos import StoredPhotos
+
+    photos = source_photos(args.photos)
+    labels = np.arange(len(photos)) % CLASSES
+    n_val = VAL  # what grows with a dataset is its train split: the val set stays the same
+    with tempfile.TemporaryDirectory(prefix="e2c-bench-memory-") as tmp:
+        store = LocalObjectStore(Path(tmp))
+        keys = []
+        for i, data in enumerate(photos):
+            store.put(f"photos/{i}.jpg", data)
+            keys.append(f"photos/{i}.jpg")
+        del photos
+        train = StoredPhotos(store, keys[n_val:], lambda data: to_uint8_tensor(load_model_image(data)))
+        val = StoredPhotos(store, keys[:n_val], load_model_image)
+        if args.in_memory:  # the baseline: every photo decoded before the first step
+            train, val = list(train), list(val)  # type: ignore[assignment]
+        cfg = FineTuneConfig(epochs=1, batch_size=32, train_size=160, seed=0)
+        started = time.perf_counter()
+        finetune(load_backbone(), train, labels[n_val:], val, labels[:n_val],
+                 [f"C{i}" for i in range(CLASSES)], cfg, progress=False)
+        seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"photos": args.photos, "in_memory": args.in_memory,
+                      "peak_rss_mb": round(peak, 1), "seconds": round(seconds, 1)}))
+
+
+if __name__ == "__main__":
+    main()
