@@ -6,7 +6,7 @@ grocery photos, or synthetic ones; see _common.py). ``--in-memory`` decodes ever
 before the first step, as the full path did before it streamed them from the store: the
 baseline. Prints one JSON line: photos, in_memory, peak_rss_mb, seconds.
 
-    .venv/bin/python bench/_train_memory.py --photos 200 [--in-memory]
+    .venv/bin/python bench/_train_memory.py --photos 200 [--in-memory] [--store DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,40 +46,62 @@ def source_photos(n: int) -> list[bytes]:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM (per address space, so it starts again at exec;
+    getrusage's ru_maxrss carries the parent's peak across fork and exec on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB; not Linux
+
+
+def write_photos(root: Path, n: int) -> None:
+    """`n` photos into a local object store at `root` (photos/<i>.jpg), for the runs to read."""
+    from edge2core.common.objectstore import LocalObjectStore
+
+    store = LocalObjectStore(root)
+    for i, data in enumerate(source_photos(n)):
+        store.put(f"photos/{i}.jpg", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, required=True)
+    parser.add_argument("--store", type=Path, help="photos written by write_photos (default: made here)")
     parser.add_argument("--in-memory", action="store_true")
     args = parser.parse_args()
+    if args.store is None:  # standalone: the photos are made first, in a child of their own
+        with tempfile.TemporaryDirectory(prefix="e2c-bench-memory-") as tmp:
+            write_photos(Path(tmp), args.photos)
+            extra = ["--in-memory"] if args.in_memory else []
+            subprocess.run([sys.executable, __file__, "--photos", str(args.photos), "--store", tmp, *extra],
+                           check=True)
+        return
+    print(json.dumps(train_one_epoch(args.store, args.photos, args.in_memory)))
 
+
+def train_one_epoch(root: Path, n: int, in_memory: bool) -> dict:
+    """One epoch over the first `n` photos of the store; this process does nothing else, so
+    its peak RSS is the epoch's."""
     from edge2core.common.objectstore import LocalObjectStore
     from edge2core.core.train.backbone import load_backbone
     from edge2core.core.train.embeddings import load_model_image
     from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
     from edge2core.core.train.stored_photos import StoredPhotos
 
-    photos = source_photos(args.photos)
-    labels = np.arange(len(photos)) % CLASSES
-    n_val = VAL  # what grows with a dataset is its train split: the val set stays the same
-    with tempfile.TemporaryDirectory(prefix="e2c-bench-memory-") as tmp:
-        store = LocalObjectStore(Path(tmp))
-        keys = []
-        for i, data in enumerate(photos):
-            store.put(f"photos/{i}.jpg", data)
-            keys.append(f"photos/{i}.jpg")
-        del photos
-        train = StoredPhotos(store, keys[n_val:], lambda data: to_uint8_tensor(load_model_image(data)))
-        val = StoredPhotos(store, keys[:n_val], load_model_image)
-        if args.in_memory:  # the baseline: every photo decoded before the first step
-            train, val = list(train), list(val)  # type: ignore[assignment]
-        cfg = FineTuneConfig(epochs=1, batch_size=32, train_size=160, seed=0)
-        started = time.perf_counter()
-        finetune(load_backbone(), train, labels[n_val:], val, labels[:n_val],
-                 [f"C{i}" for i in range(CLASSES)], cfg, progress=False)
-        seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"photos": args.photos, "in_memory": args.in_memory,
-                      "peak_rss_mb": round(peak, 1), "seconds": round(seconds, 1)}))
+    store = LocalObjectStore(root)
+    keys = [f"photos/{i}.jpg" for i in range(n)]
+    labels = np.arange(n) % CLASSES
+    train = StoredPhotos(store, keys[VAL:], lambda data: to_uint8_tensor(load_model_image(data)))
+    val = StoredPhotos(store, keys[:VAL], load_model_image)
+    if in_memory:  # the baseline: every photo decoded before the first step
+        train, val = list(train), list(val)  # type: ignore[assignment]
+    cfg = FineTuneConfig(epochs=1, batch_size=32, train_size=160, seed=0)
+    started = time.perf_counter()
+    finetune(load_backbone(), train, labels[VAL:], val, labels[:VAL], [f"C{i}" for i in range(CLASSES)], cfg,
+             progress=False)
+    return {"photos": n, "in_memory": in_memory, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ Measures, in one run:
     shipped-model check -> signed registration (through the promotion gate);
   * baseline for update time: re-exporting the same model through torch
     (``torch_export_s``) instead of composing (``compose_s``).
+  * memory: peak RSS of one fine-tuning epoch over N and 4N photos streamed from the object
+    store (``peak_rss_mb``, ``peak_rss_mb_4x``, ``peak_rss_ratio_4x``; target within 1.2x),
+    against 4N photos decoded up front (``in_memory_peak_rss_mb_4x``, the old full path).
 
 Photos go through the edge's preparation (``edge.prepare``) before they are stored, as in
 the running system.  ``--quick`` (about a minute): 6 classes, 30 photos each, 2 short epochs at 160 px from a
@@ -295,8 +298,28 @@ def main() -> None:
     result["epochs_run"] = len(store.get(log_key).splitlines())
     if tmp is not None:
         tmp.cleanup()
+    result.update(memory_scaling(quick))
     emit(result)
 
 
-if __name__ == "__main__":
-    main()
+def memory_scaling(quick: bool) -> dict:
+    """Peak RSS of one fine-tuning epoch over N and 4N photos streamed from the store, and over
+    4N photos decoded up front (the old full path, the baseline), each in a fresh process that
+    does nothing else (bench/_train_memory.py; the photos are written beforehand)."""
+    import subprocess
+
+    from _train_memory import write_photos
+
+    n = 128 if quick else 256  # enough for several steps at N too: a first step's peak is not an epoch's
+    script = str(Path(__file__).with_name("_train_memory.py"))
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="e2c-bench-memory-") as store:
+        write_photos(Path(store), 4 * n)
+        for name, count, extra in (("1x", n, []), ("4x", 4 * n, []), ("4x_in_memory", 4 * n, ["--in-memory"])):
+            say(f"memory: one epoch over {count} photos{' decoded up front' if extra else ''}")
+            out = subprocess.run([sys.executable, script, "--photos", str(count), "--store", store, *extra],
+                                 check=True, capture_output=True, text=True).stdout
+            runs[name] = json.loads(out.strip().splitlines()[-1])
+    peak, peak_4x = runs["1x"]["peak_rss_mb"], runs["4x"]["peak_rss_mb"]
+    return {"peak_rss_mb": peak, "peak_rss_mb_4x": peak_4x, "peak_rss_ratio_4x": round(peak_4x / peak, 3),
+            "in_memory_peak_rss_mb_4x": runs["4x_in_memory"]["peak_rss_mb"], "memory_photos_1x": n}
