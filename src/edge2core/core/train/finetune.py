@@ -41,7 +41,7 @@ from edge2core.common.preprocess import (
 )
 from edge2core.core.train.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.train.head import HeadModel
-from edge2core.core.train.stored_photos import Prefetcher
+from edge2core.core.train.stored_photos import Mapped, Prefetcher
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pick_device"]
 
@@ -102,6 +102,10 @@ class _Net(nn.Module):
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    return image if isinstance(image, torch.Tensor) else to_uint8_tensor(image)
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -224,20 +228,6 @@ def finetune(
     )
 
 
-class _AsTensors(Sequence[torch.Tensor]):
-    """Train photos as uint8 tensors, converted when a batch reads them."""
-
-    def __init__(self, images: Sequence[Image.Image | torch.Tensor]) -> None:
-        self._images = images
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def __getitem__(self, index: Any) -> Any:
-        image = self._images[index]
-        return image if isinstance(image, torch.Tensor) else to_uint8_tensor(image)
-
-
 @dataclass
 class _Data:
     """Train photos (cropped anew every epoch) and val photos, both sequences that may read and
@@ -257,7 +247,7 @@ class _Data:
             raise ValueError("need train images with one label each")
         if len(val_images) != len(yval):
             raise ValueError("need val images with one label each")
-        return cls(_AsTensors(train_images), ytr, val_images, yval)
+        return cls(Mapped(train_images, _as_tensor), ytr, val_images, yval)
 
 
 def _new_model(backbone: PooledFeatures, classes: list[str], cfg: FineTuneConfig,

@@ -15,9 +15,10 @@ from typing import TypeVar, overload
 
 from edge2core.common.objectstore import ObjectStore
 
-__all__ = ["Prefetcher", "StoredPhotos"]
+__all__ = ["Mapped", "Prefetcher", "StoredPhotos"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class StoredPhotos(Sequence[T]):
@@ -41,6 +42,28 @@ class StoredPhotos(Sequence[T]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return self._decode(self._store.get(self._keys[index]))
+
+
+class Mapped(Sequence[U]):
+    """``convert(item)`` for each item of a sequence, on access (a lazy ``map`` that can index)."""
+
+    def __init__(self, items: Sequence[T], convert: Callable[[T], U]) -> None:
+        self._items = items
+        self._convert = convert
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> U: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[U]: ...
+
+    def __getitem__(self, index: int | slice) -> U | list[U]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._convert(self._items[index])
 
 
 class Prefetcher:
