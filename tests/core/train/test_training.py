@@ -472,6 +472,14 @@ def test_evaluation_report_calibration_and_threshold():
     assert 1.5 < t < 2.5  # the Bayes posterior here is softmax(1.5 x logits): T = 3 / 1.5
     calibrated = classification_report(temperature_scale(p, t), y, classes)
     assert calibrated["ece"] < r["ece"] / 2 and calibrated["top1"] == r["top1"]
+    # The reliability diagram's bins: every photo in one, and the overconfident model's
+    # confidence above its accuracy where most photos are, less so once calibrated.
+    bins = r["reliability"]
+    assert len(bins) == 10 and sum(b["n"] for b in bins) == 600
+    def gap(report: dict) -> float:
+        return sum(b["n"] * (b["confidence"] - b["accuracy"]) for b in report["reliability"] if b["n"]) / 600
+    assert gap(r) > 0.05 and abs(gap(calibrated)) < gap(r) / 2
+    assert np.isclose(bins[-1]["accuracy"], (p.argmax(1) == y)[p.max(1) > 0.9].mean())
     th = threshold_for_precision(temperature_scale(p, t), y, 0.95, cap=1.0)
     answered = temperature_scale(p, t).max(1) >= th["threshold"]
     assert th["precision"] >= 0.95 and abs(answered.mean() - th["coverage"]) < 1e-9

@@ -4,7 +4,8 @@ the confusion-matrix picture).
 * ``classification_report``: top-1 / top-5 on fine classes and on coarse classes (a coarse
   prediction is the coarse class of the predicted fine class; coarse top-5 counts a hit when
   any of the 5 best fine classes has the right coarse class), mean per-class top-1, NLL,
-  per-class precision / recall / support, the confusion matrix, calibration (ECE);
+  per-class precision / recall / support, the confusion matrix, calibration (ECE and the
+  reliability diagram's bins, ``reliability_bins``, which the dashboard draws);
 * ``fit_temperature``: one scalar T on val minimising the NLL of ``softmax(log p / T)``; for a
   linear head it is folded into the weights (``HeadModel.scaled``), so the probabilities the
   edge sees are calibrated and its "unrecognised" threshold means what it says;
@@ -29,6 +30,7 @@ __all__ = [
     "confusion_png",
     "expected_calibration_error",
     "fit_temperature",
+    "reliability_bins",
     "temperature_scale",
     "threshold_for_precision",
     "topk_hits",
@@ -60,6 +62,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if mask.any():
             ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
     return float(ece)
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+    """The reliability diagram's data: for each of ``bins`` equal-width bins of top-1
+    confidence, ``lo``/``hi`` (its edges, 0..1), ``n`` (photos in it), ``confidence`` (their
+    mean top-1 confidence) and ``accuracy`` (the share right); both None in an empty bin."""
+    conf = probs.max(axis=1) if probs.shape[0] else np.zeros(0)
+    correct = probs.argmax(axis=1) == labels if probs.shape[0] else np.zeros(0, dtype=bool)
+    out = []
+    for i, (lo, hi) in enumerate(itertools.pairwise(np.linspace(0.0, 1.0, bins + 1))):
+        mask = ((conf > lo) | (i == 0)) & (conf <= hi)  # the first bin keeps a confidence of 0
+        n = int(mask.sum())
+        out.append({"lo": round(float(lo), 4), "hi": round(float(hi), 4), "n": n,
+                    "confidence": float(conf[mask].mean()) if n else None,
+                    "accuracy": float(correct[mask].mean()) if n else None})
+    return out
 
 
 def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -171,6 +189,7 @@ def classification_report(
     out["nll"] = float(-np.log(np.clip(probs[np.arange(n), y], 1e-12, None)).mean())
     out["mean_class_top1"] = float(np.mean([correct[y == k].mean() for k in np.unique(y)]))
     out["ece"] = expected_calibration_error(probs, y)
+    out["reliability"] = reliability_bins(probs, y)
     out["mean_confidence"] = float(probs.max(axis=1).mean())
     if coarse_of:
         coarse_names = sorted({coarse_of.get(s, s) for s in classes})

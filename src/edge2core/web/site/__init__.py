@@ -1,0 +1,1 @@
+"""The pages each edge site serves: the shopper app and the staff capture page."""
