@@ -10,11 +10,16 @@ least ``min_class_support`` photos) drops by more than ``max_class_recall_drop``
 only if at least ``min_photo_drop`` photos (net) went wrong: with a few val photos per class,
 one photo is a 20-30% recall swing, which is noise, not a regression. An empty evaluation set
 fails closed.
+
+A first model (no production model yet) is held to an absolute floor instead: top-1 on its
+own val split of at least ``first_min_top1`` over at least ``first_min_val_photos`` photos,
+and at least ``first_min_photos_per_class`` train photos of every class.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +36,7 @@ Scorer = Callable[[ModelInfo, list[DatasetEntry]], np.ndarray]
 class GateReport(BaseModel):
     passed: bool
     candidate: int
-    baseline: int
+    baseline: int | None  # None: a first model, held to the absolute floor
     eval_set: dict[str, Any]
     top1_candidate: float | None = None
     top1_baseline: float | None = None
@@ -56,6 +61,34 @@ class ModelGate:
         shared = set(candidate.classes) & set(baseline.classes)
         entries = [e for e in self._datasets.entries(version) if e.split == "val" and e.sku in shared]
         return version, sorted(entries, key=lambda e: e.sha256)
+
+    def check_first(self, candidate: ModelInfo) -> GateReport:
+        """The floor for a first model: its own val top-1, how many val photos that rests on,
+        and the train photos of its thinnest class."""
+        cfg = self.config
+        val = candidate.metrics.get("val") or {}
+        n = int(val.get("n") or 0)
+        top1 = val.get("top1")
+        train = Counter(e.sku for e in self._datasets.entries(candidate.dataset_version) if e.split == "train")
+        report = GateReport(passed=False, candidate=candidate.version, baseline=None,
+                            eval_set={"dataset_version": candidate.dataset_version, "split": "val", "n": n,
+                                      "first_model": True},
+                            top1_candidate=top1, config=cfg.model_dump())
+        if not cfg.enabled:
+            report.passed = True
+            report.reasons.append("gate disabled")
+            return report
+        if n < cfg.first_min_val_photos:
+            report.reasons.append(f"a first model judged on {n} val photos (< {cfg.first_min_val_photos}) "
+                                  "is not served: send more photos")
+        elif top1 is None or not top1 >= cfg.first_min_top1:
+            report.reasons.append(f"a first model's val top-1 {top1} is under the floor {cfg.first_min_top1}")
+        thin = sorted(sku for sku in candidate.classes if train[sku] < cfg.first_min_photos_per_class)
+        if thin:
+            report.reasons.append(f"{len(thin)} class(es) with fewer than {cfg.first_min_photos_per_class} "
+                                  f"train photos, e.g. {thin[0]}")
+        report.passed = not report.reasons
+        return report
 
     def check(self, candidate: ModelInfo, baseline: ModelInfo) -> GateReport:
         cfg = self.config

@@ -68,6 +68,9 @@ class GateCheck(Protocol):
     def check(self, candidate: ModelInfo, baseline: ModelInfo) -> Any:
         """A report with ``passed: bool`` and ``model_dump()``."""
 
+    def check_first(self, candidate: ModelInfo) -> Any:
+        """The same report for a model with no production model to compare with."""
+
 
 class GateBlocked(RuntimeError):
     def __init__(self, version: int, report: Any) -> None:

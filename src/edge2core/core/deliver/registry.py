@@ -195,9 +195,9 @@ class ModelRegistry:
             raise ValueError(f"model {version} is retired; promoting it again needs force and a reason")
         report = None
         current = self.production()
-        if (stage in GATED_STAGES and self.gate is not None and use_gate and current is not None
-                and current.version != version):
-            report = self.gate.check(target, current)
+        if stage in GATED_STAGES and self.gate is not None and use_gate and (
+                current is None or current.version != version):
+            report = self.gate.check(target, current) if current is not None else self.gate.check_first(target)
             if not report.passed:
                 if not force:
                     with self._sessions.begin() as session:
