@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,11 +16,15 @@ from rich.table import Table
 
 from edge2core import __version__
 from edge2core.common.logging import configure_logging
+from edge2core.common.tls import trust
 from edge2core.config import CONFIG_ENV, CoreSettings, DemoSettings, EdgeSettings
 from edge2core.core.cli.catalogue import catalogue_app
+from edge2core.core.cli.certs import certs_app
 from edge2core.core.cli.datasets import datasets_app
 from edge2core.core.cli.loop import loop_app
 from edge2core.core.cli.models import eval_command, models_app
+from edge2core.core.cli.tokens import tokens_app
+from edge2core.web.cli import users_app
 
 app = typer.Typer(
     help="edge2core: acquire photos at the edge, learn from them at the core, answer at the edge.",
@@ -34,6 +39,9 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(loop_app, name="loop")
+app.add_typer(certs_app, name="certs")
+core_app.add_typer(tokens_app, name="tokens")
+core_app.add_typer(users_app, name="users")
 app.command("eval", help="Score an image list with a registered or local ONNX model.")(eval_command)
 
 ConfigOpt = Annotated[
@@ -78,7 +86,7 @@ def core_up(
     _use_config(config)
     settings = CoreSettings(**_given(data_dir=data_dir, http_port=http_port, nats_port=nats_port,
                                      leafnode_port=leafnode_port, database_url=database_url))
-    asyncio.run(serve_core(settings))
+    _run_role(serve_core(settings))
 
 
 @edge_app.command("up")
@@ -104,7 +112,17 @@ def edge_up(
         mqtt_ws_port=mqtt_ws_port, nats_port=nats_port, core_url=core_url,
         core_leaf_url=core_leaf_url,
     ))
-    asyncio.run(serve_edge(settings))
+    _run_role(serve_edge(settings))
+
+
+def _run_role(role: Coroutine[Any, Any, None]) -> None:
+    """Run a role; missing files it needs (TLS certificates, the nats-server binary) end it
+    with the reason and exit status 2, not a traceback."""
+    try:
+        asyncio.run(role)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @edge_app.command("status")
@@ -115,9 +133,11 @@ def edge_status(
 ) -> None:
     """Show a running edge site's model, spool backlog and catalogue."""
     _use_config(config)
-    base = url or EdgeSettings().http_url
+    settings = EdgeSettings()
+    base = url or settings.http_url
     try:
-        report = httpx.get(f"{base}/v1/status", timeout=5).raise_for_status().json()
+        report = httpx.get(f"{base}/v1/status", timeout=5,
+                           verify=trust(settings.resolved_tls_dir)).raise_for_status().json()
     except httpx.HTTPError as exc:
         typer.echo(f"cannot reach the edge at {base}: {exc}. Is `edge2core edge up` running?", err=True)
         raise typer.Exit(1) from exc
@@ -239,10 +259,12 @@ def datasets_import(
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    base = edge or EdgeSettings().http_url
+    settings = EdgeSettings()
+    base = edge or settings.http_url
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     progress_file = ImportState(state or folder / ".e2c-import.json")
-    with httpx.Client(base_url=base, headers=headers, timeout=60) as http, Progress() as bar:
+    with httpx.Client(base_url=base, headers=headers, timeout=60,
+                      verify=trust(settings.resolved_tls_dir)) as http, Progress() as bar:
         task = bar.add_task(f"importing {len(photos)} photos", total=len(photos))
         importer = BulkImporter(http, folder, progress_file)
         try:
@@ -263,6 +285,8 @@ def demo(
         int | None, typer.Option(help="Shopper photos per product, never trained on.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep the run's data here (default: a temp dir).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the summary as JSON.")] = False,
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="Keep serving the dashboard and the shopper app until Ctrl-C.")] = False,
     config: ConfigOpt = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
@@ -272,7 +296,8 @@ def demo(
     configure_logging(log_level)
     _use_config(config)
     settings = DemoSettings(**_given(dataset=dataset, classes=classes, per_class=per_class,
-                                     held_out_per_class=held_out_per_class, work_dir=work_dir))
+                                     held_out_per_class=held_out_per_class, work_dir=work_dir,
+                                     keep_running=keep_running or None))
     summary = run_demo(settings)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))

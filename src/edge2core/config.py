@@ -13,13 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from edge2core.common.rate_limit import RateLimit
 
 CONFIG_ENV = "E2C_CONFIG"
 
@@ -67,6 +69,32 @@ class _Settings(BaseSettings):
         return (init_settings, env_settings, TomlSectionSource(settings_cls, cls.section))
 
 
+class CameraSettings(BaseModel):
+    """`[[edge.cameras]]`: one RTSP camera the site watches (docs/doors.md). The URL carries no
+    credentials; they come from `camera_credentials` (a secret), keyed by `name`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="also its device id")
+    url: str = Field(pattern=r"^rtsps?://", description="rtsp://host:port/path, no user:password")
+    sample_fps: float = Field(default=5.0, gt=0, le=30, description="frames looked at per second")
+    min_interval_s: float = Field(default=2.0, ge=0, description="at most one kept frame per this")
+    change_threshold: float = Field(
+        default=12.0, gt=0, le=255,
+        description="mean absolute grey-level difference (0-255) on a 32x24 thumbnail that "
+        "counts as a scene change")
+    transport: Literal["tcp", "udp"] = "tcp"
+    stall_timeout_s: float = Field(default=10.0, gt=0, description="no packet this long: reconnect")
+
+
+class WatchedFolder(BaseModel):
+    """`[[edge.watched_folders]]`: a folder cameras or scanners drop photos into (docs/doors.md).
+    `<path>/<sku>/photo.jpg` is a labelled capture; `<path>/photo.jpg` an unlabelled one."""
+
+    path: Path
+    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="device id of its photos")
+    settle_s: float = Field(default=1.0, ge=0, description="a file unchanged this long is complete")
+    poll_s: float = Field(default=0.5, gt=0)
+
+
 class PromotionGate(BaseModel):
     """`[core.gate]`: no promotion to canary or production if, on the same frozen evaluation
     set, top-1 drops or any class's recall drops by more than these against production."""
@@ -82,6 +110,14 @@ class PromotionGate(BaseModel):
     eval_dataset: int | None = Field(
         default=None, description="dataset version whose val split is the frozen evaluation set; "
         "default: the candidate's dataset version")
+    # A first model has no production model to be compared with: it must reach a floor instead,
+    # so the first model shoppers meet is never one that would embarrass the store.
+    first_min_top1: float = Field(
+        default=0.6, ge=0.0, le=1.0, description="a first model's top-1 on its own val split must reach this")
+    first_min_val_photos: int = Field(
+        default=3, ge=1, description="a first model judged on fewer val photos is not served")
+    first_min_photos_per_class: int = Field(
+        default=4, ge=1, description="a first model needs this many train photos of every class")
 
 
 class AutomationPolicy(BaseModel):
@@ -133,7 +169,8 @@ class CoreSettings(_Settings):
         "unset: the API is open (development)")
     site_tokens: dict[str, str] = Field(
         default_factory=dict,
-        description="site id -> bearer token for uploads; empty accepts any site (development)",
+        description="site id -> bearer token for uploads and the leaf link; \"OLD,NEW\" accepts "
+        "both while the site's token is rotated; empty accepts any site (development)",
     )
     max_upload_bytes: int = 32 * 1024 * 1024
     val_percent: int = Field(default=20, ge=0, le=90)
@@ -156,6 +193,18 @@ class CoreSettings(_Settings):
     )
     kv_resync_s: float = Field(default=300.0, gt=0, description="re-publish desired state to KV")
     retention_every_s: float = Field(default=6 * 3600, gt=0, description="how often `core up` applies it")
+    # Transport security (issue 19, docs/security.md).
+    tls_dir: Path | None = Field(
+        default=None, description="CA folder made by `edge2core certs` (ca.pem, crl.pem, core/core.pem "
+        "and .key; sites/*.pem pins the sites admitted on the leaf link); default data_dir/tls, "
+        "where a CA and the core's certificate are made on first start")
+    plaintext: bool = Field(default=False, description="serve HTTP and the leaf link without TLS "
+                            "(development only; logged as a warning)")
+    tls_check_s: float = Field(default=5.0, gt=0, description="how often changed TLS files are reloaded")
+    site_rate: RateLimit = Field(
+        default_factory=lambda: RateLimit(messages_per_s=500, burst_messages=2000,
+                                          bytes_per_s=256 << 20, burst_bytes=1 << 30),
+        description="per site, on uploads (requests and bytes): over it, 429 `rate_limited`")
 
     @model_validator(mode="after")
     def _sites_can_read(self) -> CoreSettings:
@@ -174,7 +223,11 @@ class CoreSettings(_Settings):
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'http' if self.plaintext else 'https'}://{self.host}:{self.http_port}"
+
+    @property
+    def resolved_tls_dir(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
 
 class EdgeSettings(_Settings):
@@ -200,7 +253,7 @@ class EdgeSettings(_Settings):
         default=True,
         description="only registered devices may connect (MQTT user/password, HTTP bearer token)",
     )
-    core_url: str = "http://127.0.0.1:8470"
+    core_url: str = "https://127.0.0.1:8470"
     core_leaf_url: str | None = "nats-leaf://127.0.0.1:7470"
     core_jetstream_domain: str = "core"
     token: str = ""
@@ -268,10 +321,39 @@ class EdgeSettings(_Settings):
         default=30.0, gt=0,
         description="HTTP check of the desired model while no KV watch has spoken (no leaf link)",
     )
+    tls_dir: Path | None = Field(
+        default=None, description="folder with ca.pem, crl.pem and sites/<site>.pem/.key from "
+        "`edge2core certs`; default data_dir/tls")
+    plaintext: bool = Field(default=False, description="serve devices and dial the core without "
+                            "TLS (development only; logged as a warning)")
+    device_certs: bool = Field(default=False, description="MQTT and WebSocket devices must present "
+                               "a client certificate from the CA")
+    tls_check_s: float = Field(default=5.0, gt=0, description="how often changed TLS files are reloaded")
+    device_rate: RateLimit = Field(
+        default_factory=lambda: RateLimit(messages_per_s=50, burst_messages=200,
+                                          bytes_per_s=32 << 20, burst_bytes=128 << 20),
+        description="per device, at every door (MQTT, WebSocket, HTTP): over it, `rate_limited`")
     model_public_key: str | None = Field(
-        default=None, description="base64 Ed25519 key models must be signed with; else pinned"
+        default=None, description="base64 Ed25519 key models and the catalogue must be signed "
+        "with (during a key rotation the old and the new one, comma-separated); else pinned"
     )
     allow_unsigned_models: bool = False
+    # Doors (docs/doors.md): plugins of the entry-point group `edge2core.doors`.
+    doors: list[str] | None = Field(
+        default=None, description="door plugins to run, e.g. [\"mqtt\", \"http\"]; default: every "
+        "installed one (each runs only where its settings ask for it)")
+    door_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="door name -> its own settings, for plugins")
+    amqp_url: str | None = Field(
+        default=None, description="amqp://user:password@host:5672/vhost of the site's AMQP "
+        "broker; unset: no AMQP door")
+    amqp_exchange: str = Field(default="e2c", description="topic exchange devices publish to")
+    amqp_prefetch: int = Field(default=32, ge=1, le=1000, description="captures unacknowledged at once")
+    cameras: list[CameraSettings] = Field(default_factory=list)
+    camera_credentials: dict[str, SecretStr] = Field(
+        default_factory=dict, description="camera name -> 'user:password' (a secret: give it as "
+        "E2C_EDGE_CAMERA_CREDENTIALS JSON, never in the TOML file)")
+    watched_folders: list[WatchedFolder] = Field(default_factory=list)
 
     @property
     def jetstream_domain(self) -> str:
@@ -279,7 +361,11 @@ class EdgeSettings(_Settings):
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'http' if self.plaintext else 'https'}://{self.host}:{self.http_port}"
+
+    @property
+    def resolved_tls_dir(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
 
 class DemoSettings(_Settings):
@@ -294,3 +380,4 @@ class DemoSettings(_Settings):
     held_out_per_class: int = Field(default=5, ge=1)
     seed: int = 0
     work_dir: Path | None = None
+    keep_running: bool = Field(default=False, description="keep serving the pages after the story")

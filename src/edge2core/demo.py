@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import statistics
 import tempfile
 import time
@@ -26,9 +27,10 @@ from edge2core.common.waiting import wait_until
 from edge2core.config import DemoSettings
 from edge2core.edge.devices import DeviceRegistry, DeviceRole
 from edge2core.edge.mqtt_door import MqttEndpoint
-from edge2core.roles import start_core, start_edge
+from edge2core.roles import make_role_tls, start_core, start_edge, trust
 from edge2core.sim import photos as sim_photos
 from edge2core.sim.devices import Kiosk, Shopper
+from edge2core.web.demo_pages import make_demo_users, print_addresses, serve_until_interrupted
 
 SITE = "store-001"
 KIOSKS = ("kiosk-1", "kiosk-2")
@@ -89,20 +91,29 @@ def _run(settings: DemoSettings, work: Path, console: Console) -> dict[str, Any]
     products = sim_photos.choose_products(source, settings.classes, settings.seed)
     console.print(f"[bold]edge2core demo[/]: {len(products)} products from {source!r}")
     stages = Stages(console)
-    core, core_ports = start_core(work / "core")
+    # TLS on every link, as outside the demo: a private CA made for this run.
+    tls = make_role_tls(work / "tls", [SITE])
+    ca = str(tls / "ca.pem")
+    passwords = make_demo_users(work / "core")  # the dashboard's sign-in (web/)
+    core, core_ports = start_core(work / "core", tls=tls)
     edge = None
     try:
         with stages.stage("start core and edge site"):
             core.wait_healthy()
             credentials = register_devices(work / "edge")
-            edge, edge_ports = start_edge(SITE, work / "edge", core_ports)
+            edge, edge_ports = start_edge(SITE, work / "edge", core_ports, tls=tls)
             edge.wait_healthy()
-        http = httpx.Client(base_url=core_ports.url, timeout=120)
+        http = httpx.Client(base_url=core_ports.https_url, timeout=120, verify=trust(tls))
         http.put("/v1/products",
                  json=[catalogue_entry(p).model_dump(mode="json") for p in products]).raise_for_status()
         summary = _story(
-            settings, source, products, stages, http, edge_ports, credentials, console
+            settings, source, products, stages, http, edge_ports, credentials, console, ca
         )
+        print_addresses(console, core_ports.https_url, edge_ports.https_url, passwords, Path(ca),
+                        serving=settings.keep_running)
+        if settings.keep_running:
+            _print_summary(console, summary)
+            serve_until_interrupted(console)
     finally:
         if edge is not None:
             edge.stop()
@@ -121,13 +132,13 @@ def register_devices(edge_dir: Path) -> dict[str, str]:
 
 
 def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, http: httpx.Client,
-           edge_ports: Any, credentials: dict[str, str], console: Console) -> dict[str, Any]:
+           edge_ports: Any, credentials: dict[str, str], console: Console, ca: str) -> dict[str, Any]:
     train = [p for product in products for p in source.photos("train", product, settings.per_class)]
     held_out = [p for product in products
                 for p in source.photos("val", product, settings.held_out_per_class)]
 
     with stages.stage(f"kiosks publish {len(train)} labelled photos over MQTT (QoS 1)"):
-        acked = _publish_captures(train, edge_ports.mqtt, credentials, console)
+        acked = _publish_captures(train, edge_ports.mqtt, credentials, console, ca)
 
     with stages.stage("edge prepares, spools and forwards them to the core"):
         def kiosk_photos() -> int:
@@ -142,12 +153,14 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
         run = http.get(f"/v1/models/{model['version']}/run").raise_for_status().json()
 
     with stages.stage(f"edge model agent loads model version {model['version']}"):
-        edge_http = httpx.Client(base_url=edge_ports.url, timeout=10)
+        edge_http = httpx.Client(base_url=edge_ports.https_url, timeout=10,
+                                 verify=ssl.create_default_context(cafile=ca))
         wait_until(lambda: edge_http.get("/v1/status").json()["model_version"] == model["version"],
                    120, "the model at the edge", POLL_S)
 
     with stages.stage(f"shoppers ask about {len(held_out)} held-out photos over MQTT/WebSockets"):
-        ws = MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets", SHOPPER, credentials[SHOPPER])
+        ws = MqttEndpoint("127.0.0.1", edge_ports.mqtt_ws, "websockets", SHOPPER, credentials[SHOPPER],
+                          ca_file=ca)
         replies = _ask(held_out, ws, console)
 
     answers = [(photo, reply) for photo, reply in replies if not reply.error]
@@ -185,10 +198,10 @@ def _story(settings: DemoSettings, source: Any, products: list, stages: Stages, 
 
 
 def _publish_captures(
-    train: list, port: int, credentials: dict[str, str], console: Console
+    train: list, port: int, credentials: dict[str, str], console: Console, ca: str
 ) -> int:
     kiosks = [
-        Kiosk(MqttEndpoint("127.0.0.1", port, "tcp", name, credentials[name]), SITE, name)
+        Kiosk(MqttEndpoint("127.0.0.1", port, "tcp", name, credentials[name], ca_file=ca), SITE, name)
         for name in KIOSKS
     ]
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from edge2core.common.certs import CertAuthority
 from edge2core.common.net import free_port
 from edge2core.common.processes import die_with_parent_preexec, read_tail
 
@@ -30,11 +32,18 @@ class CorePorts:
             "E2C_CORE_NATS_PORT": str(self.nats),
             "E2C_CORE_NATS_HTTP_PORT": str(self.nats_http),
             "E2C_CORE_LEAFNODE_PORT": str(self.leafnode),
+            # Plain text unless started with `tls` (start_core): callers that build their own
+            # environment from this keep working as before.
+            "E2C_CORE_PLAINTEXT": "true",
         }
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.http}"
 
 
 @dataclass(frozen=True)
@@ -56,19 +65,45 @@ class EdgePorts:
             "E2C_EDGE_MQTT_WS_PORT": str(self.mqtt_ws),
             "E2C_EDGE_CORE_URL": core.url,
             "E2C_EDGE_CORE_LEAF_URL": f"nats-leaf://127.0.0.1:{core.leafnode}",
+            "E2C_EDGE_PLAINTEXT": "true",  # unless started with `tls` (start_edge)
         }
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}"
 
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.http}"
+
+
+def trust(tls: Path) -> ssl.SSLContext:
+    """A client context trusting the CA in folder `tls` (for httpx's `verify`)."""
+    return ssl.create_default_context(cafile=str(tls / "ca.pem"))
+
+
+def make_role_tls(folder: Path, sites: list[str]) -> Path:
+    """A private CA in `folder` with the core's certificate and each site's (the demo, tests):
+    pass it as `tls` to start_core and start_edge. Returns `folder`."""
+    ca = CertAuthority(folder)
+    if not ca.exists:
+        ca.create()
+    if not ca.paths("core", "core")[0].is_file():
+        ca.issue("core", "core", ["localhost", "127.0.0.1"])
+    for site in sites:
+        if not ca.paths("site", site)[0].is_file():
+            ca.issue("site", site, ["localhost", "127.0.0.1"])
+    return folder
+
 
 class RoleProcess:
     """`python -m edge2core <role> up` with its settings in the environment."""
 
-    def __init__(self, role: str, env: dict[str, str], log_path: Path, health_url: str) -> None:
+    def __init__(self, role: str, env: dict[str, str], log_path: Path, health_url: str,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.role = role
         self.health_url = health_url
+        self.verify = verify  # for https health checks: the private CA's file
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
@@ -87,7 +122,7 @@ class RoleProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.role} exited early:\n{read_tail(self.log_path)}")
             try:
-                if httpx.get(self.health_url, timeout=1).status_code == 200:
+                if httpx.get(self.health_url, timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -112,19 +147,29 @@ class RoleProcess:
 
 
 def start_core(
-    data_dir: Path, ports: CorePorts | None = None, extra_env: dict[str, str] | None = None
+    data_dir: Path, ports: CorePorts | None = None, extra_env: dict[str, str] | None = None,
+    tls: Path | None = None,
 ) -> tuple[RoleProcess, CorePorts]:
+    """`tls`: a CA folder from `make_role_tls` (HTTPS, mutual TLS on the leaf link); None:
+    plain text, as the setting says (the core logs a warning)."""
     ports = ports or CorePorts()
-    env = {**ports.env(data_dir), **(extra_env or {})}
-    proc = RoleProcess("core", env, data_dir / "core.log", f"{ports.url}/healthz")
+    secure = {"E2C_CORE_PLAINTEXT": "false", "E2C_CORE_TLS_DIR": str(tls)} if tls else {}
+    env = {**ports.env(data_dir), **secure, **(extra_env or {})}
+    url = ports.https_url if tls else ports.url
+    proc = RoleProcess("core", env, data_dir / "core.log", f"{url}/healthz",
+                       verify=trust(tls) if tls else True)
     return proc, ports
 
 
 def start_edge(
     site: str, data_dir: Path, core: CorePorts, ports: EdgePorts | None = None,
-    extra_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None, tls: Path | None = None,
 ) -> tuple[RoleProcess, EdgePorts]:
     ports = ports or EdgePorts()
-    env = {**ports.env(site, data_dir, core), **(extra_env or {})}
-    proc = RoleProcess("edge", env, data_dir / "edge.log", f"{ports.url}/healthz")
+    secure = {"E2C_EDGE_PLAINTEXT": "false", "E2C_EDGE_TLS_DIR": str(tls),
+              "E2C_EDGE_CORE_URL": core.https_url} if tls else {}
+    env = {**ports.env(site, data_dir, core), **secure, **(extra_env or {})}
+    url = ports.https_url if tls else ports.url
+    proc = RoleProcess("edge", env, data_dir / "edge.log", f"{url}/healthz",
+                       verify=trust(tls) if tls else True)
     return proc, ports

@@ -27,9 +27,11 @@ class Envelope:
 
 
 def encode(image: bytes, header: dict[str, Any] | None = None) -> bytes:
-    if not header:
+    """The payload for `image` with `header`; bare when there is no header, unless the image
+    itself starts with '{' (it would read as a header: found by fuzzing)."""
+    if not header and not image.startswith(b"{"):
         return image
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + image
+    return json.dumps(header or {}, separators=(",", ":")).encode() + b"\n" + image
 
 
 def decode(payload: bytes) -> Envelope:

@@ -39,6 +39,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 class Source(StrEnum):
     KIOSK = "kiosk"  # labelled capture: the cashier scanned the product
     SHOPPER = "shopper"  # unlabelled recognition request
+    CAMERA = "camera"  # unlabelled frame a watched camera kept because the scene changed
 
 
 class Guess(BaseModel):
@@ -151,7 +152,9 @@ class SiteModelReport(BaseModel):
     def verify(self, token: str) -> bool:
         import hmac
 
-        return hmac.compare_digest(self.mac, self._mac(token))
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError that a
+        # forged report could raise in the core's handler; found by fuzzing).
+        return hmac.compare_digest(self.mac.encode(), self._mac(token).encode())
 
     def _mac(self, token: str) -> str:
         import hashlib

@@ -25,6 +25,7 @@ from edge2core.common.net import free_port
 __all__ = [
     "AuthCallout",
     "NatsServerConfig",
+    "NatsTls",
     "NatsUser",
     "leaf_url_with_credentials",
     "render_config",
@@ -65,6 +66,24 @@ class AuthCallout:
     auth_users: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class NatsTls:
+    """TLS for a server's device and leaf listeners (files as `edge2core certs` writes them).
+
+    `verify_devices`: MQTT and WebSocket clients must present a certificate from `ca` (nats-server
+    cannot ask for one optionally). `leaf_pinned`: core side, SHA-256 fingerprints of the site
+    certificates admitted on the leaf listener (unknown, revoked or expired ones are not listed;
+    a reload drops connections whose certificate left the list). The leaf listener always
+    verifies its peers: mutual TLS between each site and the core."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify_devices: bool = False
+    leaf_pinned: tuple[str, ...] = ()
+    device_pinned: tuple[str, ...] = ()  # with verify_devices: only these device certificates
+
+
 @dataclass(frozen=True, kw_only=True)
 class NatsServerConfig:
     """Everything needed to render one nats-server config file."""
@@ -90,6 +109,9 @@ class NatsServerConfig:
     auth_callout: AuthCallout | None = None
     # Users of the system account ($SYS): server requests such as kicking a connection.
     system_users: tuple[NatsUser, ...] = ()
+    # TLS on the MQTT, WebSocket and leaf listeners and on the leaf remotes; None: plain text.
+    # The client port stays plain: it listens on the host's loopback for edge2core's own clients.
+    tls: NatsTls | None = None
 
     @classmethod
     def with_free_ports(
@@ -109,6 +131,7 @@ class NatsServerConfig:
         users: tuple[NatsUser, ...] = (),
         auth_callout: AuthCallout | None = None,
         system_users: tuple[NatsUser, ...] = (),
+        tls: NatsTls | None = None,
     ) -> NatsServerConfig:
         """Build a config whose listeners all use ports that are free right now (tests, dev)."""
         return cls(
@@ -128,6 +151,7 @@ class NatsServerConfig:
             users=users,
             auth_callout=auth_callout,
             system_users=system_users,
+            tls=tls,
         )
 
     @property
@@ -166,6 +190,23 @@ def _jetstream_block(cfg: NatsServerConfig) -> list[str]:
     return lines
 
 
+def _tls_block(tls: NatsTls, *, verify: bool, pinned: tuple[str, ...] = (), indent: str = "  ") -> list[str]:
+    lines = [f"{indent}tls {{", f"{indent}  cert_file: {_q(tls.cert)}", f"{indent}  key_file: {_q(tls.key)}",
+             f"{indent}  ca_file: {_q(tls.ca)}", f"{indent}  timeout: 5"]
+    if verify:
+        lines.append(f"{indent}  verify: true")
+    if pinned:
+        lines.append(f"{indent}  pinned_certs: [{', '.join(_q(p) for p in pinned)}]")
+    return [*lines, f"{indent}}}"]
+
+
+def _device_tls(tls: NatsTls) -> list[str]:
+    # nats-server reads no CRL: pinning the unrevoked device certificates is how a revoked one
+    # is refused (the edge's own doors present the site's certificate, pinned too).
+    pinned = tls.device_pinned if tls.verify_devices else ()
+    return _tls_block(tls, verify=tls.verify_devices, pinned=pinned)
+
+
 def _mqtt_block(cfg: NatsServerConfig) -> list[str]:
     # MQTT in nats-server needs JetStream (sessions, retained msgs and QoS 1 are
     # JetStream streams) and an explicit server_name; both are always rendered.
@@ -174,6 +215,8 @@ def _mqtt_block(cfg: NatsServerConfig) -> list[str]:
     lines = ["mqtt {", f"  host: {_q(cfg.host)}", f"  port: {cfg.mqtt_port}"]
     if cfg.mqtt_ack_wait:
         lines.append(f"  ack_wait: {_q(cfg.mqtt_ack_wait)}")
+    if cfg.tls is not None:
+        lines += _device_tls(cfg.tls)
     return [*lines, "}"]
 
 
@@ -218,17 +261,11 @@ def _accounts_block(cfg: NatsServerConfig) -> list[str]:
 
 
 def _websocket_block(cfg: NatsServerConfig) -> list[str]:
-    # Plain ws:// on the local network; TLS is terminated elsewhere if needed.
-    # MQTT clients connect on path /mqtt (paho's default ws path).
+    # wss:// with TLS, else plain ws:// (a setting says so). MQTT clients connect on path /mqtt.
     if cfg.websocket_port is None:
         return []
-    return [
-        "websocket {",
-        f"  host: {_q(cfg.host)}",
-        f"  port: {cfg.websocket_port}",
-        "  no_tls: true",
-        "}",
-    ]
+    tls = _device_tls(cfg.tls) if cfg.tls else ["  no_tls: true"]
+    return ["websocket {", f"  host: {_q(cfg.host)}", f"  port: {cfg.websocket_port}", *tls, "}"]
 
 
 def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
@@ -239,14 +276,22 @@ def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
         # Sites reach the core through whatever address they were given (NAT, a proxy, a
         # load balancer): never tell them to use the core's own listening address instead.
         lines += [f"  host: {_q(cfg.host)}", f"  port: {cfg.leafnode_port}", "  no_advertise: true"]
+        if cfg.tls is not None:
+            lines += _tls_block(cfg.tls, verify=True, pinned=cfg.tls.leaf_pinned)
         if cfg.leafnode_users:
             lines += ["  authorization {", "    users: ["]
+            # nats-server takes no permissions here: a leaf user with permissions is a server
+            # user instead (`users`; leaf links then log in against those).
             lines += [f"      {{ user: {_q(u.user)}, password: {_q(u.password)} }}"
                       for u in cfg.leafnode_users]
             lines += ["    ]", "  }"]
     if cfg.leafnode_remotes:
         lines.append("  remotes: [")
-        lines += [f"    {{ url: {_q(url)} }}" for url in cfg.leafnode_remotes]
+        for url in cfg.leafnode_remotes:
+            if cfg.tls is None:
+                lines.append(f"    {{ url: {_q(url)} }}")
+            else:  # our certificate proves the site to the core; the core's is checked too
+                lines += [f"    {{ url: {_q(url)}", *_tls_block(cfg.tls, verify=False, indent="      "), "    }"]
         lines.append("  ]")
     lines.append("}")
     return lines

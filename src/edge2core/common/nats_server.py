@@ -177,6 +177,14 @@ class EmbeddedNats:
                 proc.wait(timeout=5)
         self._cleanup()
 
+    def answers_healthy(self, timeout: float = 2.0) -> bool:
+        """The server's own /healthz (JetStream included: a stream that failed a write says so
+        here); False when it does not answer within `timeout` seconds."""
+        try:
+            return httpx.get(f"{self.config.monitor_url}/healthz", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def log_tail(self, max_bytes: int = _LOG_TAIL_BYTES) -> str:
         return read_tail(self.log_path, max_bytes)
 

@@ -161,11 +161,15 @@ def verify_artifact(
     """Check the signature, then that ``data`` is the manifest's artefact ``kind``
     (sha256 and size).  Returns the manifest; raises SignatureError on any mismatch."""
     manifest = verify(signed, public)
-    entry = (manifest.get("artifacts") or {}).get(kind)
-    if not entry:
+    # Shapes checked, not assumed: a signed manifest of another shape is refused, not a crash
+    # (found by fuzzing).
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    entry = artifacts.get(kind) if isinstance(artifacts, dict) else None
+    if not isinstance(entry, dict) or not entry:
         raise SignatureError(f"the signed manifest has no {kind!r} artefact")
     digest = hashlib.sha256(data).hexdigest()
-    if entry.get("sha256") != digest or int(entry.get("size", -1)) != len(data):
+    size = entry.get("size")
+    if entry.get("sha256") != digest or not isinstance(size, int) or size != len(data):
         raise SignatureError(
             f"{kind} artefact sha256 {digest[:16]}… / {len(data)} bytes does not match the "
             f"signed {str(entry.get('sha256'))[:16]}… / {entry.get('size')} bytes"

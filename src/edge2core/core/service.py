@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,18 +11,26 @@ from typing import TYPE_CHECKING
 
 import nats
 import uvicorn
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from sqlalchemy.orm import Session, sessionmaker
 
-from edge2core.common.background import supervised
+from edge2core.common.background import restart_when_dead, supervised
 from edge2core.common.events import SITE_REPORTS, SiteModelReport
+from edge2core.common.leaf_permissions import site_publish, site_subscribe
 from edge2core.common.logging import get_logger
 from edge2core.common.nats_server import EmbeddedNats, NatsServerConfig, NatsUser
 from edge2core.common.products import Product
 from edge2core.common.signing import Signer
+from edge2core.common.site_status import SITE_STATUS
+from edge2core.common.site_tokens import leaf_user, tokens_of
+from edge2core.common.tls import TlsFiles, prepare_core_tls
+from edge2core.common.tls_http import uvicorn_tls_options
 from edge2core.config import AutomationPolicy, CoreSettings
+from edge2core.core.api.access import SCOPES
 from edge2core.core.api.app import create_core_app
 from edge2core.core.api.deps import CoreServices
+from edge2core.core.api.token_store import TokenStore
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.curate.datasets import DatasetStore
@@ -37,12 +46,15 @@ from edge2core.core.deliver.deployments import (
 from edge2core.core.deliver.gate import ModelGate
 from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.deliver.site_reports import SiteReports, report_trusted
+from edge2core.core.deliver.site_status import on_site_status
 from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.loop.automation import LearningLoop
 from edge2core.core.loop.drift import DriftWatch
+from edge2core.core.tls_wiring import core_leaf_tls, watch_core_tls
 from edge2core.core.train.embedding_cache import EmbeddingCache
 from edge2core.core.train.on_demand import TrainerOnDemand
+from edge2core.web.auth.users import UserStore
 
 if TYPE_CHECKING:  # train/run brings PyTorch: imported where the trainer is built
     from edge2core.core.train.run import Trainer
@@ -50,7 +62,23 @@ if TYPE_CHECKING:  # train/run brings PyTorch: imported where the trainer is bui
 log = get_logger(__name__)
 
 
-def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
+def core_nats_config(settings: CoreSettings, tls: TlsFiles | None = None,
+                     internal: NatsUser | None = None) -> NatsServerConfig:
+    """`tls`: the leaf listener takes only sites with a certificate from the CA (mutual TLS),
+    pinned to the unrevoked, unexpired ones in the CA folder's `sites/` when it has them.
+
+    With site tokens, each site's leaf link logs in as the site with its token, as a user of
+    the server whose permissions keep it to its own subjects (`common/leaf_permissions`), and
+    the core's own clients log in as `internal` (required then)."""
+    users: tuple[NatsUser, ...] = ()
+    if settings.site_tokens:
+        if internal is None:
+            raise ValueError("with site tokens the core's broker needs an internal user")
+        domain = settings.jetstream_domain
+        # One user per token: during a rotation ("OLD,NEW") both log in as the site.
+        users = (internal, *(NatsUser(leaf_user(site, token), token, site_publish(site, domain),
+                                      site_subscribe(site))
+                             for site, value in settings.site_tokens.items() for token in tokens_of(value)))
     return NatsServerConfig(
         name="e2c-core",
         store_dir=settings.data_dir / "nats" / "jetstream",
@@ -59,8 +87,8 @@ def core_nats_config(settings: CoreSettings) -> NatsServerConfig:
         http_port=settings.nats_http_port,
         jetstream_domain=settings.jetstream_domain,
         leafnode_port=settings.leafnode_port,
-        # With site tokens, a site's leaf link logs in as the site, with its upload token.
-        leafnode_users=tuple(NatsUser(site, token) for site, token in settings.site_tokens.items()),
+        users=users,
+        tls=core_leaf_tls(tls),
     )
 
 
@@ -88,7 +116,8 @@ def build_core_services(
         return Trainer(datasets, store, registry, threads=settings.training_threads,
                        cache=cache, catalogue=catalogue)
 
-    trainer = TrainerOnDemand(build_trainer, EmbeddingCache(settings.resolved_embedding_cache_dir))
+    trainer = TrainerOnDemand(build_trainer, EmbeddingCache(settings.resolved_embedding_cache_dir),
+                              AuditLog(sessions))
     loop = learning_loop(settings.automation, sessions, catalogue, datasets, registry, trainer, wake)
     receiver = ImageReceiver(
         store, sessions, max_bytes=settings.max_upload_bytes, val_percent=settings.val_percent,
@@ -120,6 +149,8 @@ def build_core_services(
         loop=loop,
         site_tokens=settings.site_tokens,
         admin_token=settings.admin_token,
+        site_rate=settings.site_rate,
+        api_tokens=TokenStore(settings.data_dir / "api-tokens.json", SCOPES),
     )
 
 
@@ -198,31 +229,67 @@ def _on_site_report(
     return on_report
 
 
+GRACEFUL_SHUTDOWN_S = 5  # seconds
+
+
 async def serve_core(settings: CoreSettings) -> None:
-    server = EmbeddedNats(core_nats_config(settings), work_dir=Path(settings.data_dir) / "nats")
+    tls = prepare_core_tls(settings.tls_dir, settings.data_dir, settings.host, plaintext=settings.plaintext)
+    # The core's own clients: a secret made afresh per run, never leaving this process (and the
+    # 0600 server config).
+    internal = NatsUser("e2c-core-internal", secrets.token_urlsafe(24))
+    server = EmbeddedNats(core_nats_config(settings, tls, internal), work_dir=Path(settings.data_dir) / "nats")
     server.start()  # in this thread: the server is tied to the thread that starts it
-    client = await nats.connect(server.client_url, max_reconnect_attempts=-1)
+    client = await nats.connect(server.client_url, max_reconnect_attempts=-1,
+                                **({"user": internal.user, "password": internal.password}
+                                   if settings.site_tokens else {}))
     tasks: list[asyncio.Task[None]] = []
     try:
         deploy, catalogue = await open_buckets(client.jetstream())
-        board, feed = SiteBoard(deploy), CatalogueFeed(catalogue)
+        board = SiteBoard(deploy)
+        feed = CatalogueFeed(catalogue, Signer.load_or_create(settings.data_dir / "keys"))
         services = build_core_services(settings, board, feed)
+        # A run this core was doing when it stopped ended with it: say so in the audit log.
+        if interrupted := await asyncio.to_thread(services.trainer.mark_interrupted):
+            log.warning("training runs interrupted by the last stop", runs=interrupted)
         await asyncio.to_thread(publish_desired_state, services, board, feed)
         await client.subscribe(SITE_REPORTS,
                                cb=_on_site_report(services.reports, settings.site_tokens))
+        await client.subscribe(SITE_STATUS,
+                               cb=on_site_status(services.reports.fleet, settings.site_tokens))
         tasks.append(asyncio.create_task(resync_every(services, board, feed, settings.kv_resync_s)))
+        tasks.append(asyncio.create_task(supervised("broker", lambda: restart_when_dead(
+            "nats-server", lambda: server.is_running, server.start,
+            healthy=server.answers_healthy, stop=server.stop))))
         if settings.automation.enabled:
             tasks.append(asyncio.create_task(services.loop.run()))
         if settings.retention_days:
             tasks.append(asyncio.create_task(apply_retention_every(services, settings.retention_every_s)))
-        app = create_core_app(services)
+        app = create_core_app(services, UserStore(settings.data_dir / "users.json"))
+        http_tls, tls_watcher = watch_core_tls(
+            settings, tls, lambda: server.reload(core_nats_config(settings, tls, internal)))
+        tasks.append(asyncio.create_task(supervised("tls", tls_watcher.run)))
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.http_port, log_config=None, access_log=False
+            app, host=settings.host, port=settings.http_port, log_config=None, access_log=False,
+            # Stopping waits for requests in flight, not for ever: a site's keep-alive HTTPS
+            # connection (or a model download) must not hold a service manager's stop.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **uvicorn_tls_options(http_tls),
         )
         log.info("core up", http=settings.http_url, nats=server.client_url)
         await uvicorn.Server(config).serve()
     finally:
         for task in tasks:
             task.cancel()
-        await client.drain()
+        await _close_client(client)
         server.stop()
+
+
+async def _close_client(client: NatsClient, drain_s: float = 3.0) -> None:
+    """Drain the core's own NATS client, but not for longer than `drain_s`: a drain waits for
+    every subscription's pending callbacks (30 s by default), and a service manager stopping
+    the core should not wait on a site's report in flight."""
+    try:
+        await asyncio.wait_for(client.drain(), drain_s)
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.warning("NATS client not drained in time; closing it", error=repr(exc))
+        await client.close()
+

@@ -154,7 +154,8 @@ def create_edge_app(
         PHOTOS_REJECTED.labels(door=door, reason=reason).inc()
         if isinstance(exc, DeviceRefused):
             DEVICES_REFUSED.labels(door=door, reason=reason).inc()
-        return error_response(request, reason, detail_of(exc), STATUS.get(reason, 400))
+        return error_response(request, reason, detail_of(exc), STATUS.get(reason, 400),
+                              retry_after_s=getattr(exc, "retry_after_s", None))
 
     def meta(source: Source, device: str, sku: str | None, captured_at: datetime | None,
              request_id: str | None) -> CaptureMeta:
@@ -180,7 +181,7 @@ def create_edge_app(
     async def post_photo(
         request: Request,
         device: str | None = _id_query("the sending device's id (default: the token's)"),
-        source: Source = Query(Source.KIOSK),
+        source: DeviceRole = Query(DeviceRole.KIOSK),  # a device's role; never `camera`
         sku: str | None = _id_query("the scanned product (kiosk captures need it)", SKU_PATTERN),
         captured_at: CapturedAt | None = Query(None, description="when the photo was taken"),
         device_token: str | None = Depends(token),
@@ -189,9 +190,9 @@ def create_edge_app(
         try:
             check_optional(IdKind.DEVICE, device)
             check_optional(IdKind.SKU, sku)
-            sender = identify(devices, device_token, device, DeviceRole(source.value))
+            sender = identify(devices, device_token, device, source)
             data = await read_photo(request, max_bytes)
-            capture = meta(source, sender, sku, captured_at, None)
+            capture = meta(Source(source.value), sender, sku, captured_at, None)
             receipt = await run_in_threadpool(gateway.capture, data, capture, "http")
         except DEVICE_ERRORS + (SpoolFull, DoorRefusal, InvalidIdentifier) as exc:
             return refusal(request, exc)

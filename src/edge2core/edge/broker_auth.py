@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import DEVICES_REFUSED
 from edge2core.common.nats_server import NatsUser
+from edge2core.edge.device_certs import authenticate_certificate, certificate_device
 from edge2core.edge.devices import (
     Device,
     DeviceRefused,
@@ -52,6 +53,7 @@ from edge2core.edge.devices import (
     device_permissions,
     owns_client_id,
 )
+from edge2core.edge.guests import GuestPasses
 from edge2core.edge.nats_jwt import Issuer, decode_request, response_claims, user_claims
 
 log = get_logger(__name__)
@@ -81,6 +83,7 @@ class Connecting:
     client_id: str | None  # None: not MQTT (no client id to own)
     door: str  # "mqtt", "nats" or "websocket": the metric's label
     host: str
+    certificate: str | None = None  # the device id of a verified device certificate
 
     @classmethod
     def from_request(cls, claims: dict[str, Any]) -> Connecting:
@@ -96,6 +99,7 @@ class Connecting:
             client_id=str(info.get("mqtt_id") or "") if kind == "mqtt" else None,
             door=kind,
             host=str(info.get("host") or ""),
+            certificate=certificate_device(claims),
         )
 
 
@@ -116,8 +120,10 @@ class BrokerAuth:
         system: NatsUser | None = None,
         *,
         workers: int | None = None,
+        guests: GuestPasses | None = None,
     ) -> None:
         self.url = url
+        self.guests = guests  # anonymous shoppers with a pass from the site's shopper page
         self.site = site
         self.devices = devices
         self.issuer = issuer
@@ -245,8 +251,10 @@ class BrokerAuth:
             self._refuse(who, "internal_error", repr(exc))
         else:
             publish, subscribe = device_permissions(self.site, device)
+            guest = self.guests is not None and self.guests.is_guest(device.id)
             user = self.issuer.encode(
-                user_claims(request["nats"]["user_nkey"], device.id, publish, subscribe)
+                user_claims(request["nats"]["user_nkey"], device.id, publish, subscribe,
+                            payload=self.guests.max_bytes if guest and self.guests else -1)
             )
             answer = response_claims(request, user_jwt=user)
             self._admitted[who.cid] = admitted
@@ -268,8 +276,14 @@ class BrokerAuth:
 
     def _decide(self, who: Connecting) -> tuple[Device, Admitted]:
         """In the thread pool: registry file and bcrypt."""
+        if self.guests is not None and self.guests.is_guest(who.username):
+            guest = self.guests.check(who.username, who.password, who.client_id)
+            return guest, Admitted(guest.id, guest.password_bcrypt, who.client_id)
         self.devices.refresh()  # a device added a moment ago may connect at once
-        device = self.devices.authenticate_broker(who.username, who.password, who.client_id)
+        if who.certificate and not who.password:  # X.509 identity instead of a password
+            device = authenticate_certificate(self.devices, who.certificate, who.username, who.client_id)
+        else:
+            device = self.devices.authenticate_broker(who.username, who.password, who.client_id)
         return device, Admitted(device.id, device.password_bcrypt, who.client_id)
 
     def _refuse(self, who: Connecting, reason: str, detail: str) -> None:
@@ -285,6 +299,8 @@ class BrokerAuth:
             self._admitted.pop(int(json.loads(msg.data)["client"]["id"]), None)
 
     def _stale(self, admitted: Admitted, ids: list[str]) -> str | None:
+        if self.guests is not None and self.guests.is_guest(admitted.device):
+            return None  # checked at connect; not in the registry
         device = self.devices.get(admitted.device)
         if device is None:
             return "unknown_device"

@@ -5,17 +5,23 @@ endpoint the site's own doors connect to."""
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+import ssl
+from dataclasses import dataclass, field, replace
 
+from edge2core.common.certs import CertAuthority, cert_fingerprint, read_cert
 from edge2core.common.nats_config import (
     AuthCallout,
     NatsServerConfig,
+    NatsTls,
     NatsUser,
     leaf_url_with_credentials,
 )
+from edge2core.common.site_tokens import leaf_user
+from edge2core.common.tls import TlsFiles, client_context, site_tls_files
 from edge2core.config import EdgeSettings
 from edge2core.edge.broker_auth import BrokerAuth
 from edge2core.edge.devices import DeviceRegistry
+from edge2core.edge.guests import GuestPasses
 from edge2core.edge.mqtt_door import MqttEndpoint
 from edge2core.edge.nats_jwt import Issuer
 
@@ -37,6 +43,30 @@ class SiteAccess:
     # Signs the auth service's answers: made afresh per run, kept in memory (the server config
     # holds only its public key).
     issuer: Issuer = field(default_factory=Issuer)
+    # Anonymous shoppers' passes (the shopper page asks for one): shopper topics, own limits.
+    guests: GuestPasses = field(default_factory=GuestPasses)
+    # The site's certificate (MQTT, WebSocket, leaf link; its own doors trust `tls.ca`); None:
+    # plain text. `device_certs`: devices must present a certificate from the CA too.
+    tls: TlsFiles | None = None
+    device_certs: bool = False
+
+    def secured(self, tls: TlsFiles | None, device_certs: bool = False) -> SiteAccess:
+        """The same access over TLS with `tls` (None: unchanged)."""
+        return self if tls is None else replace(self, tls=tls, device_certs=device_certs)
+
+    def nats_tls(self) -> NatsTls | None:
+        """With device certificates, when the TLS folder holds them (`devices/`, as
+        `edge2core certs` writes it), only the unrevoked, unexpired ones and the site's own
+        (its doors) are admitted; else any certificate from the CA."""
+        if self.tls is None:
+            return None
+        pinned: tuple[str, ...] = ()
+        folder = self.tls.ca.parent
+        if self.device_certs and (folder / "devices").is_dir():
+            ca = CertAuthority(folder)
+            pinned = (*ca.valid_fingerprints("device"), cert_fingerprint(read_cert(self.tls.cert)))
+        return NatsTls(self.tls.cert, self.tls.key, self.tls.ca, verify_devices=self.device_certs,
+                       device_pinned=pinned)
 
     @property
     def enabled(self) -> bool:
@@ -58,7 +88,8 @@ class SiteAccess:
         """The callout service for a server started with `edge_nats_config` (not started)."""
         if self.devices is None or self.internal is None:
             return None
-        return BrokerAuth(url, site, self.devices, self.issuer, self.internal, self.system)
+        return BrokerAuth(url, site, self.devices, self.issuer, self.internal, self.system,
+                          guests=self.guests)
 
 
 def site_access(settings: EdgeSettings) -> SiteAccess:
@@ -75,7 +106,20 @@ def core_leaf_remote(settings: EdgeSettings) -> str:
     assert settings.core_leaf_url
     if not settings.token:
         return settings.core_leaf_url
-    return leaf_url_with_credentials(settings.core_leaf_url, settings.site, settings.token)
+    user = leaf_user(settings.site, settings.token)  # one user per token at the core
+    return leaf_url_with_credentials(settings.core_leaf_url, user, settings.token)
+
+
+def core_link_tls(settings: EdgeSettings) -> tuple[ssl.SSLContext, TlsFiles] | None:
+    """How the site dials the core over HTTPS: trusting the private CA and presenting the
+    site's certificate (mutual TLS). None for an http:// core URL (plain text, as set) or when
+    the site has no certificate files (then the system's CAs, and no client certificate)."""
+    if settings.core_url.startswith("http://"):
+        return None
+    files = site_tls_files(settings.resolved_tls_dir, settings.site)
+    if files.missing():
+        return None
+    return client_context(files.ca, files.cert, files.key), files
 
 
 def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -> NatsServerConfig:
@@ -92,6 +136,7 @@ def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -
         users=access.users(settings.site) if access else (),
         auth_callout=access.auth_callout() if access else None,
         system_users=access.system_users() if access else (),
+        tls=access.nats_tls() if access else None,
     )
 
 
@@ -105,9 +150,13 @@ def mqtt_endpoint(settings: EdgeSettings, access: SiteAccess | None = None) -> M
             password=settings.external_mqtt_password,
         )
     internal = access.internal if access else None
+    tls = access.tls if access else None
     return MqttEndpoint(
         host=settings.host,
         port=settings.mqtt_port,
         username=internal.user if internal else None,
         password=internal.password if internal else None,
+        ca_file=str(tls.ca) if tls else None,
+        certfile=str(tls.cert) if tls else None,  # the site's: a device-cert broker asks for one
+        keyfile=str(tls.key) if tls else None,
     )

@@ -7,7 +7,9 @@ import base64
 import hashlib
 import json
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -100,15 +102,20 @@ class CoreClient:
         resumable_above: int = RESUMABLE_ABOVE,
         chunk_bytes: int = CHUNK_BYTES,
         resume_attempts: int = 5,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=base_url,
+            # `tls`: trust the private CA and present the site's certificate (mutual TLS); the
+            # context is reloaded in place when the files change. None: the system's CAs.
+            verify=tls if tls is not None else True,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             # The forwarder keeps many uploads in flight: keep their connections alive.
             limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
         )
+        self.tls = tls
         self.resumable_above = resumable_above
         self.chunk_bytes = max(1, chunk_bytes)
         self.resume_attempts = resume_attempts
@@ -229,6 +236,16 @@ class CoreClient:
             return None
         response.raise_for_status()
         return response.json()
+
+    async def signed_products(self) -> list[Any]:
+        """The catalogue's signed documents (`GET /v1/catalogue/signed`); a core that predates
+        them answers 404: its plain list then (refused unless unsigned ones are allowed)."""
+        response = await self._http.get("/v1/catalogue/signed")
+        if response.status_code == 404:
+            response = await self._http.get("/v1/catalogue/products")
+        response.raise_for_status()
+        items = response.json()
+        return items if isinstance(items, list) else []
 
     async def products(self) -> list[Product]:
         response = await self._http.get("/v1/catalogue/products")

@@ -25,6 +25,9 @@ from edge2core.common import topics
 from edge2core.common.events import ID_PATTERN, utcnow
 from edge2core.common.fsutil import write_atomic
 
+# Anonymous shoppers' ids (`guests.GuestPasses`): never a registered device's.
+GUEST_PREFIX = "guest-"
+
 
 class DeviceRole(StrEnum):
     KIOSK = "kiosk"
@@ -129,6 +132,8 @@ class DeviceRegistry:
             raise ValueError(f"device id {device_id!r} must match {ID_PATTERN}")
         if is_edge_client_id(device_id):
             raise ValueError(f"device ids starting with {EDGE_CLIENT_ID_PREFIX!r} are the edge's own")
+        if device_id.startswith(GUEST_PREFIX):
+            raise ValueError(f"device ids starting with {GUEST_PREFIX!r} are shoppers' guest passes")
         token = secrets.token_urlsafe(24)
         device = Device(
             id=device_id,

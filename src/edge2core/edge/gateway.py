@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from edge2core.common import envelope, topics
+from edge2core.common.errors import DomainError
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.identifiers import (
     IdKind,
@@ -27,6 +28,7 @@ from edge2core.common.identifiers import (
 from edge2core.common.images import ImageRejected
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import PHOTOS_REJECTED, RECOGNITION_SECONDS, RECOGNITIONS
+from edge2core.common.rate_limit import RateLimited, RateLimiter
 from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.devices import DeviceRefused
 from edge2core.edge.inference import Answer, NoModel, Recognizer, guesses
@@ -45,6 +47,7 @@ class MissingField(ValueError):
 # Errors a device can fix by sending something else: answered, counted, then acknowledged.
 DEVICE_ERRORS = (
     ImageRejected,
+    RateLimited,  # over the device's rate: refused with `rate_limited`, not kept
     InvalidIdentifier,
     WrongSite,
     ValidationError,
@@ -68,6 +71,8 @@ def error_reason(exc: BaseException) -> str:
         return "overloaded"
     if isinstance(exc, DeviceRefused | InvalidIdentifier):
         return exc.reason
+    if isinstance(exc, DomainError):  # the shared vocabulary's stable code (`rate_limited`)
+        return exc.code
     return "malformed"
 
 
@@ -103,21 +108,38 @@ class Gateway:
         self.pool = pool if pool is not None else InferencePool(recognizer)
         # Spooling an unsure shopper photo must not delay the shopper's answer.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2c-keep")
+        # Whether a device may ask once more now (guests have a rate: `guests.GuestPasses`).
+        self.admit: Callable[[str], bool] = lambda _device: True
+        # Per-device messages and bytes per second (`common/rate_limit`), at every door.
+        self.limiter: RateLimiter | None = None
 
     def capture(self, data: bytes, meta: CaptureMeta, door: str) -> IntakeReceipt:
         if meta.source == Source.KIOSK and not meta.sku:
             raise MissingField("a kiosk capture needs the scanned product's 'sku'")
+        self._limit(meta, data, door)
         return self.intake.accept(data, meta, door=door)
+
+    def _limit(self, meta: CaptureMeta, data: bytes, door: str) -> None:
+        """RateLimited (`rate_limited`) when the device is over its rate."""
+        if self.limiter is not None:
+            self.limiter.check(meta.device, len(data), door)
 
     async def recognize_async(self, data: bytes, meta: CaptureMeta, door: str) -> Answer:
         """For the event loop: no thread waits for the answer."""
+        if not self.admit(meta.device):
+            raise DeviceRefused("rate_limited", "too many requests from this device: wait a minute")
+        self._limit(meta, data, door)
         return self._answered(await self.pool.recognize(data, meta.request_id), data, meta, door)
 
     def recognize_then(
         self, data: bytes, meta: CaptureMeta, door: str, then: AnswerCallback
     ) -> None:
         """Non-blocking (paho's network thread): `then` runs on the pool's worker thread.
-        Raises Overloaded at once when the queue is full."""
+        Raises Overloaded at once when the queue is full, DeviceRefused (`rate_limited`)
+        when the device asked too often."""
+        if not self.admit(meta.device):
+            raise DeviceRefused("rate_limited", "too many requests from this device: wait a minute")
+        self._limit(meta, data, door)
 
         def done(future: Future[Answer]) -> None:
             try:

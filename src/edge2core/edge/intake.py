@@ -21,7 +21,7 @@ from edge2core.edge.spool import Spool
 
 # Unrecognised shopper photos teach the next model the most, then the first captures of a
 # product the site has few photos of; a kiosk's 500th banana the least.
-PRIORITY = {Source.SHOPPER: 10, Source.KIOSK: 5}
+PRIORITY = {Source.SHOPPER: 10, Source.KIOSK: 5, Source.CAMERA: 3}
 NEW_PRODUCT_PRIORITY = 8
 NEW_PRODUCT_PHOTOS = 30
 # Sizes of the photos the near-duplicate window may name (far more than it holds in its window).

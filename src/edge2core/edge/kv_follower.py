@@ -19,6 +19,7 @@ import httpx
 import nats.errors
 
 from edge2core.common.logging import get_logger
+from edge2core.edge.kv_key_watch import watch_keys
 
 log = get_logger(__name__)
 
@@ -65,7 +66,9 @@ class LeafLink:
 
 class KvFollower:
     """Calls `apply(state)` with the bucket's whole state (key -> value) once a watch has
-    delivered it, then after every change. Deleted keys leave the state."""
+    delivered it, then after every change. Deleted keys leave the state. With `keys`, only
+    those keys are watched (and are the state): what a site may read of a bucket whose other
+    keys are other sites' (`kv_key_watch`)."""
 
     def __init__(
         self,
@@ -76,7 +79,9 @@ class KvFollower:
         link: LeafLink | None = None,
         resync_s: float = 600.0,
         retry_s: float = 2.0,
+        keys: tuple[str, ...] = (),
     ) -> None:
+        self._keys = keys
         self._js = js
         self._bucket = bucket
         self._apply = apply
@@ -90,7 +95,8 @@ class KvFollower:
             generation = self._link.generation if self._link else 0
             try:
                 kv = await self._js.key_value(self._bucket)
-                watcher = await kv.watchall()
+                watcher = await (watch_keys(self._js, self._bucket, self._keys) if self._keys
+                                 else kv.watchall())
             except Exception as exc:  # the core, or the link to it, is not there yet
                 log.debug("cannot watch yet", bucket=self._bucket, error=repr(exc))
                 await asyncio.sleep(self._retry_s)

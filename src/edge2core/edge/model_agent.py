@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,7 @@ from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MODEL_DELIVERY_BYTES, MODEL_SWAPS
 from edge2core.common.products import read_products
+from edge2core.common.signed_catalogue import TamperedCatalogue, unwrap_unverified
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.inference import LoadedModel, ModelLoadError, Recognizer
@@ -270,7 +272,23 @@ class ModelAgent:
         write_atomic(self._refused_path(), [json.dumps(sorted(self._refused)).encode()])
 
     async def _refresh_catalogue(self) -> None:
-        self._catalogue.replace(await self._core.products())
+        if self._trust is None:
+            self._catalogue.replace(await self._core.products())
+            return
+        await self._replace_catalogue(await self._core.signed_products())
+
+    async def _replace_catalogue(self, items: list[Any]) -> None:
+        """Verified (with a trust): a catalogue with any entry that fails is refused whole and
+        the replica keeps what it had."""
+        if self._trust is None:
+            self._catalogue.replace(read_products([unwrap_unverified(i) for i in items]))
+            return
+        try:
+            products = await self._trust.catalogue(self._core, items)
+        except (TamperedCatalogue, UntrustedModel) as exc:
+            log.error("catalogue refused: it does not verify; keeping the current one", error=str(exc))
+            return
+        self._catalogue.replace(products)
 
     # --- following the core ------------------------------------------------------------------
 
@@ -292,7 +310,7 @@ class ModelAgent:
         self._nudge.set()
 
     async def on_catalogue_state(self, state: State) -> None:
-        self._catalogue.replace(read_products(list(state.values())))
+        await self._replace_catalogue(list(state.values()))
 
     def _watch_trusted(self, link: LeafLink | None) -> bool:
         """The KV watch decides while it has spoken and its link is up (or down only briefly);
@@ -306,7 +324,9 @@ class ModelAgent:
         followers = []
         if js is not None:
             followers = [
-                asyncio.create_task(KvFollower(js, DEPLOY_BUCKET, self.on_deploy_state, link=link).run()),
+                # Only this site's key and the fleet's: the core lets a site read no other.
+                asyncio.create_task(KvFollower(js, DEPLOY_BUCKET, self.on_deploy_state, link=link,
+                                               keys=(FLEET_KEY, site_key(self._site)) if self._site else ()).run()),
                 asyncio.create_task(KvFollower(js, CATALOGUE_BUCKET, self.on_catalogue_state, link=link).run()),
             ]
         last_http = -float("inf")

@@ -121,9 +121,10 @@ def decode_request(token: str | bytes) -> dict[str, Any]:
 
 
 def user_claims(user_nkey: str, device_id: str, publish: tuple[str, ...],
-                subscribe: tuple[str, ...]) -> dict[str, Any]:
+                subscribe: tuple[str, ...], payload: int = -1) -> dict[str, Any]:
     """The user the server should make of an admitted device: named after it, in the global
-    account, allowed only its own subjects, no other limits."""
+    account, allowed only its own subjects; `payload` bytes at most per message (-1: the
+    server's limit; guests get a smaller one)."""
     return {
         "sub": user_nkey,
         "aud": GLOBAL_ACCOUNT,  # non-operator mode: the account to place the user in
@@ -133,7 +134,7 @@ def user_claims(user_nkey: str, device_id: str, publish: tuple[str, ...],
             "sub": {"allow": list(subscribe)},
             "subs": -1,
             "data": -1,
-            "payload": -1,
+            "payload": payload,
             "type": "user",
             "version": 2,
         },

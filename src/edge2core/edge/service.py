@@ -4,39 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from dataclasses import dataclass
+from functools import partial
 
 import nats
-import uvicorn
 from nats.aio.client import Client as NatsClient
 
 from edge2core.common import topics
-from edge2core.common.background import supervised
+from edge2core.common.background import restart_when_dead, supervised
 from edge2core.common.events import (
     PhotoForwarded,
     SiteModelReport,
     events_subject,
     site_report_subject,
+    utcnow,
 )
+from edge2core.common.leaf_permissions import site_inbox
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import snapshot
 from edge2core.common.nats_server import EmbeddedNats
+from edge2core.common.rate_limit import RateLimiter
+from edge2core.common.tls import prepare_site_tls
+from edge2core.common.tls_http import uvicorn_tls_options
 from edge2core.config import EdgeSettings
 from edge2core.edge.api import create_edge_app
 from edge2core.edge.broker_auth import BrokerAuth
-from edge2core.edge.broker_config import SiteAccess, edge_nats_config, mqtt_endpoint, site_access
+from edge2core.edge.broker_config import (
+    SiteAccess,
+    core_link_tls,
+    edge_nats_config,
+    mqtt_endpoint,
+    site_access,
+)
 from edge2core.edge.broker_watch import watch_auth_failures
 from edge2core.edge.catalogue_replica import CatalogueReplica
 from edge2core.edge.core_client import CoreClient
 from edge2core.edge.dead_letters import DeadLetters
 from edge2core.edge.dedup import NearDuplicateWindow
+from edge2core.edge.doors.mqtt import mqtt_doors_for
+from edge2core.edge.doors.plugin import DoorContext, EventPublisher
+from edge2core.edge.doors.registry import SiteDoors
 from edge2core.edge.faces import (
     FaceDetectorUnavailable,
     FaceRedactor,
     load_default_detector,
 )
 from edge2core.edge.forwarder import EventSink, Forwarder
-from edge2core.edge.gateway import Gateway, MqttHandlers
+from edge2core.edge.gateway import Gateway
 from edge2core.edge.golden import GoldenSet
 from edge2core.edge.inference import Recognizer
 from edge2core.edge.inference_pool import InferencePool
@@ -50,6 +65,9 @@ from edge2core.edge.quality import QualityAction, QualityPolicy
 from edge2core.edge.retained_sweeper import RetainedSweeper
 from edge2core.edge.shaping import TokenBucket, parse_windows
 from edge2core.edge.spool import Spool, WhenFull
+from edge2core.edge.status_reporter import STATUS_EVERY_S, collect_status, report_status_every
+from edge2core.edge.tls_wiring import watch_site_tls
+from edge2core.web.site.router import SitePages, mount_site_pages
 
 __all__ = ["EdgeParts", "SiteAccess", "build_edge_parts", "edge_nats_config", "serve_edge",
            "site_access", "start_doors", "start_sweeper", "status_report"]
@@ -105,8 +123,10 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         limits=policy.limits,
         golden=golden,
     )
+    link_tls = core_link_tls(settings)
     core = CoreClient(
-        settings.core_url, settings.token, resumable_above=settings.resumable_above_bytes
+        settings.core_url, settings.token, resumable_above=settings.resumable_above_bytes,
+        tls=link_tls[0] if link_tls else None,
     )
     forwarder = Forwarder(
         spool,
@@ -138,6 +158,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
         poll_s=settings.model_poll_s, trust=trust, reporter=reporter,
     )
     gateway = Gateway(intake, recognizer, InferencePool.for_settings(recognizer, settings))
+    gateway.limiter = RateLimiter(settings.device_rate, "device")
     return EdgeParts(spool, catalogue, recognizer, gateway, core, forwarder, agent)
 
 
@@ -164,32 +185,9 @@ def status_report(settings: EdgeSettings, parts: EdgeParts) -> dict:
 def start_doors(
     settings: EdgeSettings, gateway: Gateway, access: SiteAccess | None = None
 ) -> list[MqttDoor]:
-    endpoint = mqtt_endpoint(settings, access)
-    subs = topics.subscriptions(settings.site)
-    handlers = MqttHandlers(gateway, DeadLetters(settings.data_dir / "dead-letters"))
-    # Two connections, two network threads: a burst of captures never delays an answer.
-    # Captures: QoS 1, persistent session, acked once spooled. Recognition requests: QoS 0 on a
-    # clean session (worthless after a restart), handed from the network thread straight to
-    # the gateway's inference pool, which HTTP requests share.
-    doors = [
-        MqttDoor(
-            endpoint,
-            private_client_id(settings.data_dir, f"e2c-{settings.site}-capture"),
-            [subs["kiosk"]],
-            handlers.on_capture,
-            on_poison=handlers.on_capture_poison,
-            workers=settings.capture_workers,
-        ),
-        MqttDoor(
-            endpoint,
-            private_client_id(settings.data_dir, f"e2c-{settings.site}-recognize"),
-            [subs["shopper"]],
-            handlers.on_recognize,
-            qos=0,
-            on_poison=handlers.on_recognize_poison,
-            replay_retained=False,
-        ),
-    ]
+    """The MQTT doors alone, started (tests and benches; `edge up` starts every door through
+    its plugin, `edge2core.edge.doors`)."""
+    doors = mqtt_doors_for(settings, gateway, access)
     for door in doors:
         door.start()
     return doors
@@ -245,8 +243,33 @@ async def watch_devices(auth: BrokerAuth, every_s: float = 2.0) -> None:
         await asyncio.to_thread(auth.enforce)
 
 
+def event_publisher(client: NatsClient, site: str) -> EventPublisher:
+    """For doors' threads: publish a site event on the NATS client's loop, without waiting."""
+    loop = asyncio.get_running_loop()
+
+    def publish(name: str, payload: bytes) -> None:
+        asyncio.run_coroutine_threadsafe(client.publish(events_subject(site, name), payload), loop)
+
+    return publish
+
+
+async def until_signalled() -> None:
+    """Until SIGINT or SIGTERM (what uvicorn's own loop used to wait for)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 async def serve_edge(settings: EdgeSettings) -> None:
-    access = site_access(settings)
+    access = site_access(settings).secured(
+        prepare_site_tls(settings.tls_dir, settings.data_dir, settings.site, plaintext=settings.plaintext),
+        settings.device_certs)
     if access.devices is not None and not access.devices.list():
         log.warning("device identity is on but no device is registered; add one with "
                     "`edge2core edge devices add --data-dir DIR ID --role kiosk`")
@@ -261,12 +284,13 @@ async def serve_edge(settings: EdgeSettings) -> None:
     client = await nats.connect(
         server.client_url,
         max_reconnect_attempts=-1,
+        # The core forwards to this site only answers on its own prefix (leaf permissions).
+        inbox_prefix=site_inbox(settings.site),
         **({"user": internal.user, "password": internal.password} if internal else {}),
     )
     parts = build_edge_parts(settings, await event_sink(client, settings.site),
                              site_reporter(client, settings.token))
     await parts.agent.load_last_good()
-    doors = await asyncio.to_thread(start_doors, settings, parts.gateway, access)
     sweeper = await asyncio.to_thread(start_sweeper, settings, access)
     # The core's desired state (model per site, catalogue) lives in its JetStream domain,
     # reached over the leaf link; the link's ups and downs are read off our own broker.
@@ -278,6 +302,10 @@ async def serve_edge(settings: EdgeSettings) -> None:
             supervised("model-agent", lambda: parts.agent.run(core_js, link)), name="model-agent"
         ),
     ]
+    # The devices' broker comes back by itself after a kill -9 or a full disk (sessions in JetStream).
+    tasks.append(asyncio.create_task(supervised("broker", lambda: restart_when_dead(
+        "nats-server", lambda: server.is_running, server.start,
+        healthy=server.answers_healthy, stop=server.stop)), name="broker"))
     if link is not None:
         tasks.append(asyncio.create_task(supervised("leaf-link", link.run), name="leaf-link"))
     if auth is not None:
@@ -292,26 +320,39 @@ async def serve_edge(settings: EdgeSettings) -> None:
                 name="auth-failures",
             ),
         ]
-    app = create_edge_app(
-        parts.gateway,
-        settings.site,
-        lambda: status_report(settings, parts),
-        settings.max_bytes,
-        devices=access.devices,
-    )
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.http_port, log_config=None, access_log=False
-    )
-    log.info("edge up", site=settings.site, http=settings.http_url, mqtt=settings.mqtt_port,
-             mqtt_ws=settings.mqtt_ws_port)
+    doors: SiteDoors | None = None  # made below; the status page reads it once it runs
+
+    def app_status() -> dict:
+        return {**status_report(settings, parts), "doors": doors.status() if doors else []}
+
+    app = create_edge_app(parts.gateway, settings.site, app_status, settings.max_bytes,
+                          devices=access.devices)
+    # The people's pages (web/site): shoppers come as guests (own topics and limits).
+    guests = access.guests if access.devices is not None else None
+    mount_site_pages(app, SitePages(settings.site, parts.catalogue, guests, settings.mqtt_ws_port))
+    if guests is not None:
+        parts.gateway.admit = guests.allow
+    status = partial(collect_status, settings.site, utcnow(), parts.spool, parts.recognizer,
+                     parts.catalogue)
+    tasks.append(asyncio.create_task(supervised("status-report", lambda: report_status_every(
+        status, client.publish, settings.token, STATUS_EVERY_S)), name="status-report"))
+    http_tls, tls_watcher = watch_site_tls(settings, access, server, parts.core.tls)
+    tasks.append(asyncio.create_task(supervised("tls", tls_watcher.run), name="tls"))
+    # Every door (MQTT, HTTP, AMQP, cameras, folders, plugins) through one interface.
+    doors = SiteDoors(DoorContext(
+        settings, parts.gateway, DeadLetters(settings.data_dir / "dead-letters"), access,
+        status=app_status, publish_event=event_publisher(client, settings.site),
+        http_app=app, http_options=uvicorn_tls_options(http_tls)))
     try:
-        await uvicorn.Server(config).serve()
+        await asyncio.to_thread(doors.start)  # a door that cannot start stops the site, cleanly
+        log.info("edge up", site=settings.site, http=settings.http_url, mqtt=settings.mqtt_port,
+                 mqtt_ws=settings.mqtt_ws_port, doors=[d["name"] for d in doors.status()])
+        await until_signalled()
     finally:
         for task in tasks:
             task.cancel()
         sweeper.stop()
-        for door in doors:
-            door.stop()
+        doors.stop()
         parts.gateway.close()
         await client.drain()
         await parts.core.aclose()

@@ -10,6 +10,8 @@ oldest first, to make room; every eviction is counted, logged and kept in the in
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import threading
 import time
@@ -25,6 +27,7 @@ from edge2core.common.logging import get_logger
 from edge2core.common.metrics import (
     SPOOL_BYTES,
     SPOOL_EVICTED,
+    SPOOL_INDEX_REPAIRED,
     SPOOL_ITEMS,
     SPOOL_OLDEST_AGE,
 )
@@ -94,10 +97,7 @@ class Spool:
         self._objects = root / "objects"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "index.db", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = self._open_index()
         self._remove_orphans()
         # Running totals, loaded once and kept under `_lock` by put/_evict/remove: the budget
         # check and the gauges then need no COUNT/SUM over the whole backlog on every photo.
@@ -108,31 +108,92 @@ class Spool:
         self._evicted = int(self._db.execute("SELECT COUNT(*) FROM evictions").fetchone()[0])
         self._update_gauges()
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.root / "index.db", check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise _Corrupt("the spool index failed its integrity check")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _open_index(self) -> sqlite3.Connection:
+        """The index, or, when it is corrupt (a disk fault, a bad power cut), a new one holding
+        every row that could still be read; the old file and the photos whose rows were lost
+        are moved to `quarantine/` for an operator. Never a crash, never a silent drop."""
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _corrupt(exc):  # "locked", "readonly", ...: not ours to repair
+                raise
+            broken = self.root / "quarantine" / f"index-{time.time_ns()}"
+            broken.mkdir(parents=True)
+            for name in ("index.db", "index.db-wal", "index.db-shm"):
+                if (self.root / name).exists():
+                    os.replace(self.root / name, broken / name)
+            rows = _salvage_rows(broken / "index.db")
+            db = self._connect()
+            db.executemany(
+                "INSERT OR IGNORE INTO items (sha256, size, priority, created, record) "
+                "VALUES (?,?,?,?,?)",
+                [row for row in rows if self._path(row[0]).is_file()],
+            )
+            kept = {row[0] for row in db.execute("SELECT sha256 FROM items")}
+            lost = [path for path in self._objects.glob("*/*")
+                    if path.name not in kept and not path.name.startswith(".tmp-")]
+            for path in lost:  # acknowledged once, perhaps: kept aside, never deleted
+                os.replace(path, broken / path.name)
+            fsync_dir(broken)
+            SPOOL_INDEX_REPAIRED.inc()
+            log.error("spool index was corrupt: rebuilt from what could be read", error=str(exc),
+                      salvaged=len(kept), quarantined=len(lost), folder=str(broken))
+            return db
+
     def _path(self, sha256: str) -> Path:
         return self._objects / sha256[:2] / sha256
 
     def put(self, record: PhotoRecord, data: bytes, priority: int) -> bool:
-        """Store durably; False if the same bytes are already waiting (a duplicate)."""
+        """Store durably; False if the same bytes are already waiting (a duplicate).
+
+        Raises `SpoolFull` when the budget is spent or the disk itself is full (ENOSPC,
+        EDQUOT, SQLite's "database or disk is full"): a refusal, and nothing half-written
+        stays behind."""
         with self._lock:
             if self._contains(record.sha256):
                 return False
             self._make_room(len(data), priority)
-            write_atomic(self._path(record.sha256), [data])
-            with self._transaction():
-                self._db.execute(
-                    "INSERT INTO items (sha256, size, priority, created, record) VALUES (?,?,?,?,?)",
-                    (record.sha256, len(data), priority, time.time(), record.model_dump_json()),
-                )
-                if record.sku:
-                    self._db.execute(
-                        "INSERT INTO label_counts (label, count) VALUES (?, 1) "
-                        "ON CONFLICT(label) DO UPDATE SET count = count + 1",
-                        (record.sku,),
-                    )
+            try:
+                self._write(record, data, priority)
+            except (OSError, sqlite3.OperationalError) as exc:
+                self._path(record.sha256).unlink(missing_ok=True)
+                if not _disk_full(exc):
+                    raise
+                raise SpoolFull(
+                    f"the edge's disk is full ({exc}); the photo was not kept. Free space on "
+                    f"the spool's volume or restore the link to the core."
+                ) from exc
             self._items += 1
             self._bytes += len(data)
         self._update_gauges()
         return True
+
+    def _write(self, record: PhotoRecord, data: bytes, priority: int) -> None:
+        write_atomic(self._path(record.sha256), [data])
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO items (sha256, size, priority, created, record) VALUES (?,?,?,?,?)",
+                (record.sha256, len(data), priority, time.time(), record.model_dump_json()),
+            )
+            if record.sku:
+                self._db.execute(
+                    "INSERT INTO label_counts (label, count) VALUES (?, 1) "
+                    "ON CONFLICT(label) DO UPDATE SET count = count + 1",
+                    (record.sku,),
+                )
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -141,7 +202,8 @@ class Spool:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back by itself (disk full)
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -267,3 +329,38 @@ class Spool:
         SPOOL_ITEMS.set(stats.items)
         SPOOL_BYTES.set(stats.bytes)
         SPOOL_OLDEST_AGE.set(stats.oldest_age_s or 0.0)
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    pass
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """The index file itself is damaged (not busy, locked or read-only)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return isinstance(exc, _Corrupt) or name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
+
+
+def _salvage_rows(path: Path) -> list[tuple[str, int, int, float, str]]:
+    """The items rows a corrupt index still yields, up to the first unreadable page."""
+    rows: list[tuple[str, int, int, float, str]] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows
+    try:
+        cursor = db.execute("SELECT sha256, size, priority, created, record FROM items")
+        for row in cursor:
+            if isinstance(row[0], str) and len(row[0]) == 64:
+                rows.append(row)
+    except sqlite3.Error:
+        pass  # keep what came before the damage
+    finally:
+        db.close()
+    return rows

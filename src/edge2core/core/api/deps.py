@@ -15,6 +15,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.objectstore import ObjectStore
+from edge2core.common.rate_limit import RateLimit
+from edge2core.core.api.token_store import TokenStore
 from edge2core.core.audit import AuditLog
 from edge2core.core.catalogue.catalogue import Catalogue
 from edge2core.core.curate.datasets import DatasetStore
@@ -47,6 +49,8 @@ class CoreServices:
     loop: LearningLoop
     site_tokens: dict[str, str]
     admin_token: str | None  # None: the API is open (development), see `access.py`
+    site_rate: RateLimit | None = None  # each site's uploads (`access.SiteRateLimit`)
+    api_tokens: TokenStore | None = None  # scoped tokens for people and tools (`access.py`)
 
 
 async def core_services(request: Request) -> CoreServices:

@@ -81,10 +81,13 @@ def parse_count(value: str | None, header: str, what: str) -> int:
     or not a plain integer."""
     if value is None:
         raise Invalid(f"{header} is required", code=f"no_{what}")
-    if not _COUNT.fullmatch(value.strip()):
+    # HTTP's optional whitespace is space and tab; str.strip() would also take control
+    # characters that int() then refuses (a 500, found by fuzzing).
+    digits = value.strip(" \t")
+    if not _COUNT.fullmatch(digits):
         raise Invalid(f"{header} must be a non-negative integer in decimal digits",
                       code=f"bad_{what}")
-    return int(value)
+    return int(digits)
 
 
 def positive_length(value: str | None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -21,6 +22,14 @@ def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def core_trust() -> ssl.SSLContext | bool:
+    """The core's private CA (its `tls_dir`) when this machine has it, else the system's."""
+    from edge2core.common.tls import trust
+    from edge2core.config import CoreSettings
+
+    return trust(CoreSettings().resolved_tls_dir)
+
+
 def core_url(url: str | None) -> str:
     if url:
         return url.rstrip("/")
@@ -37,7 +46,7 @@ def call(method: str, url: str | None, path: str, *,
     try:
         headers = {**admin_headers(), **kw.pop("headers", {})}
         response = httpx.request(method, f"{base}{path}", timeout=kw.pop("timeout", 60),
-                                 headers=headers, **kw)
+                                 headers=headers, verify=core_trust(), **kw)
     except httpx.HTTPError as exc:
         typer.echo(f"cannot reach the core at {base}: {exc}. Is `edge2core core up` running?",
                    err=True)

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edge2core.core.cli.http import JsonOpt, UrlOpt, admin_headers, call, core_url
+from edge2core.core.cli.http import JsonOpt, UrlOpt, admin_headers, call, core_trust, core_url
 
 models_app = typer.Typer(help="The model registry: list, show, compare, promote, roll back.",
                          no_args_is_help=True)
@@ -267,7 +267,7 @@ def eval_command(
         suffix = "artifact" if kind == "full" else f"artifacts/{kind}"
         try:
             response = httpx.get(f"{base}/v1/models/{int(model)}/{suffix}", timeout=300,
-                                 headers=admin_headers()).raise_for_status()
+                                 headers=admin_headers(), verify=core_trust()).raise_for_status()
         except httpx.HTTPError as exc:
             typer.echo(f"cannot fetch model {model} from {base}: {exc}", err=True)
             raise typer.Exit(1) from exc

@@ -46,8 +46,8 @@ class DatasetQuery(BaseModel):
     sites: list[Identifier] | None = None
     devices: list[Identifier] | None = None
     sources: list[Source] = Field(
-        default_factory=lambda: [Source.KIOSK, Source.SHOPPER],
-        description="kiosk captures (scanned SKU) and shopper photos labelled by a person",
+        default_factory=lambda: [Source.KIOSK, Source.SHOPPER, Source.CAMERA],
+        description="kiosk captures (scanned SKU), shopper photos and camera frames labelled by a person",
     )
     since: UtcDateTime | None = Field(
         default=None, description="captured at or after (arrival time if capture time unknown)"

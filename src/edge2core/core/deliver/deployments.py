@@ -10,6 +10,7 @@ returns once the sites can see it.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ from edge2core.common.events import (
 )
 from edge2core.common.logging import get_logger
 from edge2core.common.products import Product
+from edge2core.common.signed_catalogue import sign_product
+from edge2core.common.signing import Signer
 
 log = get_logger(__name__)
 
@@ -164,15 +167,22 @@ class SiteBoard:
 class CatalogueFeed:
     """Catalogue changes -> the `e2c-catalogue` bucket (the Catalogue's on_change hook)."""
 
-    def __init__(self, bucket: KvBucket) -> None:
+    def __init__(self, bucket: KvBucket, signer: Signer | None = None) -> None:
         self._bucket = bucket
+        # Each value signed like the models (`common/signed_catalogue`): sites verify them.
+        self._signer = signer
         self._lock = threading.Lock()
         self._sent: dict[str, bytes] = {}  # what this process last put, per key
+
+    def _value(self, product: Product) -> bytes:
+        if self._signer is None:
+            return product.model_dump_json().encode()
+        return json.dumps(sign_product(self._signer, product), sort_keys=True).encode()
 
     def __call__(self, products: Iterable[Product]) -> None:
         with self._lock:
             for product in products:
-                key, value = product_key(product.sku), product.model_dump_json().encode()
+                key, value = product_key(product.sku), self._value(product)
                 self._bucket.put(key, value)
                 self._sent[key] = value
 
@@ -181,7 +191,7 @@ class CatalogueFeed:
         applies), and no key for a product the catalogue no longer has."""
         with self._lock:
             for product in products:
-                key, value = product_key(product.sku), product.model_dump_json().encode()
+                key, value = product_key(product.sku), self._value(product)
                 if self._sent.get(key) != value and self._bucket.get(key) != value:
                     self._bucket.put(key, value)
                 self._sent[key] = value

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from edge2core.common.events import SiteModelReport, site_report_subject
 from edge2core.common.logging import get_logger
+from edge2core.common.site_tokens import tokens_of
+from edge2core.core.deliver.site_status import FleetStatus
 
 log = get_logger(__name__)
 
@@ -31,7 +33,7 @@ def report_trusted(report: SiteModelReport, subject: str, site_tokens: dict[str,
     if not site_tokens:
         return True
     token = site_tokens.get(report.site)
-    return token is not None and report.verify(token)
+    return token is not None and any(report.verify(t) for t in tokens_of(token))  # OLD,NEW
 
 
 def judge(reports: dict[str, SiteModelReport], sites: Sequence[str], version: int) -> Verdict | None:
@@ -51,6 +53,7 @@ class SiteReports:
     def __init__(self) -> None:
         self._reports: dict[str, SiteModelReport] = {}
         self._changed = threading.Condition()
+        self.fleet = FleetStatus()  # the sites' periodic status reports (the dashboard's fleet)
 
     def record(self, report: SiteModelReport) -> None:
         with self._changed:

@@ -158,7 +158,7 @@ class PhotoRows:
                 present.add(record.sha256)
                 group = self.near_dups.group_for(record.sha256, phash)
                 rows.append(self._row_values(record, key, phash, group, now))
-                if record.source is Source.SHOPPER:
+                if record.source in (Source.SHOPPER, Source.CAMERA):  # unlabelled: to label
                     tasks.append(_label_task(record, now))
                 self.near_dups.add(phash, group)  # later photos in this batch can join it
                 results.append(True)
@@ -201,7 +201,7 @@ class PhotoRows:
                 if session.get(ImageRow, record.sha256) is not None:
                     return False
                 session.add(ImageRow(**self._row_values(record, key, phash, group, now)))
-                if record.source is Source.SHOPPER:
+                if record.source in (Source.SHOPPER, Source.CAMERA):  # unlabelled: to label
                     session.add(_label_task(record, now))
         except IntegrityError:
             return False

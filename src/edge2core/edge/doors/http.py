@@ -27,6 +27,9 @@ class HttpDoor:
 
     def __init__(self, app: Any, host: str, port: int, start_timeout_s: float = 30.0,
                  **options: Any) -> None:
+        # Stopping waits for requests in flight for a bounded time, not for every keep-alive
+        # connection a device left open.
+        options.setdefault("timeout_graceful_shutdown", 5)
         self._config = uvicorn.Config(app, host=host, port=port, log_config=None,
                                       access_log=False, **options)
         self._server = uvicorn.Server(self._config)
