@@ -5,9 +5,11 @@ Events carry references (sha256, size, key, site, device, label), never image by
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, overload
+from typing import Any, Self, overload
 
 from pydantic import BaseModel, Field
 
@@ -133,7 +135,26 @@ FLEET_KEY = "fleet"
 CATALOGUE_BUCKET = "e2c-catalogue"
 
 
-class SiteModelReport(BaseModel):
+class SignedReport(BaseModel):
+    """A site's message to the core with an HMAC-SHA256 of the rest under the site's token
+    (where sites have tokens): a site can speak only for itself, even on the shared leaf link."""
+
+    mac: str = ""
+
+    def signed(self, token: str) -> Self:
+        return self.model_copy(update={"mac": self._mac(token)}) if token else self
+
+    def verify(self, token: str) -> bool:
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError that a
+        # forged report could raise in the core's handler; found by fuzzing).
+        return hmac.compare_digest(self.mac.encode(), self._mac(token).encode())
+
+    def _mac(self, token: str) -> str:
+        body = self.model_dump_json(exclude={"mac"}).encode()
+        return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+
+
+class SiteModelReport(SignedReport):
     """Edge -> core: what a site did with a model version (canary health, audit)."""
 
     site: str
@@ -142,26 +163,6 @@ class SiteModelReport(BaseModel):
     state: str  # live | refused | rolled_back
     reason: str = ""
     at: datetime = Field(default_factory=utcnow)
-    # HMAC-SHA256 of the rest with the site's token (where sites have tokens): a site can
-    # speak only for itself, even on the shared leaf link.
-    mac: str = ""
-
-    def signed(self, token: str) -> SiteModelReport:
-        return self.model_copy(update={"mac": self._mac(token)}) if token else self
-
-    def verify(self, token: str) -> bool:
-        import hmac
-
-        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError that a
-        # forged report could raise in the core's handler; found by fuzzing).
-        return hmac.compare_digest(self.mac.encode(), self._mac(token).encode())
-
-    def _mac(self, token: str) -> str:
-        import hashlib
-        import hmac
-
-        body = self.model_dump_json(exclude={"mac"}).encode()
-        return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
 
 
 def site_report_subject(site: str) -> str:

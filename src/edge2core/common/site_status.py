@@ -8,13 +8,11 @@ again when its link returns; counters that went backwards mean the site restarte
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from edge2core.common.events import utcnow
+from edge2core.common.events import SignedReport, utcnow
 
 SITE_STATUS = "e2c.sites.*.status"
 
@@ -31,7 +29,7 @@ class SpoolState(BaseModel):
     evicted: int = 0
 
 
-class SiteStatus(BaseModel):
+class SiteStatus(SignedReport):
     """One report. Counter values are totals since the site's process started."""
 
     site: str
@@ -52,14 +50,3 @@ class SiteStatus(BaseModel):
     latency_buckets: dict[str, float] = Field(
         default_factory=dict, description="recognition seconds: cumulative count per bucket "
                                           "upper bound ('+Inf' last), as Prometheus keeps them")
-    mac: str = ""  # HMAC-SHA256 with the site's token, as for model reports
-
-    def signed(self, token: str) -> SiteStatus:
-        return self.model_copy(update={"mac": self._mac(token)}) if token else self
-
-    def verify(self, token: str) -> bool:
-        return hmac.compare_digest(self.mac, self._mac(token))
-
-    def _mac(self, token: str) -> str:
-        body = self.model_dump_json(exclude={"mac"}).encode()
-        return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()

@@ -96,6 +96,7 @@ def build_core_services(
     settings: CoreSettings,
     sites: DeploySink | None = None,
     on_catalogue_change: Callable[[list[Product]], None] | None = None,
+    signer: Signer | None = None,
 ) -> CoreServices:
     """The core's parts; `sites` and `on_catalogue_change` reach the edge sites (KV buckets),
     left out where no broker runs (tools, tests of the parts)."""
@@ -108,7 +109,7 @@ def build_core_services(
     # gate's scorer looks the trainer (made just below) up only when it runs.
     gate = ModelGate(settings.gate, datasets, lambda model, entries: trainer.score_model(model, entries))
     registry = ModelRegistry(store, sessions, sites,
-                             signer=Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
+                             signer=signer or Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
 
     def build_trainer(cache: EmbeddingCache) -> Trainer:  # on first use: it loads PyTorch
         from edge2core.core.train.run import Trainer
@@ -246,8 +247,9 @@ async def serve_core(settings: CoreSettings) -> None:
     try:
         deploy, catalogue = await open_buckets(client.jetstream())
         board = SiteBoard(deploy)
-        feed = CatalogueFeed(catalogue, Signer.load_or_create(settings.data_dir / "keys"))
-        services = build_core_services(settings, board, feed)
+        signer = Signer.load_or_create(settings.data_dir / "keys")  # models and the catalogue
+        feed = CatalogueFeed(catalogue, signer)
+        services = build_core_services(settings, board, feed, signer)
         # A run this core was doing when it stopped ended with it: say so in the audit log.
         if interrupted := await asyncio.to_thread(services.trainer.mark_interrupted):
             log.warning("training runs interrupted by the last stop", runs=interrupted)

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge2core.common.asgi_guard import InternalErrorGuard
+from edge2core.common.errors import describe_validation
 from edge2core.common.events import CaptureMeta, Source
 from edge2core.common.identifiers import (
     ID_PATTERN,
@@ -43,7 +44,6 @@ from edge2core.edge.http_errors import (
     detail_of,
     error_response,
     reason_of,
-    validation_detail,
 )
 from edge2core.edge.inference import Answer
 from edge2core.edge.spool import SpoolFull
@@ -224,7 +224,7 @@ def create_edge_app(
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # str(exc) names the handler's file and line: only where and what go back.
         PHOTOS_REJECTED.labels(door="http", reason="malformed").inc()
-        return error_response(request, "malformed", validation_detail(list(exc.errors())), 400)
+        return error_response(request, "malformed", describe_validation(exc.errors()), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

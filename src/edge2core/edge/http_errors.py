@@ -8,7 +8,6 @@ traceback or a server path; a bug is logged with its traceback.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -55,14 +54,9 @@ def reason_of(exc: Exception) -> str:
     return error_reason(exc)
 
 
-def validation_detail(errors: list[Any]) -> str:
-    """Where and what, from pydantic/FastAPI errors: never the server's code or paths."""
-    return describe_validation(errors)
-
-
 def detail_of(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return validation_detail(exc.errors(include_url=False))
+        return describe_validation(exc.errors(include_url=False))
     return str(exc)[:1000] or type(exc).__name__
 
 

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import MQTT_POISON, MQTT_REDELIVERY_SKIPPED, MQTT_RETAINED_SKIPPED
+from edge2core.common.waiting import wait_until
 from edge2core.edge.fair_workers import FairWorkers
 
 log = get_logger(__name__)
@@ -177,9 +178,8 @@ class MqttDoor:
         `drain_s`), then disconnect. Anything not acknowledged by then is redelivered by the
         broker to the next session: at least once, never lost."""
         self._closing = True
-        deadline = time.monotonic() + drain_s
-        while self.in_flight() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not self.in_flight(), drain_s, "in-flight MQTT messages")
         self.client.disconnect()
         self.client.loop_stop()
         if self._workers is not None:

@@ -90,3 +90,11 @@ def test_only_a_sites_own_signed_reports_are_trusted() -> None:
     assert not status_trusted(status, subject, {"s1": "another"})
     assert not status_trusted(report(1, site="s1"), subject, {"s1": "token-1"})
     assert status_trusted(report(1, site="s1"), subject, {})  # development: no tokens
+
+
+def test_a_status_with_a_forged_non_ascii_mac_is_refused_not_raised() -> None:
+    """The same signing as model reports (one base): compare_digest on str would raise a
+    TypeError for a non-ASCII mac inside the core's NATS callback."""
+    status = SiteStatus(site="s1", started_at=utcnow()).signed("token-1")
+    assert status.verify("token-1") and not status.verify("token-2")
+    assert status.model_copy(update={"mac": "é" * 64}).verify("token-1") is False

@@ -48,11 +48,6 @@ class TrainerOnDemand:
         self._trainer: Trainer | None = None
         self._lock = threading.Lock()
 
-    @property
-    def built(self) -> bool:
-        """Whether the real trainer (and PyTorch) has been loaded yet."""
-        return self._trainer is not None
-
     def get(self) -> Trainer:
         """The trainer, built now if this is the first use."""
         with self._lock:
