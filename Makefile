@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # A local CPU build on these machines; any other spelling downloads gigabytes.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint bench clean sbom lock system-deps assets fuzz faults
+.PHONY: install demo test test-all test-scale lint bench clean sbom lock system-deps assets fuzz faults
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ fuzz: install
 	E2C_HYPOTHESIS=long $(BIN)/python -m pytest -q tests/fuzz -m "not slow"
 
 # The whole fault-injection suite (slow scenarios included), then its table (docs/reliability.md).
+# Beyond one machine (issue 15): several core processes, a NATS cluster, a Ray cluster; the slow
+# ones (Ray runs, minutes on 2 cores) included. Needs PostgreSQL on 127.0.0.1:5432.
+test-scale: install system-deps
+	$(BIN)/python -m pytest -q -m scale tests/scale
+
 faults: install
 	$(BIN)/python -m pytest -q tests/faults
 	$(BIN)/python bench/faults.py

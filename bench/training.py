@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -46,6 +47,8 @@ from _common import PHOTOS, assert_distinct, emit  # noqa: E402
 # Synthetic products (no grocery folder): classes by default, and photos per class.
 SYNTHETIC_CLASSES = 24
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 40, 10
+# Grocery class id -> its iconic catalogue image (the catalogue's product image)
+ICONIC: dict[int, Path] = {}
 
 
 def say(msg: str) -> None:
@@ -69,6 +72,7 @@ def grocery_listing(root: Path) -> tuple[dict[int, str], dict[int, str], Listing
     with (root / "classes.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     names = {int(r["Class ID (int)"]): r["Class Name (str)"] for r in rows}
+    ICONIC.update({int(r["Class ID (int)"]): root / r["Iconic Image Path (str)"].lstrip("/") for r in rows})
     coarse_names = {int(r["Class ID (int)"]): r["Coarse Class Name (str)"] for r in rows}
     listing: Listing = {
         split: [(fine, (root / rel).read_bytes) for rel, fine, _coarse in read_split(root, split)]
@@ -107,6 +111,9 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--new-product-photos", type=int, default=30)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--levers", action="store_true",
+                    help="also run every lever of bench/_levers.py (hours on 2 cores; minutes on a GPU); "
+                         "otherwise the last recorded table (bench/levers.json) is reported with its source")
     args = ap.parse_args()
 
     import torch
@@ -116,7 +123,7 @@ def main() -> None:
     from edge2core.common.products import Product
     from edge2core.common.signing import Signer
     from edge2core.config import PromotionGate
-    from edge2core.core.catalogue.catalogue import Catalogue
+    from edge2core.core.catalogue.catalogue import Catalogue, store_image
     from edge2core.core.curate.datasets import DatasetQuery, DatasetStore
     from edge2core.core.db.engine import make_engine, make_sessionmaker
     from edge2core.core.db.schema import ImageRow, create_schema
@@ -130,7 +137,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quick = args.quick
     n_classes = args.classes or (6 if quick else None)
-    epochs = args.epochs or (2 if quick else 6)
+    epochs = args.epochs or (2 if quick else 10)
     train_size = args.train_size or (160 if quick else 224)
     init = args.init or ("linear_probe" if quick else "random")  # quick: a 10-step smoke run
     per_class_cap = 30 if quick else None
@@ -160,7 +167,9 @@ def main() -> None:
     sessions = make_sessionmaker(engine)
     datasets = DatasetStore(store, sessions)
     catalogue = Catalogue(sessions)
-    catalogue.upsert([Product(sku=sku(i), name=names[i], coarse=coarse_names[i], price=1.0) for i in all_ids])
+    images = {i: store_image(store, ICONIC[i].read_bytes())[0] for i in all_ids if i in ICONIC}
+    catalogue.upsert([Product(sku=sku(i), name=names[i], coarse=coarse_names[i], price=1.0, image_key=images.get(i))
+                      for i in all_ids])
     # As core/service.py wires them: the gate's scorer looks the trainer up when it runs.
     gate = ModelGate(PromotionGate(), datasets, lambda model, entries: trainer.score_model(model, entries))
     registry = ModelRegistry(store, sessions, signer=Signer.load_or_create(work / "keys"), gate=gate)
@@ -256,6 +265,7 @@ def main() -> None:
     sizes = {k: a.size for k, a in fast.model.artifacts.items()}
 
     verified = registry.verify(fast.model.version)
+    int8_seeds = int8_drop_over_seeds(datasets, trainer, store, full, 1 if quick else 3)
     result = {
         "val_top1_full": round(fm["val"]["top1"], 4),
         "val_top1_int8": round(fm["shipped"]["int8"]["top1"], 4),
@@ -294,12 +304,62 @@ def main() -> None:
         "quick": quick,
         "photo_source": photo_source,
     }
+    result.update(int8_seeds)
+    result["levers"] = levers(args.levers, dataset, quick)
     log_key = full.model.lineage["log_key"]
     result["epochs_run"] = len(store.get(log_key).splitlines())
     if tmp is not None:
         tmp.cleanup()
     result.update(memory_scaling(quick))
     emit(result)
+
+
+def int8_drop_over_seeds(datasets: Any, trainer: Any, store: Any, full: Any, seeds: int) -> dict[str, Any]:
+    """The full model's INT8 backbone made again with ``seeds`` calibration draws (the
+    trainer's own choice, ``calibration_indices``, seeded 0..seeds-1), each composed with the
+    shipped head and scored on the val photos against the shipped fp32 model."""
+    import numpy as np
+
+    from edge2core.core.train.calibrate import calibration_indices
+    from edge2core.core.train.embeddings import preprocess_bytes
+    from edge2core.core.train.onnx_export import compose_onnx, ort_session, quantize_backbone_int8
+
+    model = full.model
+    entries = datasets.entries(model.dataset_version)
+    classes = model.classes
+    train = [e for e in entries if e.split == "train"]
+    val = [e for e in entries if e.split == "val"]
+    y_train = np.asarray([classes.index(e.sku) for e in train])
+    y_val = np.asarray([classes.index(e.sku) for e in val])
+    x_val = preprocess_bytes([store.get(e.key) for e in val])
+    head = store.get(model.artifacts["head"].key)
+    fp32 = trainer.backbones.onnx(model.lineage["backbone"])
+
+    def top1(model_bytes: bytes) -> float:
+        session = ort_session(model_bytes)
+        probs = np.concatenate([session.run(None, {"image": x_val[i : i + 32]})[0] for i in range(0, len(x_val), 32)])
+        return float((probs.argmax(1) == y_val).mean())
+
+    reference = top1(compose_onnx(fp32, head))
+    drops = []
+    for seed in range(seeds):
+        picks = calibration_indices(y_train, max(1, 96 // len(classes)), seed, limit=max(96, len(classes)))
+        int8 = quantize_backbone_int8(fp32, preprocess_bytes([store.get(train[i].key) for i in picks]))
+        drops.append(round(reference - top1(compose_onnx(int8, head)), 4))
+        say(f"int8 calibration seed {seed}: drop {drops[-1]:.4f} (fp32 {reference:.4f})")
+    return {"val_top1_int8_drops": drops, "val_top1_int8_drop_max": max(drops)}
+
+
+def levers(run: bool, dataset: Path | None, quick: bool) -> dict[str, Any]:
+    """The levers table: run now (``--levers``, grocery photos only) or the last recorded run."""
+    recorded = Path(__file__).with_name("levers.json")
+    if run and dataset is not None and not quick:
+        from _levers import LEVERS, run_all
+
+        return {"source": "this run", "results": run_all(dataset, list(LEVERS), len(LEVERS), 5)}
+    if recorded.exists():
+        return {"source": f"recorded: {recorded.name}", **json.loads(recorded.read_text())}
+    return {"source": "none: run with --levers"}
 
 
 def memory_scaling(quick: bool) -> dict:
@@ -323,3 +383,7 @@ def memory_scaling(quick: bool) -> dict:
     peak, peak_4x = runs["1x"]["peak_rss_mb"], runs["4x"]["peak_rss_mb"]
     return {"peak_rss_mb": peak, "peak_rss_mb_4x": peak_4x, "peak_rss_ratio_4x": round(peak_4x / peak, 3),
             "in_memory_peak_rss_mb_4x": runs["4x_in_memory"]["peak_rss_mb"], "memory_photos_1x": n}
+
+
+if __name__ == "__main__":
+    main()

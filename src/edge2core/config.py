@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,6 +22,13 @@ from pydantic_settings import (
 )
 
 from edge2core.common.rate_limit import RateLimit
+from edge2core.config_sections import (  # re-exported: the settings' nested sections
+    AutomationPolicy,
+    CameraSettings,
+    NatsCluster,
+    PromotionGate,
+    WatchedFolder,
+)
 
 CONFIG_ENV = "E2C_CONFIG"
 
@@ -69,84 +76,6 @@ class _Settings(BaseSettings):
         return (init_settings, env_settings, TomlSectionSource(settings_cls, cls.section))
 
 
-class CameraSettings(BaseModel):
-    """`[[edge.cameras]]`: one RTSP camera the site watches (docs/doors.md). The URL carries no
-    credentials; they come from `camera_credentials` (a secret), keyed by `name`."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="also its device id")
-    url: str = Field(pattern=r"^rtsps?://", description="rtsp://host:port/path, no user:password")
-    sample_fps: float = Field(default=5.0, gt=0, le=30, description="frames looked at per second")
-    min_interval_s: float = Field(default=2.0, ge=0, description="at most one kept frame per this")
-    change_threshold: float = Field(
-        default=12.0, gt=0, le=255,
-        description="mean absolute grey-level difference (0-255) on a 32x24 thumbnail that "
-        "counts as a scene change")
-    transport: Literal["tcp", "udp"] = "tcp"
-    stall_timeout_s: float = Field(default=10.0, gt=0, description="no packet this long: reconnect")
-
-
-class WatchedFolder(BaseModel):
-    """`[[edge.watched_folders]]`: a folder cameras or scanners drop photos into (docs/doors.md).
-    `<path>/<sku>/photo.jpg` is a labelled capture; `<path>/photo.jpg` an unlabelled one."""
-
-    path: Path
-    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="device id of its photos")
-    settle_s: float = Field(default=1.0, ge=0, description="a file unchanged this long is complete")
-    poll_s: float = Field(default=0.5, gt=0)
-
-
-class PromotionGate(BaseModel):
-    """`[core.gate]`: no promotion to canary or production if, on the same frozen evaluation
-    set, top-1 drops or any class's recall drops by more than these against production."""
-
-    enabled: bool = True
-    # 2%: on a typical ~160-photo evaluation set one photo is 0.6%, and a new product
-    # legitimately costs the others a photo or two (measured: 2 of 161, 1.3%).
-    max_top1_drop: float = Field(default=0.02, ge=0.0, le=1.0)
-    max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
-    min_class_support: int = Field(default=1, ge=1, description="classes with fewer eval photos are not checked")
-    min_photo_drop: int = Field(
-        default=2, ge=1, description="a drop counts only if at least this many photos (net) went wrong")
-    eval_dataset: int | None = Field(
-        default=None, description="dataset version whose val split is the frozen evaluation set; "
-        "default: the candidate's dataset version")
-    # A first model has no production model to be compared with: it must reach a floor instead,
-    # so the first model shoppers meet is never one that would embarrass the store.
-    first_min_top1: float = Field(
-        default=0.6, ge=0.0, le=1.0, description="a first model's top-1 on its own val split must reach this")
-    first_min_val_photos: int = Field(
-        default=3, ge=1, description="a first model judged on fewer val photos is not served")
-    first_min_photos_per_class: int = Field(
-        default=4, ge=1, description="a first model needs this many train photos of every class")
-
-
-class AutomationPolicy(BaseModel):
-    """`[core.automation]`: when the core retrains and how it rolls out, without a person."""
-
-    enabled: bool = True
-    new_product_min_photos: int = Field(default=30, ge=2)
-    new_product_min_devices: int = Field(default=2, ge=1)
-    min_photos_per_class: int = Field(default=4, ge=2, description="products with fewer stay out")
-    bootstrap_quiet_s: float = Field(
-        default=5.0, ge=0, description="the first model waits until arrivals pause this long")
-    drift_window: int = Field(default=20, ge=2, description="latest kiosk captures per product")
-    drift_min_photos: int = Field(default=8, ge=1, description="fewer recent captures: not judged")
-    drift_every_s: float = Field(default=60.0, ge=0, description="how often drift is scored")
-    drift_below: float = Field(
-        default=0.35, ge=0, le=1,
-        description="mean production confidence in a product's own class under which it drifts")
-    full_retrain_every_s: float = Field(default=20 * 3600, gt=0)
-    full_retrain_hours_utc: tuple[int, int] = Field(
-        default=(1, 5), description="[start, end) hours (UTC) a scheduled full retrain may start in")
-    full_retrain_min_new_photos: int = Field(default=500, ge=1)
-    canary_sites: list[str] = Field(default_factory=list, description="empty: straight to the fleet")
-    canary_soak_s: float = Field(default=30.0, ge=0)
-    canary_timeout_s: float = Field(default=300.0, gt=0)
-    check_every_s: float = Field(default=2.0, gt=0, description="also woken by arrivals")
-    min_step_gap_s: float = Field(default=0.5, ge=0, description="arrivals within it: one look")
-    train_params: dict[str, Any] = Field(default_factory=dict)
-
-
 class CoreSettings(_Settings):
     """The core: receiver, datasets, training, registry, catalogue."""
 
@@ -160,6 +89,11 @@ class CoreSettings(_Settings):
     nats_http_port: int = 8472
     leafnode_port: int = 7470
     jetstream_domain: str = "core"
+    nats_cluster: NatsCluster | None = Field(
+        default=None, description="run the core's NATS as one node of a cluster; unset: alone")
+    jetstream_replicas: int | None = Field(
+        default=None, ge=1, le=5, description="copies of the core's KV buckets; default 3 in a "
+        "cluster (its node count when fewer), else 1")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in data_dir"
     )
@@ -175,6 +109,15 @@ class CoreSettings(_Settings):
     max_upload_bytes: int = 32 * 1024 * 1024
     val_percent: int = Field(default=20, ge=0, le=90)
     training_threads: int = Field(default=0, description="torch threads; 0 = all cores")
+    # Training on a Ray cluster (docs/scaling.md); needs the `edge2core[ray]` extra.
+    training_cluster: str | None = Field(
+        default=None, pattern=r"^(ray://.+|auto)$",
+        description="ray://host:10001 (Ray Client) or auto: fine-tuning and embedding jobs run "
+        "on that Ray cluster; unset: in the core's process")
+    training_workers: int = Field(default=2, ge=1, description="Ray Train ranks for fine-tuning")
+    training_storage: str | None = Field(
+        default=None, description="Ray Train checkpoints: a folder every node sees or s3://...; "
+        "default data_dir/ray-train (a cluster on the core's machine)")
     gate: PromotionGate = Field(default_factory=PromotionGate)
     automation: AutomationPolicy = Field(default_factory=AutomationPolicy)
     embedding_cache_dir: Path | None = Field(default=None, description="default: data_dir/cache/embeddings")
@@ -186,6 +129,11 @@ class CoreSettings(_Settings):
     s3_region: str | None = None
     s3_access_key_id: str | None = Field(default=None, description="default: boto3's chain")
     s3_secret_access_key: str | None = None
+    s3_presign_endpoint_url: str | None = Field(
+        default=None, description="S3 as the sites reach it, for presigned uploads; default s3_endpoint_url")
+    direct_uploads: bool = Field(
+        default=True, description="with an S3 store, sites PUT photos straight to it (presigned URLs) and "
+        "the core records and verifies them (docs/scaling.md); off: every photo goes through the core")
     upload_expiry_s: float = Field(default=24 * 3600, gt=0, description="unfinished uploads")
     near_dup_bits: int = Field(default=4, ge=0, le=16, description="dHash distance of twins")
     retention_days: dict[str, int] = Field(
@@ -212,6 +160,25 @@ class CoreSettings(_Settings):
             raise ValueError("admin_token is set but site_tokens is empty: the sites could not "
                              "read their model; give every site a token in site_tokens")
         return self
+
+    @model_validator(mode="after")
+    def _replicas_need_a_cluster(self) -> CoreSettings:
+        if (self.jetstream_replicas or 1) > 1 and self.nats_cluster is None:
+            raise ValueError("jetstream_replicas above 1 needs nats_cluster (one server keeps one copy)")
+        if self.nats_cluster is not None and not self.plaintext and self.tls_dir is None:
+            # Else each node would make a CA of its own on first start, and trust no other node.
+            raise ValueError("nats_cluster with TLS needs tls_dir: a copy of one CA folder on every node")
+        return self
+
+    @property
+    def resolved_jetstream_replicas(self) -> int:
+        """Copies of each KV bucket: as set, else 3 in a cluster (fewer listed peers: one per
+        node), else 1."""
+        if self.jetstream_replicas is not None:
+            return self.jetstream_replicas
+        if self.nats_cluster is None:
+            return 1
+        return min(3, len(self.nats_cluster.routes) + 1)
 
     @property
     def resolved_embedding_cache_dir(self) -> Path:
@@ -254,7 +221,10 @@ class EdgeSettings(_Settings):
         description="only registered devices may connect (MQTT user/password, HTTP bearer token)",
     )
     core_url: str = "https://127.0.0.1:8470"
-    core_leaf_url: str | None = "nats-leaf://127.0.0.1:7470"
+    core_leaf_url: str | None = Field(
+        default="nats-leaf://127.0.0.1:7470",
+        description="the core's leaf URL; a core cluster's nodes comma-separated (or a TOML list): "
+        "one leaf link that fails over between them")
     core_jetstream_domain: str = "core"
     token: str = ""
     # Preparation
@@ -282,6 +252,9 @@ class EdgeSettings(_Settings):
     # curl stream on a 20 Mbit/s, 40 ms, 1% loss link; 4 only 0.6).
     forward_concurrency: int = Field(default=16, ge=1, le=256)
     bandwidth_limit_bytes_s: int = Field(default=0, ge=0, description="0 = no cap")
+    direct_uploads: bool = Field(
+        default=True, description="PUT photos straight to the core's S3 store where the core offers it "
+        "(presigned URLs); else, and with a local store, through the core")
     resumable_above_bytes: int = Field(
         default=4 * 1024 * 1024, ge=0, description="larger photos use resumable uploads"
     )
@@ -354,6 +327,16 @@ class EdgeSettings(_Settings):
         default_factory=dict, description="camera name -> 'user:password' (a secret: give it as "
         "E2C_EDGE_CAMERA_CREDENTIALS JSON, never in the TOML file)")
     watched_folders: list[WatchedFolder] = Field(default_factory=list)
+
+    @field_validator("core_leaf_url", mode="before")
+    @classmethod
+    def _leaf_urls_joined(cls, value: Any) -> Any:
+        return ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+
+    @property
+    def core_leaf_urls(self) -> tuple[str, ...]:
+        """Every URL in `core_leaf_url` (empty: no leaf link)."""
+        return tuple(u.strip() for u in (self.core_leaf_url or "").split(",") if u.strip())
 
     @property
     def jetstream_domain(self) -> str:

@@ -73,8 +73,10 @@ class Core:
         with self.services.sessions() as session:
             return int(session.scalar(select(func.count()).select_from(ImageRow)))
 
-    def upload_files(self) -> list[Path]:
-        return sorted(p for p in self.services.uploads.dir.iterdir())
+    def upload_files(self) -> list[str]:
+        """What staging holds: files in its folder, and uploads kept in the object store."""
+        uploads = self.services.uploads
+        return sorted([*(p.name for p in uploads.dir.iterdir()), *uploads.staging.ids()])
 
 
 @pytest.fixture
@@ -609,7 +611,7 @@ def test_a_torn_upload_record_is_no_upload(core: Core) -> None:
     data = noisy_jpeg(21)
     record = record_for(data)
     assert core.create(record).status_code == 201
-    (core.services.uploads.dir / f"{record.sha256}.json").write_text("{not json")
+    core.services.uploads.staging.write_state(record.sha256, b"{not json")
     assert core.head(record.sha256).status_code == 404
     assert_refused_cleanly(core.patch(record.sha256, 0, data), 404)
     assert core.create(record).status_code == 201

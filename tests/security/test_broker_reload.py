@@ -1,8 +1,9 @@
 """The site's broker is reloaded only when what it loads changed: a reload closes every device
 its auth callout admitted (nats-server 2.15.1), so TLS files that were only rewritten with the
-same bytes or touched (a CRL refreshed, which nats-server does not read; the CA's index) must
-not drop a connected device. A real renewal still reloads (test_tls_links.py renews the site's
-certificate and checks it is served)."""
+same bytes or touched (a CRL refreshed, which nats-server does not read; the CA's index, which
+only the auth callout reads) must not drop a connected device. Device certificates issued or
+revoked do not reload it either (test_device_revocation.py); a real renewal of the site's own
+certificate still does (test_tls_links.py renews it and checks it is served)."""
 
 from __future__ import annotations
 

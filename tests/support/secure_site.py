@@ -94,26 +94,35 @@ def endpoint(s: Secure, device: str, *, ws: bool = False, cert: tuple[str, str] 
                         ca_file=s.pki.ca_file if ca == "" else ca, certfile=cert[0], keyfile=cert[1])
 
 
-def mqtt_connects(endpoint: MqttEndpoint, client_id: str, timeout: float = 10.0) -> bool:
-    """Whether the broker answers CONNECT with success (paho, over TLS when the endpoint says)."""
+NOT_AUTHORISED = "Not authorized"  # paho's name for CONNACK rc 5 (MQTT 3.1.1)
+
+
+def connack(endpoint: MqttEndpoint, client_id: str, timeout: float = 10.0) -> str | None:
+    """The broker's answer to one CONNECT (paho, over TLS when the endpoint says): "Success",
+    `NOT_AUTHORISED`, ...; None when no CONNACK came (TLS handshake refused, connection closed)."""
     client = make_client(endpoint, client_id)
     client.reconnect_delay_set(60, 120)  # one attempt is the question
-    outcome: list[bool] = []
-    client.on_connect = lambda _c, _u, _f, rc, _p=None: outcome.append(not rc.is_failure)
-    client.on_disconnect = lambda *_a: outcome.append(False)
+    outcome: list[str | None] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p=None: outcome.append(str(rc))
+    client.on_disconnect = lambda *_a: outcome.append(None)
     try:
         client.connect(endpoint.host, endpoint.port, keepalive=30)
     except (OSError, ssl.SSLError):
-        return False
+        return None
     client.loop_start()
     try:
         wait_until(lambda: outcome, timeout, "an answer to CONNECT", every=0.05)
     except TimeoutError:
-        return False
+        return None
     finally:
         client.disconnect()
         client.loop_stop()
     return outcome[0]
+
+
+def mqtt_connects(endpoint: MqttEndpoint, client_id: str, timeout: float = 10.0) -> bool:
+    """Whether the broker answers CONNECT with success."""
+    return connack(endpoint, client_id, timeout) == "Success"
 
 
 def photo() -> bytes:

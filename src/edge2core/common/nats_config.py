@@ -24,6 +24,7 @@ from edge2core.common.net import free_port
 
 __all__ = [
     "AuthCallout",
+    "NatsClusterConfig",
     "NatsServerConfig",
     "NatsTls",
     "NatsUser",
@@ -82,6 +83,26 @@ class NatsTls:
     verify_devices: bool = False
     leaf_pinned: tuple[str, ...] = ()
     device_pinned: tuple[str, ...] = ()  # with verify_devices: only these device certificates
+    # In a cluster: the certificates admitted on routes (the core's own; a site's certificate
+    # from the same CA must never join the cluster, where no leaf permission holds it).
+    route_pinned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NatsClusterConfig:
+    """This server is one node of a NATS cluster: routes to its peers, JetStream clustered
+    (streams replicated by their `num_replicas`, a Raft group each).
+
+    `routes`: every node's route URL (`nats-route://host:port`); the node's own URL may be in
+    the list (nats-server drops a route to itself), so every node can be given the same list.
+    Configured routes are retried for ever. With the server's `tls`, routes are mutual TLS:
+    each side checks the other's certificate against the CA (and the dialled host name
+    against its SANs) and, when `NatsTls.route_pinned` is set, against those fingerprints."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+    host: str | None = None  # listen address of the route port; None: the server's host
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +118,9 @@ class NatsServerConfig:
     websocket_port: int | None = None
     jetstream_domain: str | None = None
     leafnode_port: int | None = None  # core side: accept leaf connections
-    leafnode_remotes: tuple[str, ...] = ()  # edge side: e.g. "nats-leaf://127.0.0.1:7422"
+    # Edge side, one entry per remote: a URL ("nats-leaf://127.0.0.1:7422"), or a tuple of the
+    # URLs of one cluster's nodes: one leaf link that nats-server fails over between them.
+    leafnode_remotes: tuple[str | tuple[str, ...], ...] = ()
     # Core side: only these may connect as leaf nodes (sites: id and token); empty: anyone.
     leafnode_users: tuple[NatsUser, ...] = ()
     max_payload: int = _DEFAULT_MAX_PAYLOAD
@@ -112,6 +135,7 @@ class NatsServerConfig:
     # TLS on the MQTT, WebSocket and leaf listeners and on the leaf remotes; None: plain text.
     # The client port stays plain: it listens on the host's loopback for edge2core's own clients.
     tls: NatsTls | None = None
+    cluster: NatsClusterConfig | None = None
 
     @classmethod
     def with_free_ports(
@@ -124,7 +148,7 @@ class NatsServerConfig:
         websocket: bool = True,
         leafnode: bool = False,
         jetstream_domain: str | None = None,
-        leafnode_remotes: tuple[str, ...] = (),
+        leafnode_remotes: tuple[str | tuple[str, ...], ...] = (),
         leafnode_users: tuple[NatsUser, ...] = (),
         max_payload: int = _DEFAULT_MAX_PAYLOAD,
         mqtt_ack_wait: str | None = None,
@@ -287,14 +311,32 @@ def _leafnodes_block(cfg: NatsServerConfig) -> list[str]:
             lines += ["    ]", "  }"]
     if cfg.leafnode_remotes:
         lines.append("  remotes: [")
-        for url in cfg.leafnode_remotes:
+        for remote in cfg.leafnode_remotes:
+            # Several URLs: nats-server dials them in turn until one answers, and again when
+            # the node it is linked to goes away.
+            where = f"url: {_q(remote)}" if isinstance(remote, str) else f"urls: [{', '.join(map(_q, remote))}]"
             if cfg.tls is None:
-                lines.append(f"    {{ url: {_q(url)} }}")
+                lines.append(f"    {{ {where} }}")
             else:  # our certificate proves the site to the core; the core's is checked too
-                lines += [f"    {{ url: {_q(url)}", *_tls_block(cfg.tls, verify=False, indent="      "), "    }"]
+                lines += [f"    {{ {where}", *_tls_block(cfg.tls, verify=False, indent="      "), "    }"]
         lines.append("  ]")
     lines.append("}")
     return lines
+
+
+def _cluster_block(cfg: NatsServerConfig) -> list[str]:
+    cluster = cfg.cluster
+    if cluster is None:
+        return []
+    lines = ["cluster {", f"  name: {_q(cluster.name)}", f"  host: {_q(cluster.host or cfg.host)}",
+             f"  port: {cluster.port}",
+             # Clients are not told of the other nodes' client ports: the core's own clients
+             # stay on their node's (a loopback address, meaningless on another machine).
+             "  no_advertise: true",
+             f"  routes: [{', '.join(_q(r) for r in cluster.routes)}]"]
+    if cfg.tls is not None:
+        lines += _tls_block(cfg.tls, verify=True, pinned=cfg.tls.route_pinned)
+    return [*lines, "}"]
 
 
 def leaf_url_with_credentials(url: str, user: str, password: str) -> str:
@@ -316,6 +358,7 @@ def render_config(cfg: NatsServerConfig) -> str:
         *_mqtt_block(cfg),
         *_websocket_block(cfg),
         *_leafnodes_block(cfg),
+        *_cluster_block(cfg),
         *_authorization_block(cfg),
         *_accounts_block(cfg),
     ]

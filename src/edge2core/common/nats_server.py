@@ -250,7 +250,9 @@ class EmbeddedNats:
 
     def _required_ports(self) -> list[int]:
         cfg = self.config
-        ports = [cfg.client_port, cfg.mqtt_port, cfg.websocket_port, cfg.leafnode_port]
+        # A route port on another address than the others is not probed (it may not be local).
+        route = cfg.cluster.port if cfg.cluster and cfg.cluster.host in (None, cfg.host) else None
+        ports = [cfg.client_port, cfg.mqtt_port, cfg.websocket_port, cfg.leafnode_port, route]
         return [p for p in ports if p is not None]
 
     def _healthy(self, client: httpx.Client) -> bool:

@@ -175,6 +175,16 @@ class S3ObjectStore:
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, for what this interface leaves out (copies, checksums:
+        `core.ingest.direct`)."""
+        return self._client
+
+    def s3_key(self, key: str) -> str:
+        """The bucket key that holds `key` (under the prefix)."""
+        return self._key(key)
+
     @staticmethod
     def _missing(exc: Exception) -> bool:
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))

@@ -47,10 +47,14 @@ from edge2core.core.deliver.gate import ModelGate
 from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.deliver.site_reports import SiteReports, report_trusted
 from edge2core.core.deliver.site_status import on_site_status
+from edge2core.core.ingest.direct import open_direct_uploads
 from edge2core.core.ingest.receiver import ImageReceiver
+from edge2core.core.ingest.staging import locks_for, staging_for
 from edge2core.core.ingest.uploads import ResumableUploads
+from edge2core.core.lease import LOOP_LEASE, SCHEDULER_LEASE, Job, Lease, hold_and_run, process_id
 from edge2core.core.loop.automation import LearningLoop
 from edge2core.core.loop.drift import DriftWatch
+from edge2core.core.nats_cluster import cluster_config, server_name, wait_for_jetstream
 from edge2core.core.tls_wiring import core_leaf_tls, watch_core_tls
 from edge2core.core.train.embedding_cache import EmbeddingCache
 from edge2core.core.train.on_demand import TrainerOnDemand
@@ -80,7 +84,7 @@ def core_nats_config(settings: CoreSettings, tls: TlsFiles | None = None,
                                       site_subscribe(site))
                              for site, value in settings.site_tokens.items() for token in tokens_of(value)))
     return NatsServerConfig(
-        name="e2c-core",
+        name=server_name(settings),  # a cluster's node: its own name
         store_dir=settings.data_dir / "nats" / "jetstream",
         host=settings.host,
         client_port=settings.nats_port,
@@ -89,6 +93,7 @@ def core_nats_config(settings: CoreSettings, tls: TlsFiles | None = None,
         leafnode_port=settings.leafnode_port,
         users=users,
         tls=core_leaf_tls(tls),
+        cluster=cluster_config(settings),
     )
 
 
@@ -112,10 +117,11 @@ def build_core_services(
                              signer=signer or Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
 
     def build_trainer(cache: EmbeddingCache) -> Trainer:  # on first use: it loads PyTorch
+        from edge2core.core.train.jobs import job_runner
         from edge2core.core.train.run import Trainer
 
         return Trainer(datasets, store, registry, threads=settings.training_threads,
-                       cache=cache, catalogue=catalogue)
+                       cache=cache, catalogue=catalogue, runner=job_runner(settings))
 
     trainer = TrainerOnDemand(build_trainer, EmbeddingCache(settings.resolved_embedding_cache_dir),
                               AuditLog(sessions))
@@ -125,8 +131,10 @@ def build_core_services(
         near_dup_bits=settings.near_dup_bits,
         on_stored=lambda record: wake.set() if record.sku else None,  # a labelled arrival
     )
-    uploads = ResumableUploads(receiver, store.staging_dir() / "uploads",
-                               expiry_s=settings.upload_expiry_s)
+    # With S3 and PostgreSQL, any core process can take any request of any upload.
+    uploads = ResumableUploads(receiver, staging_for(store, store.staging_dir() / "uploads"),
+                               expiry_s=settings.upload_expiry_s,
+                               locks=locks_for(settings.resolved_database_url))
 
     def forget(ids: list[str]) -> None:  # erased photos: no near-duplicate, no embedding
         receiver.near_dups.invalidate()
@@ -152,6 +160,10 @@ def build_core_services(
         admin_token=settings.admin_token,
         site_rate=settings.site_rate,
         api_tokens=TokenStore(settings.data_dir / "api-tokens.json", SCOPES),
+        direct=open_direct_uploads(  # None unless the store is S3
+            receiver, store, enabled=settings.direct_uploads, expiry_s=settings.upload_expiry_s,
+            presign_endpoint_url=settings.s3_presign_endpoint_url, region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id, secret_access_key=settings.s3_secret_access_key),
     )
 
 
@@ -230,7 +242,37 @@ def _on_site_report(
     return on_report
 
 
+async def mark_interrupted(services: CoreServices) -> None:
+    """A run that started and never ended died with its process: say so in the audit log."""
+    if interrupted := await asyncio.to_thread(services.trainer.mark_interrupted):
+        log.warning("training runs interrupted by the last stop", runs=interrupted)
+
+
+def singleton_jobs(settings: CoreSettings, services: CoreServices, board: SiteBoard,
+                   feed: CatalogueFeed) -> list[asyncio.Task[None]]:
+    """The learning loop and the scheduler (KV re-sync, retention), each run by whichever core
+    process holds its lease (`core.lease`)."""
+    engine = services.sessions.kw["bind"]
+    # SQLite is one core process's: a restarted core takes its own lease back at once.
+    holder = (f"sqlite:{settings.data_dir.resolve()}" if engine.url.get_backend_name() == "sqlite"
+              else process_id())
+    scheduled: list[Job] = [("kv-resync", lambda: resync_every(services, board, feed, settings.kv_resync_s))]
+    if not holder.startswith("sqlite:"):
+        # Several processes: runs are marked by the scheduler's new holder (often taking over
+        # from a process that died), not by every process that starts.
+        scheduled.append(("interrupted-runs", lambda: mark_interrupted(services)))
+    if settings.retention_days:
+        scheduled.append(("retention", lambda: apply_retention_every(services, settings.retention_every_s)))
+    jobs = [(SCHEDULER_LEASE, scheduled)]
+    if settings.automation.enabled:
+        jobs.append((LOOP_LEASE, [("learning-loop", services.loop.run)]))
+    return [asyncio.create_task(hold_and_run(Lease(engine, name, holder), named))
+            for name, named in jobs]
+
+
 GRACEFUL_SHUTDOWN_S = 5  # seconds
+SITE_KEEPALIVE_S = 75  # seconds an idle HTTPS connection stays open (uvicorn's default: 5)
+CLUSTER_WAIT_S = 600  # for the other nodes of a NATS cluster to come up; then exit (restarted)
 
 
 async def serve_core(settings: CoreSettings) -> None:
@@ -245,27 +287,25 @@ async def serve_core(settings: CoreSettings) -> None:
                                    if settings.site_tokens else {}))
     tasks: list[asyncio.Task[None]] = []
     try:
-        deploy, catalogue = await open_buckets(client.jetstream())
+        if settings.nats_cluster is not None:  # a majority of the nodes must be up first
+            await wait_for_jetstream(client.jetstream(), CLUSTER_WAIT_S)
+        deploy, catalogue = await open_buckets(client.jetstream(), settings.resolved_jetstream_replicas)
         board = SiteBoard(deploy)
         signer = Signer.load_or_create(settings.data_dir / "keys")  # models and the catalogue
         feed = CatalogueFeed(catalogue, signer)
         services = build_core_services(settings, board, feed, signer)
-        # A run this core was doing when it stopped ended with it: say so in the audit log.
-        if interrupted := await asyncio.to_thread(services.trainer.mark_interrupted):
-            log.warning("training runs interrupted by the last stop", runs=interrupted)
+        if services.sessions.kw["bind"].url.get_backend_name() == "sqlite":  # one core process
+            await mark_interrupted(services)
         await asyncio.to_thread(publish_desired_state, services, board, feed)
         await client.subscribe(SITE_REPORTS,
                                cb=_on_site_report(services.reports, settings.site_tokens))
         await client.subscribe(SITE_STATUS,
                                cb=on_site_status(services.reports.fleet, settings.site_tokens))
-        tasks.append(asyncio.create_task(resync_every(services, board, feed, settings.kv_resync_s)))
         tasks.append(asyncio.create_task(supervised("broker", lambda: restart_when_dead(
             "nats-server", lambda: server.is_running, server.start,
             healthy=server.answers_healthy, stop=server.stop))))
-        if settings.automation.enabled:
-            tasks.append(asyncio.create_task(services.loop.run()))
-        if settings.retention_days:
-            tasks.append(asyncio.create_task(apply_retention_every(services, settings.retention_every_s)))
+        # Once per deployment, however many core processes serve the API: under leases.
+        tasks += singleton_jobs(settings, services, board, feed)
         app = create_core_app(services, UserStore(settings.data_dir / "users.json"))
         http_tls, tls_watcher = watch_core_tls(
             settings, tls, lambda: server.reload(core_nats_config(settings, tls, internal)))
@@ -275,6 +315,9 @@ async def serve_core(settings: CoreSettings) -> None:
             # Stopping waits for requests in flight, not for ever: a site's keep-alive HTTPS
             # connection (or a model download) must not hold a service manager's stop.
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **uvicorn_tls_options(http_tls),
+            # Longer than the sites' own (`edge/core_client`): a site's idle connection is
+            # closed by the site, never under a request it is sending (bench/fleet.py).
+            timeout_keep_alive=SITE_KEEPALIVE_S,
         )
         log.info("core up", http=settings.http_url, nats=server.client_url)
         await uvicorn.Server(config).serve()

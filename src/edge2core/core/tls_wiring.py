@@ -10,6 +10,7 @@ from edge2core.common.certs import CertAuthority
 from edge2core.common.nats_config import NatsTls
 from edge2core.common.tls import CertWatcher, TlsFiles, server_context
 from edge2core.config import CoreSettings
+from edge2core.core.nats_cluster import route_pins
 
 
 def core_leaf_tls(tls: TlsFiles | None) -> NatsTls | None:
@@ -19,7 +20,8 @@ def core_leaf_tls(tls: TlsFiles | None) -> NatsTls | None:
     if tls is None:
         return None
     pinned = CertAuthority(tls.ca.parent).valid_fingerprints("site") if (tls.ca.parent / "sites").is_dir() else []
-    return NatsTls(tls.cert, tls.key, tls.ca, leaf_pinned=tuple(pinned))
+    # In a cluster only core certificates may form routes (used only with `nats_cluster`).
+    return NatsTls(tls.cert, tls.key, tls.ca, leaf_pinned=tuple(pinned), route_pinned=route_pins(tls.ca.parent))
 
 
 def watch_core_tls(settings: CoreSettings, tls: TlsFiles | None,

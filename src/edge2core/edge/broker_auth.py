@@ -16,9 +16,13 @@ like the edge's own doors, is in the server's `auth_users` and bypasses the call
   '-' and anything; never another device's, never the edge's `e2c-...`);
 * a refusal is answered with an error (the device gets CONNACK "not authorised"), logged with
   device, client id and reason, and counted in `e2c_devices_refused_total{door, reason}`;
+* with device certificates (`certs`, a `DeviceCertIndex`), revocation is decided here, never
+  by reloading the broker (a reload closes every device this service admitted): a client
+  certificate the CA no longer vouches for, or a device left with only revoked certificates,
+  is refused `revoked_certificate` (`device_certs`);
 * `enforce()` (every couple of seconds) disconnects connections admitted earlier that are no
-  longer valid: device revoked or re-issued, or its client id now another device's. It kicks
-  them through the system account (`$SYS.REQ.SERVER.<id>.KICK`).
+  longer valid: device revoked or re-issued, its client id now another device's, or its
+  certificate revoked. It kicks them through the system account (`$SYS.REQ.SERVER.<id>.KICK`).
 
 Requests and answers are JWTs signed with ed25519 nkeys (`nats_jwt`): the server signs requests
 with its server key; answers are signed with an issuer (account) key generated afresh for each
@@ -45,7 +49,7 @@ from nats.aio.msg import Msg
 from edge2core.common.logging import get_logger
 from edge2core.common.metrics import DEVICES_REFUSED
 from edge2core.common.nats_server import NatsUser
-from edge2core.edge.device_certs import authenticate_certificate, certificate_device
+from edge2core.edge.device_certs import DeviceCertIndex, authenticate_certificate, client_certificate
 from edge2core.edge.devices import (
     Device,
     DeviceRefused,
@@ -71,6 +75,7 @@ class Admitted:
     device: str
     password_bcrypt: str
     client_id: str | None
+    fingerprint: str | None = None  # its client certificate's, when the broker passed one
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Connecting:
     door: str  # "mqtt", "nats" or "websocket": the metric's label
     host: str
     certificate: str | None = None  # the device id of a verified device certificate
+    fingerprint: str | None = None  # SHA-256 of a verified client certificate (MQTT over TLS)
 
     @classmethod
     def from_request(cls, claims: dict[str, Any]) -> Connecting:
@@ -91,6 +97,7 @@ class Connecting:
         info = nats_part.get("client_info") or {}
         options = nats_part.get("connect_opts") or {}
         kind = str(info.get("type") or "nats")
+        cert = client_certificate(claims)
         return cls(
             cid=int(info.get("id") or 0),
             username=str(options.get("user") or ""),
@@ -99,7 +106,8 @@ class Connecting:
             client_id=str(info.get("mqtt_id") or "") if kind == "mqtt" else None,
             door=kind,
             host=str(info.get("host") or ""),
-            certificate=certificate_device(claims),
+            certificate=cert.device if cert else None,
+            fingerprint=cert.fingerprint if cert else None,
         )
 
 
@@ -121,8 +129,10 @@ class BrokerAuth:
         *,
         workers: int | None = None,
         guests: GuestPasses | None = None,
+        certs: DeviceCertIndex | None = None,
     ) -> None:
         self.url = url
+        self.certs = certs  # device certificates on: revocation decided here (None: off)
         self.guests = guests  # anonymous shoppers with a pass from the site's shopper page
         self.site = site
         self.devices = devices
@@ -275,16 +285,20 @@ class BrokerAuth:
         return isinstance(expires, int | float) and time.time() > expires + 1
 
     def _decide(self, who: Connecting) -> tuple[Device, Admitted]:
-        """In the thread pool: registry file and bcrypt."""
+        """In the thread pool: registry file, the CA's index and bcrypt."""
+        if self.certs is not None:  # a revoked certificate is refused whoever it claims to be
+            self.certs.check(None, who.fingerprint)
         if self.guests is not None and self.guests.is_guest(who.username):
             guest = self.guests.check(who.username, who.password, who.client_id)
-            return guest, Admitted(guest.id, guest.password_bcrypt, who.client_id)
+            return guest, Admitted(guest.id, guest.password_bcrypt, who.client_id, who.fingerprint)
         self.devices.refresh()  # a device added a moment ago may connect at once
         if who.certificate and not who.password:  # X.509 identity instead of a password
             device = authenticate_certificate(self.devices, who.certificate, who.username, who.client_id)
         else:
             device = self.devices.authenticate_broker(who.username, who.password, who.client_id)
-        return device, Admitted(device.id, device.password_bcrypt, who.client_id)
+        if self.certs is not None:  # on every door: a device left with only revoked certificates
+            self.certs.check(device.id, None)
+        return device, Admitted(device.id, device.password_bcrypt, who.client_id, who.fingerprint)
 
     def _refuse(self, who: Connecting, reason: str, detail: str) -> None:
         self._remember_refusal(who.cid)
@@ -299,6 +313,8 @@ class BrokerAuth:
             self._admitted.pop(int(json.loads(msg.data)["client"]["id"]), None)
 
     def _stale(self, admitted: Admitted, ids: list[str]) -> str | None:
+        if self.certs is not None and self._revoked_certificate(admitted):
+            return "revoked_certificate"
         if self.guests is not None and self.guests.is_guest(admitted.device):
             return None  # checked at connect; not in the registry
         device = self.devices.get(admitted.device)
@@ -312,9 +328,25 @@ class BrokerAuth:
             return "client_id_not_owned"
         return None
 
+    def _refresh(self) -> None:
+        # Files read off the event loop; `_stale` then finds them cached.
+        self.devices.refresh()
+        if self.certs is not None:
+            with contextlib.suppress(OSError, ValueError):  # reported by `_revoked_certificate`
+                self.certs.snapshot()
+
+    def _revoked_certificate(self, admitted: Admitted) -> bool:
+        assert self.certs is not None
+        guest = self.guests is not None and self.guests.is_guest(admitted.device)
+        try:
+            return self.certs.stale(None if guest else admitted.device, admitted.fingerprint) is not None
+        except (OSError, ValueError) as exc:  # a half-copied TLS folder: kick nobody this round
+            log.warning("device certificates unreadable; revocations wait", error=repr(exc))
+            return False
+
     async def _enforce(self) -> list[int]:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.devices.refresh)
+        await loop.run_in_executor(self._pool, self._refresh)
         ids = self.devices.ids()
         stale = {cid: reason for cid, admitted in list(self._admitted.items())
                  if (reason := self._stale(admitted, ids)) is not None}
@@ -344,7 +376,8 @@ class BrokerAuth:
 
     def enforce(self, timeout: float = 10.0) -> list[int]:
         """Close connections admitted earlier that the registry no longer allows (revoked or
-        re-issued devices, client ids now another device's); returns their connection ids."""
+        re-issued devices, client ids now another device's) or whose certificate was revoked
+        (`certs`); returns their connection ids."""
         if self._loop is None:
             return []
         return asyncio.run_coroutine_threadsafe(self._enforce(), self._loop).result(timeout)

@@ -8,7 +8,6 @@ import secrets
 import ssl
 from dataclasses import dataclass, field, replace
 
-from edge2core.common.certs import CertAuthority, cert_fingerprint, read_cert
 from edge2core.common.nats_config import (
     AuthCallout,
     NatsServerConfig,
@@ -20,6 +19,7 @@ from edge2core.common.site_tokens import leaf_user
 from edge2core.common.tls import TlsFiles, client_context, site_tls_files
 from edge2core.config import EdgeSettings
 from edge2core.edge.broker_auth import BrokerAuth
+from edge2core.edge.device_certs import DeviceCertIndex
 from edge2core.edge.devices import DeviceRegistry
 from edge2core.edge.guests import GuestPasses
 from edge2core.edge.mqtt_door import MqttEndpoint
@@ -55,18 +55,22 @@ class SiteAccess:
         return self if tls is None else replace(self, tls=tls, device_certs=device_certs)
 
     def nats_tls(self) -> NatsTls | None:
-        """With device certificates, when the TLS folder holds them (`devices/`, as
-        `edge2core certs` writes it), only the unrevoked, unexpired ones and the site's own
-        (its doors) are admitted; else any certificate from the CA."""
+        """With device certificates, the broker verifies every MQTT and WebSocket client's
+        certificate against the CA at the handshake (foreign and expired ones go no further)
+        and pins none: revoked ones are refused by the auth callout (`device_certs`), so
+        issuing or revoking a device certificate never changes this config (a reload would
+        close every device the callout admitted, nats-server 2.15.1)."""
         if self.tls is None:
             return None
-        pinned: tuple[str, ...] = ()
-        folder = self.tls.ca.parent
-        if self.device_certs and (folder / "devices").is_dir():
-            ca = CertAuthority(folder)
-            pinned = (*ca.valid_fingerprints("device"), cert_fingerprint(read_cert(self.tls.cert)))
         return NatsTls(self.tls.cert, self.tls.key, self.tls.ca, verify_devices=self.device_certs,
-                       device_pinned=pinned)
+                       device_pinned=())
+
+    def device_cert_index(self) -> DeviceCertIndex | None:
+        """The CA's view of device certificates in the TLS folder (`devices/`, `index.json`,
+        as `edge2core certs` writes them), when device certificates are on."""
+        if self.tls is None or not self.device_certs:
+            return None
+        return DeviceCertIndex(self.tls.ca.parent)
 
     @property
     def enabled(self) -> bool:
@@ -89,7 +93,7 @@ class SiteAccess:
         if self.devices is None or self.internal is None:
             return None
         return BrokerAuth(url, site, self.devices, self.issuer, self.internal, self.system,
-                          guests=self.guests)
+                          guests=self.guests, certs=self.device_cert_index())
 
 
 def site_access(settings: EdgeSettings) -> SiteAccess:
@@ -101,13 +105,16 @@ def site_access(settings: EdgeSettings) -> SiteAccess:
     return SiteAccess(DeviceRegistry(settings.data_dir / "devices.json"), internal)
 
 
-def core_leaf_remote(settings: EdgeSettings) -> str:
-    """The leaf link logs in to the core as this site, with its upload token (if it has one)."""
-    assert settings.core_leaf_url
-    if not settings.token:
-        return settings.core_leaf_url
-    user = leaf_user(settings.site, settings.token)  # one user per token at the core
-    return leaf_url_with_credentials(settings.core_leaf_url, user, settings.token)
+def core_leaf_remote(settings: EdgeSettings) -> str | tuple[str, ...]:
+    """The leaf link logs in to the core as this site, with its upload token (if it has one).
+    A core cluster's nodes (several URLs): one remote listing them all, which nats-server
+    fails over between (a remote each would link the site to the core several times)."""
+    urls = settings.core_leaf_urls
+    assert urls
+    if settings.token:
+        user = leaf_user(settings.site, settings.token)  # one user per token at the core
+        urls = tuple(leaf_url_with_credentials(url, user, settings.token) for url in urls)
+    return urls[0] if len(urls) == 1 else urls
 
 
 def core_link_tls(settings: EdgeSettings) -> tuple[ssl.SSLContext, TlsFiles] | None:
@@ -132,7 +139,7 @@ def edge_nats_config(settings: EdgeSettings, access: SiteAccess | None = None) -
         mqtt_port=settings.mqtt_port,
         websocket_port=settings.mqtt_ws_port,
         jetstream_domain=settings.jetstream_domain,
-        leafnode_remotes=(core_leaf_remote(settings),) if settings.core_leaf_url else (),
+        leafnode_remotes=(core_leaf_remote(settings),) if settings.core_leaf_urls else (),
         users=access.users(settings.site) if access else (),
         auth_callout=access.auth_callout() if access else None,
         system_users=access.system_users() if access else (),

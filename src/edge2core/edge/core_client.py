@@ -20,6 +20,7 @@ from edge2core.common.events import (
 )
 from edge2core.common.fsutil import move_durable
 from edge2core.common.products import Product, read_products
+from edge2core.edge.direct_upload import DirectUploader
 
 
 class TransientUploadError(RuntimeError):
@@ -41,6 +42,7 @@ class ArtifactMismatch(RuntimeError):
 RESUMABLE_ABOVE = 4 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
 TUS_VERSION = "1.0.0"
+KEEPALIVE_S = 60.0  # seconds an idle connection to the core is kept (the core keeps it 75 s)
 
 
 def _transient(status: int) -> bool:
@@ -88,7 +90,8 @@ def _tus_offset(response: httpx.Response, length: int) -> int:
 class CoreClient:
     """Uploads go one-shot (`PUT /v1/images/<sha256>`) up to `resumable_above` bytes; larger
     photos go through the resumable protocol (`/v1/uploads/<sha256>`) in `chunk_bytes` PATCHes,
-    continuing from the core's durable offset after a broken connection.
+    continuing from the core's durable offset after a broken connection. With `direct_uploads`,
+    photos go straight to the core's S3 store where the core offers it (`edge.direct_upload`).
 
     Either way an upload is done only on proof that the core stored the photo: an answer that
     carries the stored object's key. The forwarder deletes its spooled copy on that alone."""
@@ -103,6 +106,7 @@ class CoreClient:
         chunk_bytes: int = CHUNK_BYTES,
         resume_attempts: int = 5,
         tls: ssl.SSLContext | None = None,
+        direct_uploads: bool = False,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
@@ -112,25 +116,41 @@ class CoreClient:
             verify=tls if tls is not None else True,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
-            # The forwarder keeps many uploads in flight: keep their connections alive.
-            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
+            # The forwarder keeps many uploads in flight: keep their connections alive, and
+            # between a quiet site's photos too (under the core's keep-alive, `core/service`):
+            # httpx's 5 s default made most uploads pay a new mutual-TLS handshake.
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128,
+                                keepalive_expiry=KEEPALIVE_S),
         )
         self.tls = tls
         self.resumable_above = resumable_above
         self.chunk_bytes = max(1, chunk_bytes)
         self.resume_attempts = resume_attempts
+        # Photos straight to S3 where the core offers it (`edge.direct_upload`): the object
+        # store gets a client of its own, without the site's token; the system's CAs.
+        self._store_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
+        ) if direct_uploads else None
+        self.direct = DirectUploader(self._http, self._store_http, self._check, TransientUploadError,
+                                     RejectedUpload) if self._store_http is not None else None
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._store_http is not None:
+            await self._store_http.aclose()
 
     async def upload(self, record: PhotoRecord, data: bytes) -> dict:
         """Send one photo; returns the core's receipt once the bytes are durable there: its
         `key` is the stored object's (empty only with `erased: true`, a photo the core erased
         and will never store).
 
-        Raises `TransientUploadError` (retry later: also for any answer that proves nothing)
-        or `RejectedUpload` (refused for good).
+        Straight to the object store where the core offers it (an S3 store), else through the
+        core. Raises `TransientUploadError` (retry later: also for any answer that proves
+        nothing) or `RejectedUpload` (refused for good).
         """
+        if self.direct is not None and (receipt := await self.direct.upload(record, data)) is not None:
+            return _proven(receipt, record)
         if len(data) > self.resumable_above:
             receipt = await self.upload_resumable(record, data)
         else:

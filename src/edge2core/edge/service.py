@@ -126,7 +126,7 @@ def build_edge_parts(settings: EdgeSettings, on_forwarded: EventSink | None = No
     link_tls = core_link_tls(settings)
     core = CoreClient(
         settings.core_url, settings.token, resumable_above=settings.resumable_above_bytes,
-        tls=link_tls[0] if link_tls else None,
+        tls=link_tls[0] if link_tls else None, direct_uploads=settings.direct_uploads,
     )
     forwarder = Forwarder(
         spool,

@@ -20,11 +20,12 @@ log = get_logger(__name__)
 
 class BrokerReload:
     """Reloads the site's broker only when what it would load differs: the rendered config
-    (certificate paths, device pins) or the bytes of its certificate, key and CA. A reload
-    closes every device the auth callout admitted (nats-server 2.15.1), so files that were only
-    rewritten or touched (a CRL refreshed, which nats-server does not read; a certificate
-    issued to nobody pinned here; a copy of the same files) must not cost the devices their
-    connections."""
+    (certificate paths) or the bytes of its certificate, key and CA. A reload closes every
+    device the auth callout admitted (nats-server 2.15.1), so files that were only rewritten or
+    touched (a CRL refreshed, which nats-server does not read; a copy of the same files) must
+    not cost the devices their connections. Device certificates are not in the config at all
+    (no pins: the auth callout refuses revoked ones), so issuing or revoking one never reloads
+    it; only a real change of the site's own certificate, key or CA does."""
 
     def __init__(self, server: EmbeddedNats, render: Callable[[], NatsServerConfig], files: TlsFiles) -> None:
         self._server, self._render, self._files = server, render, files
@@ -54,17 +55,17 @@ def watch_site_tls(settings: EdgeSettings, access: SiteAccess, server: EmbeddedN
 
     nats-server re-reads its certificate files on SIGHUP; with the auth callout on, a reload
     also closes the devices it admitted (nats-server 2.15.1), which reconnect at once: the
-    broker is reloaded only when what it loads really changed (`BrokerReload`)."""
+    broker is reloaded only when what it loads really changed (`BrokerReload`): the site's own
+    certificate, key or CA, never a device certificate issued or revoked (the CA's index is
+    read by the auth callout, `device_certs.DeviceCertIndex`)."""
     watcher = CertWatcher(every_s=settings.tls_check_s)
     http: ssl.SSLContext | None = None
     files: TlsFiles | None = access.tls
     if files is not None:
         http = server_context(files, client_certs=ssl.CERT_OPTIONAL)
         watcher.watch(http, files, f"site-{settings.site}")
-        # Rendered again: a revoked or new device certificate changes the pins.
         watcher.watch(None, files, f"site-{settings.site}-broker", presents=False,
-                      on_change=BrokerReload(server, lambda: edge_nats_config(settings, access), files),
-                      extra=(files.ca.parent / "index.json",))
+                      on_change=BrokerReload(server, lambda: edge_nats_config(settings, access), files))
     if core_tls is not None:
         link = site_tls_files(settings.resolved_tls_dir, settings.site)
         watcher.watch(core_tls, link, f"site-{settings.site}-client", presents=files is None)

@@ -41,8 +41,10 @@ WEB_PREFIXES = ("/dashboard", "/static/")
 
 
 def _is_upload(method: str, path: str) -> bool:
-    """The upload routes check the site's token themselves."""
-    return (method == "PUT" and path.startswith("/v1/images/")) or path.startswith("/v1/uploads")
+    """The upload routes check the site's token themselves (direct uploads to S3 included:
+    their grants and commits are rate-limited as uploads)."""
+    return ((method == "PUT" and path.startswith("/v1/images/"))
+            or path.startswith(("/v1/uploads", "/v1/photos/")))
 
 
 def access_allowed(method: str, path: str, authorization: str | None, *, admin_token: str | None,

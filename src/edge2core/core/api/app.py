@@ -24,6 +24,7 @@ from edge2core.core.api.routers import (
     labelling,
     legacy_catalogue,
     models,
+    photos,
     signing,
     sites,
     training,
@@ -35,7 +36,7 @@ from edge2core.web.dashboard.mount import mount_dashboard
 __all__ = ["CoreServices", "create_core_app"]
 
 ROUTERS: tuple[APIRouter, ...] = (
-    health.router, images.router, uploads.router, datasets.router, labelling.router,
+    health.router, images.router, uploads.router, photos.router, datasets.router, labelling.router,
     governance.router, training.router, models.router, signing.router, sites.router,
     catalogue.router, catalogue_signed.router, legacy_catalogue.router, audit.router, automation.router,
 )

@@ -24,6 +24,7 @@ from edge2core.core.curate.governance import Governance
 from edge2core.core.curate.labelling import LabellingQueue
 from edge2core.core.deliver.registry import ModelRegistry
 from edge2core.core.deliver.site_reports import SiteReports
+from edge2core.core.ingest.direct import DirectUploads
 from edge2core.core.ingest.receiver import ImageReceiver
 from edge2core.core.ingest.uploads import ResumableUploads
 from edge2core.core.loop.automation import LearningLoop
@@ -51,6 +52,7 @@ class CoreServices:
     admin_token: str | None  # None: the API is open (development), see `access.py`
     site_rate: RateLimit | None = None  # each site's uploads (`access.SiteRateLimit`)
     api_tokens: TokenStore | None = None  # scoped tokens for people and tools (`access.py`)
+    direct: DirectUploads | None = None  # presigned uploads straight to S3 (`ingest.direct`)
 
 
 async def core_services(request: Request) -> CoreServices:

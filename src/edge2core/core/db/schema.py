@@ -39,6 +39,9 @@ class ImageRow(Base):
     redaction: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     sharpness: Mapped[float | None] = mapped_column(Float)
+    # Order of recording across core processes (`core_counters` "images"): a process catches
+    # its near-duplicate index up on rows others recorded since it last looked.
+    ingest_seq: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
 
 class DatasetRow(Base):
@@ -152,6 +155,37 @@ class AuditRow(Base):
     kind: Mapped[str] = mapped_column(String(64), index=True)  # e.g. catalogue.retired
     subject: Mapped[str] = mapped_column(String(200), index=True)  # e.g. a SKU, a model version
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LeaseRow(Base):
+    """Who runs a once-per-deployment job (the learning loop, the scheduler) until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+    acquired_at: Mapped[float] = mapped_column(Float)
+
+
+class CounterRow(Base):
+    """Counters shared by core processes; updating one's row serialises its writers."""
+
+    __tablename__ = "core_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LoopMemoryRow(Base):
+    """The learning loop's memory (held triggers, stopped rollouts, the last run that went
+    live): in the database so that another core process taking the loop over continues."""
+
+    __tablename__ = "loop_memory"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def create_schema(engine: Engine) -> None:

@@ -67,11 +67,20 @@ class KvBucket:
         self._timeout_s = timeout_s
 
     @classmethod
-    async def open(cls, js: Any, bucket: str, history: int = 5) -> KvBucket:
+    async def open(cls, js: Any, bucket: str, history: int = 5, replicas: int = 1) -> KvBucket:
+        """The bucket, made with `replicas` copies (a NATS cluster's nodes) when missing; an
+        existing one with another number of copies is changed to `replicas` (JetStream adds or
+        drops the copies itself)."""
         try:
             kv = await js.key_value(bucket)
         except Exception:
-            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=history))
+            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas))
+        else:
+            info = await js.stream_info(f"KV_{bucket}")
+            if info.config.num_replicas != replicas:
+                info.config.num_replicas = replicas
+                await js.update_stream(info.config)
+                log.info("KV bucket replicas changed", bucket=bucket, replicas=replicas)
         return cls(kv, asyncio.get_running_loop())
 
     def _on_loop(self) -> bool:
@@ -202,7 +211,8 @@ class CatalogueFeed:
                 self._sent.pop(key, None)
 
 
-async def open_buckets(js: Any) -> tuple[KvBucket, KvBucket]:
-    deploy = await KvBucket.open(js, DEPLOY_BUCKET, history=10)
-    catalogue = await KvBucket.open(js, CATALOGUE_BUCKET, history=3)
+async def open_buckets(js: Any, replicas: int = 1) -> tuple[KvBucket, KvBucket]:
+    """(deploy, catalogue) buckets, each kept in `replicas` copies (`KvBucket.open`)."""
+    deploy = await KvBucket.open(js, DEPLOY_BUCKET, history=10, replicas=replicas)
+    catalogue = await KvBucket.open(js, CATALOGUE_BUCKET, history=3, replicas=replicas)
     return deploy, catalogue

@@ -69,15 +69,15 @@ class ModelGate:
         val = candidate.metrics.get("val") or {}
         n = int(val.get("n") or 0)
         top1 = val.get("top1")
-        train = Counter(e.sku for e in self._datasets.entries(candidate.dataset_version) if e.split == "train")
         report = GateReport(passed=False, candidate=candidate.version, baseline=None,
                             eval_set={"dataset_version": candidate.dataset_version, "split": "val", "n": n,
                                       "first_model": True},
                             top1_candidate=top1, config=cfg.model_dump())
-        if not cfg.enabled:
+        if not cfg.enabled:  # before reading the dataset: a disabled gate needs none
             report.passed = True
             report.reasons.append("gate disabled")
             return report
+        train = Counter(e.sku for e in self._datasets.entries(candidate.dataset_version) if e.split == "train")
         if n < cfg.first_min_val_photos:
             report.reasons.append(f"a first model judged on {n} val photos (< {cfg.first_min_val_photos}) "
                                   "is not served: send more photos")
@@ -92,6 +92,11 @@ class ModelGate:
 
     def check(self, candidate: ModelInfo, baseline: ModelInfo) -> GateReport:
         cfg = self.config
+        if not cfg.enabled:  # before reading the evaluation set: a disabled gate needs none
+            return GateReport(passed=True, candidate=candidate.version, baseline=baseline.version,
+                              eval_set={"dataset_version": cfg.eval_dataset or candidate.dataset_version,
+                                        "split": "val"},
+                              reasons=["gate disabled"], config=cfg.model_dump())
         version, entries = self.eval_entries(candidate, baseline)
         info = {"dataset_version": version, "split": "val", "n": len(entries), "id": eval_set_id(entries)}
         report = GateReport(passed=False, candidate=candidate.version, baseline=baseline.version,

@@ -47,11 +47,14 @@ class NearDupIndex:
     earliest such photo on ties), else starts its own group. A group's split is the split of its
     first photo, so near-duplicates land on the same side and nobody's split ever moves.
     `load` gives the stored photos' (hash, group), earliest first; it is called on first use and
-    again after `invalidate()` (deletions).
+    again after `invalidate()` (deletions), which also calls `on_invalidate` (several core
+    processes: tell the others, see `ingest.rows`).
     """
 
-    def __init__(self, load: Callable[[], Iterable[tuple[int, str]]], bits: int) -> None:
+    def __init__(self, load: Callable[[], Iterable[tuple[int, str]]], bits: int,
+                 on_invalidate: Callable[[], None] | None = None) -> None:
         self._load_stored = load
+        self._on_invalidate = on_invalidate
         self.bits = bits
         self._hashes = np.zeros(0, dtype=np.uint64)
         self._groups: list[str] = []
@@ -59,19 +62,34 @@ class NearDupIndex:
         self._loaded = False
         self.lock = threading.Lock()
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
     def invalidate(self) -> None:
         with self.lock:
             self._loaded = False
+        if self._on_invalidate is not None:
+            self._on_invalidate()
 
     def invalidate_locked(self) -> None:
         self._loaded = False
 
     def _load(self) -> None:
-        rows = [(h, g) for h, g in self._load_stored() if not featureless(h)]
+        self.reset(self._load_stored())
+
+    def reset(self, stored: Iterable[tuple[int, str]]) -> None:
+        """Replace the index by `stored` (hash, group), earliest first. Call with `lock` held."""
+        rows = [(h, g) for h, g in stored if not featureless(h)]
         self._hashes = np.array([h for h, _ in rows], dtype=np.uint64)
         self._groups = [g for _, g in rows]
         self._count = len(rows)
         self._loaded = True
+
+    def extend(self, stored: Iterable[tuple[int, str]]) -> None:
+        """Add photos recorded since (by another process), earliest first. With `lock` held."""
+        for phash, group in stored:
+            self.add(phash, group)
 
     def group_for(self, sha256: str, phash: int | None) -> str:
         """Call with `lock` held, and `add` the photo before releasing it."""

@@ -167,6 +167,13 @@ class ImageReceiver:
         """Blocking: as `accept`, for verified bytes in memory (stored with `put`)."""
         return self._accept(record, data, lambda key: self.store.put(key, data))
 
+    def accept_placed(self, record: PhotoRecord, data: bytes, place: Callable[[str], None], *,
+                      refused: Callable[[], None]) -> Receipt:
+        """Blocking: as `accept_bytes`, for verified bytes already in the object store
+        elsewhere; `place(key)` puts them at `key` inside the store (a server-side copy, see
+        `ingest.direct`), `refused()` runs if the photo is refused."""
+        return self._accept(record, data, place, refused=refused)
+
     def _accept(
         self,
         record: PhotoRecord,

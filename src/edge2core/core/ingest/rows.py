@@ -21,6 +21,7 @@ from edge2core.common.events import PhotoRecord, Source, as_utc, utcnow
 from edge2core.core.db.schema import ImageRow, LabelTaskRow, QuarantineRow, TombstoneRow
 from edge2core.core.ingest.commits import GroupCommit, Slot, WalCommits
 from edge2core.core.ingest.near_dups import NearDupIndex, stable_split
+from edge2core.core.ingest.sequence import EPOCH, SharedIndex, advance, bump_epoch
 
 # `settled`'s answer for a photo erased between its upload's replay check and its commit.
 ERASED = "erased"
@@ -49,8 +50,15 @@ class PhotoRows:
         self._engine = sessions.kw["bind"]
         self._wal = WalCommits.for_engine(self._engine)  # None unless SQLite in WAL mode
         self._val_percent = val_percent
-        self.near_dups = NearDupIndex(self._stored_hashes, near_dup_bits)
-        self._writer = GroupCommit[Pending, Committed](self._commit)
+        # Several core processes (any server database): they take turns through the database
+        # (`ingest.sequence`). SQLite is one process's: its index's lock is enough.
+        self._shared = self._engine.dialect.name != "sqlite"
+        self.near_dups = NearDupIndex(
+            self._stored_hashes, near_dup_bits,
+            on_invalidate=(lambda: bump_epoch(self.sessions)) if self._shared else None)
+        self._shared_index = SharedIndex(self.near_dups)
+        self._writer = GroupCommit[Pending, Committed](
+            self._commit_shared if self._shared else self._commit)
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -109,6 +117,8 @@ class PhotoRows:
             for row_type in (LabelTaskRow, ImageRow):
                 if (row := session.get(row_type, sha256)) is not None:
                     session.delete(row)
+            if self._shared:
+                advance(session, EPOCH, 1)  # other processes drop it from their index too
             self.near_dups.invalidate_locked()
 
     def quarantine(self, record: PhotoRecord, exc: DomainError) -> None:
@@ -180,6 +190,51 @@ class PhotoRows:
                         results.append(self._insert_one(record, key, phash, now))
                 seq = 0  # committed with synchronous=FULL
         return [(r, seq) for r in results]
+
+    def _commit_shared(self, batch: list[Pending]) -> list[Committed]:
+        """`_commit` when several core processes record photos: in one transaction, take the
+        recorders' turn and catch the index up (`SharedIndex.claim`), then check, group and
+        insert; the database's unique key is the last word on duplicates (a conflict retries,
+        and the retry finds the row present)."""
+        for attempt in range(3):
+            try:
+                return self._commit_shared_once(batch)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _commit_shared_once(self, batch: list[Pending]) -> list[Committed]:
+        shas = [r.sha256 for r, _k, _p in batch]
+        with self.near_dups.lock:
+            try:
+                with self.sessions.begin() as session:
+                    seq = self._shared_index.claim(session, len(batch))
+                    now = utcnow()
+                    present = set(session.scalars(_PRESENT, {"shas": shas}))
+                    erased = set(session.scalars(_ERASED, {"shas": shas})) - present
+                    results: list[Outcome] = []
+                    rows: list[dict[str, Any]] = []
+                    tasks: list[LabelTaskRow] = []
+                    for record, key, phash in batch:
+                        if record.sha256 in erased or record.sha256 in present:
+                            results.append(ERASED if record.sha256 in erased else False)
+                            continue
+                        present.add(record.sha256)
+                        group = self.near_dups.group_for(record.sha256, phash)
+                        rows.append({**self._row_values(record, key, phash, group, now),
+                                     "ingest_seq": seq + len(rows)})
+                        if record.source in (Source.SHOPPER, Source.CAMERA):  # to label
+                            tasks.append(_label_task(record, now))
+                        self.near_dups.add(phash, group)
+                        results.append(True)
+                    if rows:
+                        session.execute(insert(_IMAGES), rows)
+                        session.add_all(tasks)
+            except BaseException:
+                self._shared_index.forget()
+                raise
+        return [(r, 0) for r in results]
 
     def _insert_batch(self, rows: list[dict[str, Any]], tasks: list[LabelTaskRow]) -> int:
         """One multi-row INSERT (no ORM unit of work per row), one commit; its WAL sequence

@@ -1,10 +1,10 @@
 """Resumable uploads in the shape of the tus 1.0 core protocol, keyed by the photo's sha256.
 
-An upload lives in the object store's staging folder as two files: `<sha256>.part` (the bytes
-received so far) and `<sha256>.json` (the photo record, the declared length, the durable offset
-and the expiry). The offset in the JSON is written only after the bytes up to it are fsync'd,
-so after a crash the upload resumes from a point that is really on disk (the part file is cut
-back to it). Because the id is the content hash, a retry after any failure finds the same
+An upload lives in staging (`ingest.staging`: a local folder by default, the object store
+itself with S3) as its bytes received so far and its state (the photo record, the declared
+length, the durable offset and the expiry). The offset in the state is written only after the
+bytes up to it are durable, so after a crash the upload resumes from a point that is really
+stored (anything past it is dropped). Because the id is the content hash, a retry after any failure finds the same
 upload, and an upload of a photo the core already holds completes at once.
 
 "All bytes received" is not "stored": the upload is forgotten only once the photo is in the
@@ -12,8 +12,9 @@ object store and recorded. If finishing fails (the object store refuses the writ
 stays, complete, and a PATCH with an empty body at `Upload-Offset` = `Upload-Length` finishes it
 again; until then nothing answers with the stored key, which is the client's only proof.
 
-Locks are per process: run one core process per staging folder, or route an upload's requests
-to the same process.
+One request at a time appends to an upload (`ingest.staging`'s locks: per process by default,
+PostgreSQL advisory locks across core processes), so with S3 staging and PostgreSQL any core
+process behind a load balancer can take any request of any upload.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
@@ -32,7 +32,6 @@ from starlette.requests import ClientDisconnect
 
 from edge2core.common.errors import DomainError
 from edge2core.common.events import PhotoRecord, utcnow
-from edge2core.common.fsutil import write_atomic
 from edge2core.common.logging import get_logger
 from edge2core.core.ingest.accepting import Accepting, Receipt
 from edge2core.core.ingest.errors import (
@@ -40,8 +39,15 @@ from edge2core.core.ingest.errors import (
     NoUpload,
     OffsetMismatch,
     StoreUnavailable,
-    UploadBusy,
     UploadTooLarge,
+)
+from edge2core.core.ingest.staging import (
+    Appender,
+    FolderStaging,
+    LocalLocks,
+    ObjectStaging,
+    Staging,
+    UploadLocks,
 )
 
 log = get_logger(__name__)
@@ -49,7 +55,6 @@ log = get_logger(__name__)
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"
 _PURGE_EVERY_S = 60.0
-_HASH_BLOCK = 1 << 20
 _RETRY_AFTER_S = 5.0
 
 
@@ -95,33 +100,30 @@ class UploadState:
 
 
 class ResumableUploads:
-    """Uploads in progress in `folder` (local, e.g. in the object store's staging folder),
-    verified, stored and recorded by `receiver` once complete."""
+    """Uploads in progress in `staging` (a local folder, given as a path, or
+    `ingest.staging.ObjectStaging`), verified, stored and recorded by `receiver` once complete;
+    `locks` keeps to one request per upload at a time (this process's own by default)."""
 
-    def __init__(self, receiver: Accepting, folder: Path, *, expiry_s: float) -> None:
+    def __init__(self, receiver: Accepting, staging: Staging | Path, *, expiry_s: float,
+                 locks: UploadLocks | None = None) -> None:
         self._receiver = receiver
         self.expiry_s = expiry_s
-        self.dir = folder
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._locks: dict[str, asyncio.Lock] = {}
-        # sha256 -> (offset, running hash of bytes [0, offset)): saves re-reading the part file.
+        self.staging = FolderStaging(staging) if isinstance(staging, Path) else staging
+        self.dir = self.staging.dir
+        self._locks = locks or LocalLocks()
+        # sha256 -> (offset, running hash of bytes [0, offset)): saves re-reading the bytes
+        # (another process's request, or one from before a restart, rehashes them).
         self._hashers: dict[str, tuple[int, hashlib._Hash]] = {}
         self._last_purge = 0.0
-
-    def _part(self, sha256: str) -> Path:
-        return self.dir / f"{sha256}.part"
-
-    def _meta(self, sha256: str) -> Path:
-        return self.dir / f"{sha256}.json"
 
     # --- state -------------------------------------------------------------------------------
 
     def state(self, sha256: str) -> UploadState | None:
         """The upload in progress, or None (never created, finished, expired or deleted)."""
-        try:
-            state = UploadState.from_json(self._meta(sha256).read_bytes())
-        except FileNotFoundError:
+        if (raw := self.staging.read_state(sha256)) is None:
             return None
+        try:
+            state = UploadState.from_json(raw)
         except (ValueError, KeyError, TypeError):
             # Not written by `_save` (which is atomic): nothing can be finished from it.
             self.discard(sha256)
@@ -129,45 +131,37 @@ class ResumableUploads:
         if state.expires_at <= utcnow():
             self.discard(sha256)
             return None
-        try:
-            on_disk = self._part(sha256).stat().st_size
-        except FileNotFoundError:
-            on_disk = 0
-        state.offset = min(state.offset, on_disk)
+        state.offset = self.staging.durable(sha256, state.offset)
         return state
 
     def _save(self, state: UploadState) -> None:
-        write_atomic(self._meta(state.sha256), [state.to_json()])
+        self.staging.write_state(state.sha256, state.to_json())
 
     def discard(self, sha256: str) -> bool:
         """Forget an upload and its bytes (tus termination; expiry; erasure)."""
         self._hashers.pop(sha256, None)
-        found = self._meta(sha256).exists()
-        self._meta(sha256).unlink(missing_ok=True)
-        self._part(sha256).unlink(missing_ok=True)
-        return found
+        return self.staging.discard(sha256)
 
     def in_progress(self) -> list[UploadState]:
         states = []
-        for meta in sorted(self.dir.glob("*.json")):
-            if (state := self.state(meta.stem)) is not None:
+        for sha256 in self.staging.ids():
+            if (state := self.state(sha256)) is not None:
                 states.append(state)
         return states
 
     def purge_expired(self, now: datetime | None = None) -> int:
         now = now or utcnow()
         purged = 0
-        for meta in self.dir.glob("*.json"):
+        for sha256 in self.staging.ids():
             try:
-                state = UploadState.from_json(meta.read_bytes())
-            except (OSError, ValueError):
+                raw = self.staging.read_state(sha256)
+                state = UploadState.from_json(raw) if raw is not None else None
+            except (OSError, ValueError, KeyError, TypeError):
                 state = None
             if state is None or state.expires_at <= now:
-                self.discard(meta.stem)
+                self.discard(sha256)
                 purged += 1
-        for part in self.dir.glob("*.part"):  # bytes whose metadata never made it to disk
-            if not self._meta(part.stem).exists() and part.stat().st_mtime < time.time() - 3600:
-                part.unlink(missing_ok=True)
+        self.staging.purge_orphans(3600)  # bytes whose state never made it
         self._last_purge = time.monotonic()
         return purged
 
@@ -194,10 +188,7 @@ class ResumableUploads:
         Clients that keep the upload's URL resume with HEAD instead.
         """
         self._check_new(record, length)
-        lock = self._locks.setdefault(record.sha256, asyncio.Lock())
-        if lock.locked():
-            raise UploadBusy("another request is appending to this upload")
-        async with lock:
+        async with self._locks.hold(record.sha256):
             await asyncio.to_thread(self._purge_now_and_then)
             return await asyncio.to_thread(self._start, record, length)
 
@@ -219,8 +210,7 @@ class ResumableUploads:
         self.discard(record.sha256)
         now = utcnow()
         state = UploadState(record, length, 0, now, now + timedelta(seconds=self.expiry_s))
-        with self._part(record.sha256).open("wb") as fh:
-            os.fsync(fh.fileno())
+        self.staging.start(record.sha256)
         self._save(state)
         return state
 
@@ -245,10 +235,7 @@ class ResumableUploads:
         durable in the object store and recorded. Raises `ClientGone` (after keeping what
         arrived) when the client went away mid-body.
         """
-        lock = self._locks.setdefault(sha256, asyncio.Lock())
-        if lock.locked():
-            raise UploadBusy("another request is appending to this upload")
-        async with lock:
+        async with self._locks.hold(sha256):
             state = await asyncio.to_thread(self.state, sha256)
             if state is None:
                 if (done := await asyncio.to_thread(self.head, sha256)) is not None:
@@ -266,27 +253,22 @@ class ResumableUploads:
                 raise ClientGone(sha256)
             if state.offset == state.length:
                 state.done = await asyncio.to_thread(self._finish, state, hasher.hexdigest())
-                self._locks.pop(sha256, None)
             return state
 
     async def _write(self, state: UploadState, hasher: hashlib._Hash, body: AsyncIterable[bytes]) -> bool:
-        """Append, then fsync and record the new offset even if the client vanished mid-way.
-
-        True if the client went away. A failing staging disk (full, read-only) is the core's
-        fault, not the client's: what was written is kept and the request is refused as `Busy`.
+        """Append, then make durable and record the new offset even if the client vanished
+        mid-way. True if the client went away. A failing staging store (a full or read-only
+        disk, the object store down) is the core's fault, not the client's: what was written
+        is kept and the request is refused as `Busy`.
         """
         gone = False
         too_long = False
-        disk_error: OSError | None = None
+        store_error: OSError | None = None
         try:
-            # O_CREAT: the part file may be gone (moved into the store by a finish that then
-            # failed to record the photo); the offset then reads 0 and the upload starts over.
-            fd = os.open(self._part(state.sha256), os.O_WRONLY | os.O_CREAT, 0o644)
+            out = await asyncio.to_thread(self.staging.appender, state.sha256, state.offset)
         except OSError as exc:
             raise _staging_failed(state, exc) from exc
         try:
-            os.ftruncate(fd, state.offset)  # drop bytes past the durable offset (a crash's tail)
-            os.lseek(fd, state.offset, os.SEEK_SET)
             written = 0
             try:
                 async for chunk in body:
@@ -294,9 +276,9 @@ class ResumableUploads:
                     if len(chunk) > room:
                         chunk, too_long = chunk[:room], True
                     try:
-                        _write_all(fd, chunk)
+                        out.write(chunk)
                     except OSError as exc:
-                        disk_error = exc
+                        store_error = exc
                         break
                     hasher.update(chunk)
                     written += len(chunk)
@@ -305,26 +287,26 @@ class ResumableUploads:
             except (ClientDisconnect, OSError, asyncio.CancelledError) as exc:
                 gone = True
                 if isinstance(exc, asyncio.CancelledError):
-                    await asyncio.shield(self._checkpoint(fd, state, written, hasher))
+                    await asyncio.shield(self._checkpoint(out, state, written, hasher))
                     raise
-            await self._checkpoint(fd, state, written, hasher)
-        except OSError as exc:  # truncating, or fsync'ing and recording the offset
+            await self._checkpoint(out, state, written, hasher)
+        except OSError as exc:  # making the bytes durable, or recording the offset
             raise _staging_failed(state, exc) from exc
         finally:
-            os.close(fd)
-        if disk_error is not None:
-            raise _staging_failed(state, disk_error)
+            out.close()
+        if store_error is not None:
+            raise _staging_failed(state, store_error)
         if too_long:
             raise UploadTooLarge(f"the body goes past Upload-Length {state.length}",
                                  code="exceeds_length", offset=state.offset)
         return gone
 
     async def _checkpoint(
-        self, fd: int, state: UploadState, written: int, hasher: hashlib._Hash
+        self, out: Appender, state: UploadState, written: int, hasher: hashlib._Hash
     ) -> None:
         if written == 0:
             return
-        await asyncio.to_thread(os.fsync, fd)
+        await asyncio.to_thread(out.flush)
         state.offset += written
         await asyncio.to_thread(self._save, state)
         self._hashers[state.sha256] = (state.offset, hasher)
@@ -333,17 +315,11 @@ class ResumableUploads:
         cached = self._hashers.get(sha256)
         if cached is not None and cached[0] == offset:
             return cached[1]
-        hasher = hashlib.sha256()  # after a restart: rehash what is on disk
+        hasher = hashlib.sha256()  # another process's bytes, or from before a restart: rehash
         if offset == 0:
             return hasher
-        with self._part(sha256).open("rb") as fh:
-            remaining = offset
-            while remaining > 0:
-                block = fh.read(min(_HASH_BLOCK, remaining))
-                if not block:
-                    break
-                hasher.update(block)
-                remaining -= len(block)
+        for block in self.staging.read(sha256, offset):
+            hasher.update(block)
         return hasher
 
     def _finish(self, state: UploadState, digest: str) -> Receipt:
@@ -362,7 +338,8 @@ class ResumableUploads:
             receipt = self._receiver.existing(state.sha256)
             if receipt is None:
                 receipt = self._receiver.accept(
-                    state.record, self._part(state.sha256), keep_on_failure=True
+                    state.record, self.staging.finished_file(state.sha256, state.offset),
+                    keep_on_failure=not isinstance(self.staging, ObjectStaging),
                 )
         except DomainError:  # a refusal
             self.discard(state.sha256)
@@ -388,8 +365,3 @@ def _staging_failed(state: UploadState, exc: OSError) -> StoreUnavailable:
         code="staging_unavailable", offset=state.offset, retry_after_s=_RETRY_AFTER_S,
     )
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

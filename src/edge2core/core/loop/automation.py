@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from edge2core.common.background import supervised
@@ -60,6 +61,7 @@ from edge2core.core.loop.decide import (
     decision_key,
     fingerprint,
 )
+from edge2core.core.loop.memory import LoopMemory, Remembered, seen_key
 from edge2core.core.loop.state import kiosk_counts, newest_photo_age_s, photos_since, trainable
 
 __all__ = ["Busy", "Decision", "LearningLoop", "LoopInputs", "NothingToTrain", "ProductData",
@@ -102,9 +104,34 @@ class LearningLoop:
     retry_first_s: float = RETRY_FIRST_S
     retry_max_s: float = RETRY_MAX_S
     retry_limit: int = RETRY_LIMIT
-    # The last run that went live: (decision_key, fingerprint) when it was decided.
-    _done: tuple[str, tuple[Any, ...]] | None = None
+    # The last run that went live: (decision_key, seen_key(fingerprint)) when it was decided.
+    _done: tuple[str, str] | None = None
     _holds_lock: threading.Lock = field(default_factory=threading.Lock)
+    # `blocked`, `holds` and `_done` also live in the database, for the process taking over.
+    memory: LoopMemory | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory is None:
+            self.memory = LoopMemory(self.sessions)
+
+    def _sync(self) -> None:
+        """Take up what another core process remembered (it ran the loop, or a person said
+        `retry` to it) since this one last wrote or read the memory."""
+        assert self.memory is not None
+        if self.memory.changed_elsewhere():
+            remembered = self.memory.load()
+            with self._holds_lock:
+                self.blocked, self.holds, self._done = (remembered.blocked, remembered.holds,
+                                                        remembered.done)
+
+    def _persist(self) -> None:
+        assert self.memory is not None
+        with self._holds_lock:
+            remembered = Remembered(set(self.blocked), dict(self.holds), self._done)
+        try:
+            self.memory.save(remembered)
+        except SQLAlchemyError:  # kept in memory; written with the next change
+            log.exception("the learning loop's memory could not be saved")
 
     def inputs(self) -> LoopInputs:
         # Woken by every arrival: one catalogue read and one count query per look.
@@ -153,11 +180,12 @@ class LearningLoop:
     def look(self) -> tuple[LoopInputs, Decision | None]:
         """What the loop sees, and the trigger that fires now: held triggers that are not due
         (or stopped) are left out, and holds whose inputs changed are let go first."""
+        self._sync()
         inputs = self.inputs()
         now = time.monotonic()
         with self._holds_lock:
             released = {key: hold for key, hold in self.holds.items()
-                        if fingerprint(hold.trigger, hold.skus, inputs) != hold.seen}
+                        if seen_key(fingerprint(hold.trigger, hold.skus, inputs)) != hold.seen}
             for key in released:
                 del self.holds[key]
             waiting = {name for hold in self.holds.values()
@@ -168,19 +196,24 @@ class LearningLoop:
                 self.audit.record("loop.resumed", key[:200], trigger=hold.trigger,
                                   reason="its inputs changed", tries=hold.tries)
         held = replace(inputs, blocked=inputs.blocked | waiting) if waiting else inputs
+        if released:
+            self._persist()
         return inputs, decide(held, self.policy)
 
     def held(self) -> list[dict[str, Any]]:
         """The triggers held back now, and why (for `loop decision`)."""
+        self._sync()
         now = time.monotonic()
         with self._holds_lock:
             return [hold.view(now) for hold in self.holds.values()]
 
     def retry(self) -> list[str]:
         """Forget stopped rollouts and held triggers (after a person looked)."""
+        self._sync()
         with self._holds_lock:
             cleared = sorted(self.blocked | set(self.holds))
             self.blocked, self.holds, self._done = set(), {}, None
+        self._persist()
         if cleared:
             self.audit.record("loop.retried", ",".join(cleared)[:200], cleared=cleared)
         self.wake.set()
@@ -199,7 +232,7 @@ class LearningLoop:
                 self._done = None
                 return None
             key = decision_key(decision)
-            seen = fingerprint(decision.trigger, decision.skus, inputs)
+            seen = seen_key(fingerprint(decision.trigger, decision.skus, inputs))
             if self._done == (key, seen):
                 self._hold(decision, seen, "the last run went live but changed nothing this "
                                            "trigger looks at: it still fires")
@@ -214,9 +247,12 @@ class LearningLoop:
             self._done = (key, seen) if model is not None else None
             return model
         finally:
-            self.running.release()
+            try:
+                self._persist()
+            finally:
+                self.running.release()
 
-    def _hold(self, decision: Decision, seen: tuple[Any, ...], reason: str) -> Hold:
+    def _hold(self, decision: Decision, seen: str, reason: str) -> Hold:
         key = decision_key(decision)
         with self._holds_lock:
             before = self.holds.get(key)

@@ -114,7 +114,7 @@ class Hold:
     skus: tuple[str, ...]
     tries: int  # failed (or ineffective) tries in a row
     reason: str  # the last one's
-    seen: tuple[Any, ...]  # `fingerprint` when it was held: a change lets it go at once
+    seen: str  # `memory.seen_key(fingerprint)` when it was held: a change lets it go at once
     next_at: float  # time.monotonic() from which it may try again
     stopped: bool = False  # no more tries until its inputs change or `retry`
     since: datetime = field(default_factory=utcnow)

@@ -15,7 +15,8 @@ import numpy as np
 from edge2core.core.train.evaluation import classification_report, fit_temperature, threshold_for_precision
 from edge2core.core.train.head import HeadModel, predict_proba
 
-__all__ = ["calibrate_head", "coarse_map", "evaluate_head", "sample_indices", "shipped_report", "val_top1"]
+__all__ = ["calibrate_head", "calibration_indices", "coarse_map", "evaluate_head", "sample_indices", "shipped_report",
+           "val_top1"]
 
 
 def calibrate_head(head: HeadModel, val_x: np.ndarray, val_y: np.ndarray,
@@ -86,3 +87,20 @@ def shipped_report(probs: np.ndarray, reference: np.ndarray, y: np.ndarray) -> d
         "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
         "max_abs_diff": float(np.abs(probs - reference).max()),
     }
+
+
+def calibration_indices(labels: np.ndarray, per_class: int, seed: int, limit: int | None = None) -> np.ndarray:
+    """Indices of the photos an INT8 backbone's activation ranges are measured on: up to
+    ``per_class`` photos of every class, drawn with a generator seeded by ``seed`` (the same
+    photos every time for the same train split), sorted; at most ``limit`` in all (classes
+    taken in turn, so each keeps a share).  Every product is represented, so no class's
+    activations fall outside the measured ranges because its photos were never looked at.
+
+    Raises ``ValueError`` if ``per_class`` < 1."""
+    if per_class < 1:
+        raise ValueError("per_class must be >= 1")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    per = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    rounds = [idx[r] for r in range(per_class) for idx in per if r < len(idx)]
+    return np.sort(np.asarray(rounds[:limit] if limit else rounds, dtype=np.int64))

@@ -32,13 +32,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from edge2core.common.preprocess import (
-    IMAGE_SIZE,
-    PIXEL_MEAN,
-    PIXEL_STD,
-    preprocess_batch,
-)
+from edge2core.common.preprocess import IMAGE_SIZE, preprocess_batch
+from edge2core.core.train.augment import augment_batch
 from edge2core.core.train.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.train.head import HeadModel
 from edge2core.core.train.stored_photos import Mapped, Prefetcher
@@ -50,7 +47,7 @@ __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pic
 class FineTuneConfig:
     """The full path's recipe; defaults chosen on the grocery val split (module docstring)."""
 
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -67,6 +64,10 @@ class FineTuneConfig:
     channels_last: bool = True  # memory format for the convolutions (CPU and GPU)
     init: str = "random"  # or "linear_probe" (LP-FT): how the classifier starts
     max_seconds: float | None = None  # stop after the epoch that crosses it (safety net)
+    ema_decay: float = 0.995  # > 0: judge and keep an exponential moving average of the weights (per step)
+    balanced: bool = False  # each epoch draws photos class-balanced (with replacement) instead of a shuffle
+    tta_flip: bool = False  # judge on val as the mean of the photo's and its mirror's logits
+    catalogue_copies: int = 5  # each product's catalogue image joins its train photos this often
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> FineTuneConfig:
@@ -113,55 +114,9 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def _crop_box(h: int, w: int, min_scale: float, gen: torch.Generator) -> tuple[int, int, int, int]:
-    area = h * w
-    for _ in range(10):
-        target = area * (min_scale + (1 - min_scale) * float(torch.rand((), generator=gen)))
-        log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * float(torch.rand((), generator=gen))
-        ratio = math.exp(log_ratio)
-        cw = round(math.sqrt(target * ratio))
-        ch = round(math.sqrt(target / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (), generator=gen))
-            left = int(torch.randint(0, w - cw + 1, (), generator=gen))
-            return top, left, ch, cw
-    side = min(h, w)
-    return (h - side) // 2, (w - side) // 2, side, side
-
-
-def augment_batch(
-    images: Sequence[torch.Tensor], gen: torch.Generator, *, min_scale: float = 0.35,
-    jitter: float = 0.2, size: int = IMAGE_SIZE,
-) -> torch.Tensor:
-    """uint8 (3, H, W) tensors -> normalised float32 (B, 3, size, size), augmented."""
-    crops = []
-    for img in images:
-        _, h, w = img.shape
-        top, left, ch, cw = _crop_box(h, w, min_scale, gen)
-        crop = img[:, top : top + ch, left : left + cw].unsqueeze(0).float()
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if float(torch.rand((), generator=gen)) < 0.5:
-            crop = crop.flip(-1)
-        crops.append(crop)
-    x = torch.cat(crops)
-    b = x.shape[0]
-    if jitter > 0:
-        def factor() -> torch.Tensor:
-            return (1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jitter)
-
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        x = x * factor()  # brightness
-        mean = (x * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        x = (x - mean) * factor() + mean  # contrast
-        gray = (x * weights).sum(1, keepdim=True)
-        x = (x - gray) * factor() + gray  # saturation
-        x = x.clamp(0, 255)
-    return (x - PIXEL_MEAN) / PIXEL_STD
-
-
 def _evaluate(
     model: nn.Module, images: Sequence[Image.Image], y: torch.Tensor, device: torch.device,
-    prefetcher: Prefetcher, batch: int = 32,
+    prefetcher: Prefetcher, batch: int = 32, flip: bool = False,
 ) -> tuple[float, float, np.ndarray]:
     """Top-1, loss and probabilities on photos preprocessed as at the edge, a batch at a time
     (decoded as they are needed: the val split is never all in memory)."""
@@ -171,7 +126,8 @@ def _evaluate(
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for photos in prefetcher.batches(images, batches):
             xb = torch.from_numpy(preprocess_batch(photos)).to(device).contiguous(memory_format=torch.channels_last)
-            logits.append(model(xb).float().cpu())
+            z = model(xb).float()
+            logits.append(((z + model(xb.flip(-1)).float()) / 2 if flip else z).cpu())
     z = torch.cat(logits) if logits else torch.zeros(0, 1)
     loss = float(F.cross_entropy(z, y)) if len(y) else float("nan")
     top1 = float((z.argmax(1) == y).float().mean()) if len(y) else float("nan")
@@ -218,7 +174,7 @@ def finetune(
             log.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if best.update(record, epoch, loop.model):
+            if best.update(record, epoch, loop.judged):
                 break
             if cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds:
                 break
@@ -289,6 +245,12 @@ class _Loop:
     gen: torch.Generator
     steps_per_epoch: int
     prefetcher: Prefetcher
+    ema: AveragedModel | None = None
+
+    @property
+    def judged(self) -> nn.Module:
+        """The weights val top-1 is measured on and the best epoch keeps (the average, if any)."""
+        return self.ema.module if self.ema is not None else self.model
 
     @classmethod
     def build(cls, model: _Net, cfg: FineTuneConfig, device: torch.device, gen: torch.Generator,
@@ -299,13 +261,19 @@ class _Loop:
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         sched = _scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        return cls(model, opt, sched, criterion, cfg, device, fmt, gen, steps_per_epoch, Prefetcher())
+        # use_buffers: BatchNorm's running statistics are averaged with the weights. The decay is
+        # capped so that the average spans at most a quarter of the run: on a short run (a few
+        # dozen steps) 0.995 would still be the starting weights at the end.
+        decay = min(cfg.ema_decay, 1 - 4 / max(5, steps_per_epoch * cfg.epochs))
+        ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+               if cfg.ema_decay > 0 else None)
+        return cls(model, opt, sched, criterion, cfg, device, fmt, gen, steps_per_epoch, Prefetcher(), ema)
 
     def train_epoch(self, data: _Data, advance: Callable[[str], None], epoch: int) -> list[float]:
         """One pass in a new random order; the step losses (``advance`` moves the bar)."""
         cfg = self.cfg
         self.model.train()
-        order = torch.randperm(len(data.train), generator=self.gen)
+        order = _epoch_order(data.train_labels, cfg.balanced, self.gen)
         steps = [order[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(self.steps_per_epoch)]
         steps = [idx for idx in steps if len(idx) >= 2]  # BatchNorm needs > 1 sample
         losses: list[float] = []
@@ -324,12 +292,24 @@ class _Loop:
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return float(loss.detach())
+
+
+def _epoch_order(labels: torch.Tensor, balanced: bool, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's photo indices: a shuffle, or as many draws with each class equally likely
+    (rare products seen as often as common ones; photos of a class drawn with replacement)."""
+    if not balanced:
+        return torch.randperm(len(labels), generator=gen)
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=gen)
 
 
 def _epoch_record(loop: _Loop, data: _Data, epoch: int, losses: list[float], started: float) -> dict[str, Any]:
     """The training log's line for an epoch (val top-1 and loss are NaN without val photos)."""
-    val_top1, val_loss, _ = (_evaluate(loop.model, data.val, data.val_labels, loop.device, loop.prefetcher)
+    val_top1, val_loss, _ = (_evaluate(loop.judged, data.val, data.val_labels, loop.device, loop.prefetcher,
+                                       flip=loop.cfg.tta_flip)
                              if len(data.val_labels)
                              else (float("nan"), float("nan"), None))
     return {

@@ -17,17 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from edge2core.common.objectstore import ObjectStore
 from edge2core.core.curate.datasets import DatasetEntry
 from edge2core.core.train.backbones import IMAGENET_BACKBONE, Backbones
 from edge2core.core.train.calibrate import calibrate_head, evaluate_head, val_top1
-from edge2core.core.train.embeddings import load_model_image
-from edge2core.core.train.finetune import FineTuneConfig, finetune, to_uint8_tensor
+from edge2core.core.train.finetune import FineTuneConfig
 from edge2core.core.train.head import HeadModel, train_head
+from edge2core.core.train.jobs import FineTuneJob, JobRunner
 from edge2core.core.train.state import FAST_DEFAULTS, Say, TrainingRun, timed
-from edge2core.core.train.stored_photos import StoredPhotos
 
 __all__ = ["Embed", "calibrate", "choose_backbone", "compare_heads", "embed_all", "evaluate",
            "fit_fast", "fit_full"]
@@ -47,21 +44,24 @@ def choose_backbone(run: TrainingRun, backbones: Backbones) -> None:
     run.params_used = {"path": "fast", "seed": run.seed, "backbone": run.backbone, **_shared_params(run)}
 
 
-def fit_full(run: TrainingRun, store: ObjectStore, backbones: Backbones, embed: Embed, threads: int) -> None:
-    """Full path: fine-tune ``base_backbone`` (ImageNet by default) end to end; the weights
-    become a new backbone version, exported to ONNX at once since every later step needs it."""
+def fit_full(run: TrainingRun, runner: JobRunner, backbones: Backbones, embed: Embed, threads: int) -> None:
+    """Full path: fine-tune ``base_backbone`` (ImageNet by default) end to end, where ``runner``
+    runs jobs (in this process or on a cluster); the weights become a new backbone version,
+    exported to ONNX at once since every later step needs it."""
     base = str(run.opts.get("base_backbone") or IMAGENET_BACKBONE)
     cfg = FineTuneConfig.from_dict({**run.opts, "seed": run.seed})
     if threads:
         torch.set_num_threads(threads)
-    train_images, val_images = _photos(run, store)
     with timed(run, "finetune"):
-        run.say(f"fine-tuning {base} on {len(train_images)} photos, {cfg.epochs} epochs")
+        keys, labels = _train_photos(run, cfg.catalogue_copies)
+        run.say(f"fine-tuning {base} on {int(run.train_mask.sum())} photos and {len(keys) - int(run.train_mask.sum())}"
+                f" catalogue image copies, {cfg.epochs} epochs")
         init_head = _linear_probe(run, base, embed) if cfg.init == "linear_probe" else None
-        result = finetune(backbones.torch(base), train_images, run.labels[run.train_mask], val_images,
-                          run.labels[run.is_val], run.classes, cfg, progress=run.show_progress,
-                          on_epoch=lambda rec: _log_epoch(run, rec), init_head=init_head)
-        del train_images, val_images
+        job = FineTuneJob(base=base, train_keys=keys,
+                          train_labels=labels, val_keys=tuple(e.key for e in run.val_entries),
+                          val_labels=run.labels[run.is_val], classes=tuple(run.classes), config=cfg,
+                          init_head=init_head, threads=threads, progress=run.show_progress)
+        result = runner.finetune(job, backbones, on_epoch=lambda rec: _log_epoch(run, rec))
     with timed(run, "export_backbone"):
         run.backbone = backbones.save_finetuned(result.backbone)
         backbones.onnx(run.backbone)
@@ -71,14 +71,14 @@ def fit_full(run: TrainingRun, store: ObjectStore, backbones: Backbones, embed: 
                        **_shared_params(run)}
 
 
-def _photos(run: TrainingRun, store: ObjectStore) -> tuple[StoredPhotos[torch.Tensor], StoredPhotos[Image.Image]]:
-    """Train photos as uint8 tensors (augmented on the fly), val photos as the edge sees them,
-    both read from the store and decoded when a batch needs them: memory stays flat however
-    many photos the dataset has."""
-    train = StoredPhotos(store, [e.key for e in run.train_entries],
-                         lambda data: to_uint8_tensor(load_model_image(data)))
-    val = StoredPhotos(store, [e.key for e in run.val_entries], load_model_image)
-    return train, val
+def _train_photos(run: TrainingRun, catalogue_copies: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """The train split's keys and labels, then each product's catalogue image ``catalogue_copies``
+    times (cropped anew each time it is drawn): the clean view sharpens what the product looks
+    like (+4.7 points val top-1 on the grocery photos, docs/models.md)."""
+    extra = [item for item in run.catalogue_images for _ in range(catalogue_copies)]
+    keys = tuple(e.key for e in run.train_entries) + tuple(key for key, _ in extra)
+    labels = np.concatenate([run.labels[run.train_mask], np.asarray([i for _, i in extra], dtype=np.int64)])
+    return keys, labels.astype(run.labels.dtype)
 
 
 def _linear_probe(run: TrainingRun, base: str, embed: Embed) -> HeadModel:

@@ -21,7 +21,7 @@ from edge2core.common.logging import get_logger
 from edge2core.common.objectstore import ObjectStore
 from edge2core.core.deliver.registry import ArtifactRef, ModelRegistry
 from edge2core.core.train.backbones import Backbones
-from edge2core.core.train.calibrate import sample_indices, shipped_report
+from edge2core.core.train.calibrate import calibration_indices, sample_indices, shipped_report
 from edge2core.core.train.embeddings import preprocess_bytes
 from edge2core.core.train.evaluation import confusion_png
 from edge2core.core.train.head import predict_proba
@@ -52,12 +52,16 @@ def build_artifacts(run: TrainingRun, backbones: Backbones, store: ObjectStore) 
 
 
 def calibration_batch(run: TrainingRun, store: ObjectStore) -> np.ndarray:
-    """``int8_calibration`` train photos spread over the train split, preprocessed: what
-    the INT8 backbone's activation ranges are measured on (only when it is first made)."""
+    """Up to ``int8_calibration`` train photos, every product represented (at least one photo
+    each, drawn with the run's seed: the same photos for the same dataset and seed), preprocessed:
+    what the INT8 backbone's activation ranges are measured on (only when it is first made).
+    Measured on the grocery photos: drops of 0.000-0.007 over three draws (docs/models.md)."""
     pool = run.train_entries
     n = int(run.opts["int8_calibration"])
-    picks = [pool[i] for i in np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
-    return preprocess_bytes([store.get(e.key) for e in picks])
+    labels = run.labels[run.train_mask]
+    per_class = max(1, n // max(1, len(np.unique(labels))))
+    picks = calibration_indices(labels, per_class, run.seed, limit=max(n, len(np.unique(labels))))
+    return preprocess_bytes([store.get(pool[i].key) for i in picks])
 
 
 def verify_shipped(run: TrainingRun, store: ObjectStore, threads: int) -> None:

@@ -51,6 +51,7 @@ from edge2core.core.train.fit import (
     fit_fast,
     fit_full,
 )
+from edge2core.core.train.jobs import InProcessRunner, JobRunner
 from edge2core.core.train.onnx_export import ort_session
 from edge2core.core.train.package import build_artifacts, register_model, save_run_files, verify_shipped
 from edge2core.core.train.records import summary_differences
@@ -86,7 +87,10 @@ class Trainer:
         cache: EmbeddingCache,
         threads: int = 0,
         catalogue: ProductLookup | None = None,
+        runner: JobRunner | None = None,
     ) -> None:
+        """``runner``: where fine-tuning and embedding jobs run (``core.train.jobs``; default:
+        in this process)."""
         self._datasets = datasets
         self._store = store
         self._registry = registry
@@ -97,6 +101,7 @@ class Trainer:
         self._embedders: dict[str, OrtEmbedder] = {}
         self._heads: dict[str, Any] = {}  # head ONNX sha256 -> ONNX Runtime session
         self._lock = threading.Lock()  # one training run at a time
+        self.runner: JobRunner = runner or InProcessRunner(store, self.embedder)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -116,7 +121,7 @@ class Trainer:
         def compute(missing: list[str]) -> np.ndarray:
             if progress:
                 progress(f"embedding {len(missing)} photos with {backbone}")
-            return self.embedder(backbone).embed_bytes([self._store.get(by_id[i].key) for i in missing])
+            return self.runner.embed([by_id[i].key for i in missing], backbone, self.backbones)
 
         return self.cache.get_or_compute(backbone, [e.sha256 for e in entries], compute)
 
@@ -125,6 +130,14 @@ class Trainer:
             return None
         products = {sku: self._catalogue.get(sku) for sku in classes}
         return coarse_map(classes, {sku: p.coarse for sku, p in products.items() if p is not None})
+
+    def _catalogue_images(self, classes: list[str]) -> list[tuple[str, int]]:
+        """Each trained product's catalogue image (key, class index): one more, clean view of
+        the product for the full path (docs/models.md, the catalogue lever)."""
+        if self._catalogue is None:
+            return []
+        products = [(self._catalogue.get(sku), i) for i, sku in enumerate(classes)]
+        return [(p.image_key, i) for p, i in products if p is not None and p.image_key]
 
     # ------------------------------------------------------------------ the run
 
@@ -163,7 +176,8 @@ class Trainer:
     def _fit(self, run: TrainingRun) -> None:
         """Backbone and head: the two paths differ only here."""
         if run.path == "full":
-            fit_full(run, self._store, self.backbones, self.embed_entries, self._threads)
+            run.catalogue_images = self._catalogue_images(run.classes)
+            fit_full(run, self.runner, self.backbones, self.embed_entries, self._threads)
             embed_all(run, self.embed_entries)
             compare_heads(run)
         else:

@@ -30,7 +30,7 @@ Say = Callable[[str], None]
 # Parameters of the ending both paths share; a run's ``params`` override them.
 FAST_DEFAULTS: dict[str, Any] = {
     "head_epochs": 100, "head_weight_decay": 1e-3, "calibrate": True, "int8": True,
-    "int8_calibration": 64, "shipped_eval_max": 512, "target_precision": 0.95,
+    "int8_calibration": 96, "shipped_eval_max": 512, "target_precision": 0.95,
     # An INT8 twin that loses more top-1 than this against fp32 on the same val photos is not
     # shipped: that version runs fp32 (recorded in metrics["shipped"]["int8"]["refused"]).
     # On a few dozen val photos one photo is several points: like the promotion gate, a drop
@@ -91,6 +91,8 @@ class TrainingRun:
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: Artifacts | None = None
     model: ModelInfo | None = None
+    # (object-store key, class index) of each trained product's catalogue image, if it has one
+    catalogue_images: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def train_entries(self) -> list[DatasetEntry]:

@@ -1,0 +1,91 @@
+"""The full path's recipe pieces that need no photo set: INT8 calibration choice, class-balanced
+epochs, catalogue images among the train photos, and the weight average (on generated images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edge2core.core.curate.datasets import DatasetEntry
+from edge2core.core.train.calibrate import calibration_indices
+from edge2core.core.train.finetune import FineTuneConfig, _epoch_order, finetune
+from edge2core.core.train.fit import _train_photos
+from edge2core.core.train.state import TrainingRun
+
+
+def test_calibration_covers_every_class_and_is_the_same_for_the_same_seed():
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 20 + [3] * 1)  # product order, as datasets list them
+    picks = calibration_indices(labels, per_class=2, seed=7)
+    assert sorted(set(labels[picks])) == [0, 1, 2, 3]  # the old even spread missed class 3
+    assert np.bincount(labels[picks]).tolist() == [2, 2, 2, 1]
+    assert np.array_equal(picks, calibration_indices(labels, per_class=2, seed=7))
+    assert not np.array_equal(picks, calibration_indices(labels, per_class=2, seed=8))
+    assert list(picks) == sorted(picks) and len(set(picks)) == len(picks)
+
+
+def test_calibration_limit_keeps_a_share_of_every_class_and_refuses_nonsense():
+    labels = np.repeat(np.arange(5), 10)
+    picks = calibration_indices(labels, per_class=4, seed=0, limit=12)
+    assert len(picks) == 12 and set(labels[picks]) == set(range(5))
+    with pytest.raises(ValueError):
+        calibration_indices(labels, per_class=0, seed=0)
+
+
+def test_balanced_epochs_draw_rare_products_as_often_as_common_ones():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    gen = torch.Generator().manual_seed(0)
+    shuffled = _epoch_order(labels, False, gen)
+    assert sorted(shuffled.tolist()) == list(range(100))  # a permutation: each photo once
+    balanced = _epoch_order(labels, True, torch.Generator().manual_seed(0))
+    rare = int((labels[balanced] == 1).sum())
+    assert len(balanced) == 100 and 35 <= rare <= 65  # about half, against 10 in a shuffle
+
+
+def _run(catalogue: list[tuple[str, int]]) -> TrainingRun:
+    entries = [DatasetEntry(sha256=f"{i:064x}", key=f"photos/{i}.jpg", sku=sku, split=split, site="s",
+                            device="d", source="kiosk")
+               for i, (sku, split) in enumerate([("A", "train"), ("B", "train"), ("A", "val"), ("B", "train")])]
+    labels = np.array([0, 1, 0, 1])
+    is_val = np.array([False, False, True, False])
+    return TrainingRun(run_id="r", path="full", seed=0, dataset_version=1, opts={}, entries=entries,
+                       classes=["A", "B"], labels=labels, is_val=is_val, train_mask=~is_val, record={},
+                       say=lambda _m: None, catalogue_images=catalogue)
+
+
+def test_catalogue_images_join_the_train_photos_with_their_product_label():
+    keys, labels = _train_photos(_run([("catalogue/images/b.jpg", 1)]), 3)
+    assert keys == ("photos/0.jpg", "photos/1.jpg", "photos/3.jpg") + ("catalogue/images/b.jpg",) * 3
+    assert labels.tolist() == [0, 1, 1, 1, 1, 1]
+    keys, labels = _train_photos(_run([]), 5)  # no catalogue images: the train split alone
+    assert keys == ("photos/0.jpg", "photos/1.jpg", "photos/3.jpg") and labels.tolist() == [0, 1, 1]
+
+
+def _photos(n: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
+    """Two generated "products": reddish and bluish noise."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        base = np.array([200, 40, 40] if i % 2 == 0 else [40, 40, 200], dtype=np.int16)
+        pixels = np.clip(base + rng.integers(-40, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+        labels.append(i % 2)
+    return images, np.array(labels)
+
+
+def test_the_weight_average_is_what_is_judged_and_kept():
+    from edge2core.core.train.backbone import load_backbone
+
+    backbone = load_backbone()
+    train_x, train_y = _photos(16, 0)
+    val_x, val_y = _photos(6, 1)
+    common = {"epochs": 2, "batch_size": 8, "train_size": 64, "seed": 0, "catalogue_copies": 0}
+    plain = finetune(backbone, train_x, train_y, val_x, val_y, ["red", "blue"],
+                     FineTuneConfig(**common, ema_decay=0.0), progress=False)
+    averaged = finetune(backbone, train_x, train_y, val_x, val_y, ["red", "blue"],
+                        FineTuneConfig(**common, ema_decay=0.9), progress=False)
+    # the same steps (same seed), so the only difference is the average that was kept
+    assert [r["train_loss"] for r in plain.log] == [r["train_loss"] for r in averaged.log]
+    assert not np.allclose(plain.head.weight, averaged.head.weight)
+    assert all(np.isfinite(averaged.head.weight).ravel()) and averaged.log[-1]["val_top1"] >= 0.5
