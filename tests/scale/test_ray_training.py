@@ -275,11 +275,11 @@ def test_a_core_without_a_cluster_never_imports_ray(tmp_path) -> None:
         from pathlib import Path
         from edge2core.config import CoreSettings
         from edge2core.core.service import build_core_services
-        from edge2core.core.train import jobs, run
+        from edge2core.core.train import ray_runner, run
         settings = CoreSettings(data_dir=Path({str(tmp_path)!r}))
         core = build_core_services(settings)
         trainer = core.trainer.get()
-        assert jobs.job_runner(settings) is None
+        assert ray_runner.job_runner(settings) is None
         assert type(trainer.runner).__name__ == "InProcessRunner"
         assert "torch" in sys.modules and "edge2core.core.train.fit" in sys.modules  # the trainer is built
         print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))

@@ -117,7 +117,7 @@ def build_core_services(
                              signer=signer or Signer.load_or_create(settings.data_dir / "keys"), gate=gate)
 
     def build_trainer(cache: EmbeddingCache) -> Trainer:  # on first use: it loads PyTorch
-        from edge2core.core.train.jobs import job_runner
+        from edge2core.core.train.ray_runner import job_runner
         from edge2core.core.train.run import Trainer
 
         return Trainer(datasets, store, registry, threads=settings.training_threads,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from edge2core.core.train.finetune import FineTuneConfig, FineTuneResult
     from edge2core.core.train.head import HeadModel
 
-__all__ = ["FineTuneJob", "InProcessRunner", "JobRunner", "OnEpoch", "StoreSpec", "job_runner", "store_spec"]
+__all__ = ["FineTuneJob", "InProcessRunner", "JobRunner", "OnEpoch", "StoreSpec", "store_spec"]
 
 OnEpoch = Callable[[dict[str, Any]], None]
 
@@ -138,15 +138,3 @@ def stored_job_photos(store: ObjectStore, job: FineTuneJob) -> tuple[Sequence[An
     train = StoredPhotos(store, job.train_keys, lambda data: to_uint8_tensor(load_model_image(data)))
     val = StoredPhotos(store, job.val_keys, load_model_image)
     return train, val
-
-
-def job_runner(settings: CoreSettings) -> JobRunner | None:
-    """The runner ``training_cluster`` asks for; None (the trainer's in-process default) when
-    it is unset.  Ray is imported only here, and only when a cluster is configured."""
-    if not settings.training_cluster:
-        return None
-    from edge2core.core.train.ray_runner import RayRunner
-
-    storage = settings.training_storage or str((settings.data_dir / "ray-train").resolve())
-    return RayRunner(settings.training_cluster, store_spec(settings), workers=settings.training_workers,
-                     storage=storage, threads=settings.training_threads)

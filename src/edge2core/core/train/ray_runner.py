@@ -1,6 +1,6 @@
 """Training and embedding jobs on a Ray cluster (``training_cluster = "ray://host:10001"``).
 
-Imported only when a cluster is configured (``jobs.job_runner``): Ray is the optional
+Ray itself is imported only when a cluster is configured (``job_runner``): Ray is the optional
 ``edge2core[ray]`` extra.  Every node of the cluster needs edge2core with the ``core`` and
 ``ray`` extras installed (the same versions as the core: Ray Client requires the same Ray and
 Python), and must reach the object store: the same folder path (one machine, or a shared
@@ -23,14 +23,17 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge2core.core.train.backbones import Backbones
 from edge2core.core.train.finetune import FineTuneResult
 from edge2core.core.train.head import HeadModel
-from edge2core.core.train.jobs import FineTuneJob, OnEpoch, StoreSpec
+from edge2core.core.train.jobs import FineTuneJob, JobRunner, OnEpoch, StoreSpec, store_spec
+
+if TYPE_CHECKING:
+    from edge2core.config import CoreSettings
 
 __all__ = ["RayRunner"]
 
@@ -130,3 +133,13 @@ def _result(payload: dict[str, Any], job: FineTuneJob, backbones: Backbones) -> 
     return FineTuneResult(backbone=backbone, head=head, log=list(payload["log"]), best_epoch=payload["best_epoch"],
                           seconds=float(payload["seconds"]),
                           device=f"ray:{payload['workers']}x{payload['device'].split(':')[0]}")
+
+
+def job_runner(settings: CoreSettings) -> JobRunner | None:
+    """The runner ``training_cluster`` asks for; None (the trainer's in-process default) when
+    it is unset.  Importing this module does not import Ray; only a configured cluster does."""
+    if not settings.training_cluster:
+        return None
+    storage = settings.training_storage or str((settings.data_dir / "ray-train").resolve())
+    return RayRunner(settings.training_cluster, store_spec(settings), workers=settings.training_workers,
+                     storage=storage, threads=settings.training_threads)
