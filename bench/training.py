@@ -320,9 +320,10 @@ def int8_drop_over_seeds(datasets: Any, trainer: Any, store: Any, full: Any, see
     shipped head and scored on the val photos against the shipped fp32 model."""
     import numpy as np
 
-    from edge2core.core.train.calibrate import calibration_indices
+    from edge2core.core.train.calibrate import calibration_picks
     from edge2core.core.train.embeddings import preprocess_bytes
     from edge2core.core.train.onnx_export import compose_onnx, ort_session, quantize_backbone_int8
+    from edge2core.core.train.state import FAST_DEFAULTS
 
     model = full.model
     entries = datasets.entries(model.dataset_version)
@@ -343,7 +344,7 @@ def int8_drop_over_seeds(datasets: Any, trainer: Any, store: Any, full: Any, see
     reference = top1(compose_onnx(fp32, head))
     drops = []
     for seed in range(seeds):
-        picks = calibration_indices(y_train, max(1, 96 // len(classes)), seed, limit=max(96, len(classes)))
+        picks = calibration_picks(y_train, int(FAST_DEFAULTS["int8_calibration"]), seed)
         int8 = quantize_backbone_int8(fp32, preprocess_bytes([store.get(train[i].key) for i in picks]))
         drops.append(round(reference - top1(compose_onnx(int8, head)), 4))
         say(f"int8 calibration seed {seed}: drop {drops[-1]:.4f} (fp32 {reference:.4f})")

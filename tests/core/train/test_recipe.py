@@ -89,3 +89,14 @@ def test_the_weight_average_is_what_is_judged_and_kept():
     assert [r["train_loss"] for r in plain.log] == [r["train_loss"] for r in averaged.log]
     assert not np.allclose(plain.head.weight, averaged.head.weight)
     assert all(np.isfinite(averaged.head.weight).ravel()) and averaged.log[-1]["val_top1"] >= 0.5
+
+
+def test_the_trainers_calibration_pick_sees_every_product_however_many_there_are():
+    from edge2core.core.train.calibrate import calibration_picks
+
+    many = np.repeat(np.arange(81), 30)  # more products than the 96 photos asked for
+    picks = calibration_picks(many, 96, seed=0)
+    assert len(picks) == 81 and set(many[picks]) == set(range(81))
+    few = np.repeat(np.arange(6), 30)
+    picks = calibration_picks(few, 96, seed=0)
+    assert len(picks) == 96 and np.bincount(few[picks]).tolist() == [16] * 6

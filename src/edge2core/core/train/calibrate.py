@@ -15,8 +15,8 @@ import numpy as np
 from edge2core.core.train.evaluation import classification_report, fit_temperature, threshold_for_precision
 from edge2core.core.train.head import HeadModel, predict_proba
 
-__all__ = ["calibrate_head", "calibration_indices", "coarse_map", "evaluate_head", "sample_indices", "shipped_report",
-           "val_top1"]
+__all__ = ["calibrate_head", "calibration_indices", "calibration_picks", "coarse_map", "evaluate_head",
+           "sample_indices", "shipped_report", "val_top1"]
 
 
 def calibrate_head(head: HeadModel, val_x: np.ndarray, val_y: np.ndarray,
@@ -104,3 +104,10 @@ def calibration_indices(labels: np.ndarray, per_class: int, seed: int, limit: in
     per = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     rounds = [idx[r] for r in range(per_class) for idx in per if r < len(idx)]
     return np.sort(np.asarray(rounds[:limit] if limit else rounds, dtype=np.int64))
+
+
+def calibration_picks(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The trainer's calibration choice: about ``n`` photos, every class at least once (so more
+    than ``n`` when there are more classes), ``calibration_indices`` seeded with ``seed``."""
+    classes = max(1, len(np.unique(labels)))
+    return calibration_indices(labels, max(1, n // classes), seed, limit=max(n, classes))
