@@ -10,7 +10,7 @@ from PIL import Image
 
 from edge2core.core.curate.datasets import DatasetEntry
 from edge2core.core.train.calibrate import calibration_indices
-from edge2core.core.train.finetune import FineTuneConfig, _epoch_order, finetune
+from edge2core.core.train.finetune import FineTuneConfig, _Best, _epoch_order, finetune
 from edge2core.core.train.fit import _train_photos
 from edge2core.core.train.state import TrainingRun
 
@@ -100,3 +100,43 @@ def test_the_trainers_calibration_pick_sees_every_product_however_many_there_are
     few = np.repeat(np.arange(6), 30)
     picks = calibration_picks(few, 96, seed=0)
     assert len(picks) == 96 and np.bincount(few[picks]).tolist() == [16] * 6
+
+
+def _dipping_run(best: _Best, val_top1: list[float]) -> int | None:
+    """Feed ``best`` one epoch record per value; the epoch it stops at (None: ran them all)."""
+    weights = torch.nn.Linear(2, 2)
+    for epoch, top1 in enumerate(val_top1, start=1):
+        record = {"val_top1": top1, "val_loss": 1.0, "train_loss": 1.0}
+        if best.update(record, epoch, weights):
+            return epoch
+    return None
+
+
+def test_the_schedule_runs_to_its_end_by_default_and_the_best_epoch_is_kept():
+    # the 2-core grocery run's curve: a dip after epoch 5 that the annealing epochs recover from
+    curve = [0.04, 0.39, 0.73, 0.82, 0.85, 0.83, 0.83, 0.82, 0.86, 0.87]
+    default = _Best(FineTuneConfig(epochs=10, patience=3))
+    assert _dipping_run(default, curve) is None and default.epoch == 10
+    opted_in = _Best(FineTuneConfig(epochs=10, patience=3, min_epochs=6))
+    assert _dipping_run(opted_in, curve) == 8 and opted_in.epoch == 5
+
+
+def test_the_stem_and_first_blocks_keep_their_imagenet_weights_and_the_rest_learns():
+    from edge2core.core.train.backbone import load_backbone
+
+    backbone = load_backbone()
+    train_x, train_y = _photos(16, 0)
+    val_x, val_y = _photos(6, 1)
+    cfg = FineTuneConfig(epochs=1, batch_size=8, train_size=64, seed=0, catalogue_copies=0, ema_decay=0.0,
+                         freeze_blocks=3)
+    tuned = finetune(backbone, train_x, train_y, val_x, val_y, ["red", "blue"], cfg, progress=False).backbone
+    before, after = backbone.net, tuned.net
+    for name in ("_conv_stem", "_blocks.0", "_blocks.2"):
+        old, new = before.get_submodule(name), after.get_submodule(name)
+        assert all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters(), strict=True)), name
+    changed = [not torch.equal(a, b) for a, b in zip(before._blocks[3].parameters(), after._blocks[3].parameters(),
+                                                     strict=True)]
+    assert any(changed)
+    with pytest.raises(ValueError, match="freeze_blocks"):
+        finetune(backbone, train_x, train_y, val_x, val_y, ["red", "blue"],
+                 FineTuneConfig(epochs=1, freeze_blocks=99), progress=False)
