@@ -7,8 +7,8 @@
 * defaults chosen on the grocery val split with the levers of docs/models.md (one run each,
   same seed, on a lent GPU; bench/levers.json): 10 epochs, each product's catalogue image
   mixed in, an exponential moving average of the weights judged and kept; ``freeze_blocks``
-  trades accuracy for speed (on 2 cores: 32 % less time per epoch, 2.4 points val top-1 less
-  with 3 blocks frozen, docs/models.md);
+  trades accuracy for speed (on 2 cores, 3 blocks frozen: 25-40 % less time per step, 2.4
+  points val top-1 less, docs/models.md);
 * AdamW, one-cycle (default) or cosine schedule, label smoothing, dropout before the linear
   classifier; the best epoch on val top-1 (ties broken by val loss) is restored; early
   stopping only when ``min_epochs`` asks for it (the schedule anneals to its end);
@@ -233,8 +233,9 @@ def _frozen_layers(backbone: PooledFeatures, blocks: int) -> list[nn.Module]:
     They run at 112x112 and 56x56 (EfficientNet-Lite0's first two stages are blocks 0-2) and
     find edges and colours, yet on 2 CPU cores their backward pass is a third of each step's
     time; with no gradient needed below the first trainable block, autograd stops there.
-    Measured on the grocery photos (docs/models.md): 3 blocks, 168 s instead of 246 s per
-    epoch and val top-1 0.825 instead of about 0.85, so it is off by default."""
+    Measured on 2 cores (docs/models.md): with 3 blocks a training step takes 25-40 % less
+    time, and val top-1 on the grocery photos was 0.825 instead of 0.849, so it is off by
+    default."""
     net = backbone.net
     if not 0 <= blocks <= len(net._blocks):
         raise ValueError(f"freeze_blocks must be 0..{len(net._blocks)}, not {blocks}")
