@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=None, help="training crop size (val is always 224)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--init", default=None, help="random (default) or linear_probe (LP-FT; quick's default)")
     ap.add_argument("--min-scale", type=float, default=0.6)
     ap.add_argument("--no-channels-last", action="store_true")
@@ -131,6 +131,7 @@ def main() -> None:
     from edge2core.core.deliver.gate import ModelGate
     from edge2core.core.deliver.registry import ModelRegistry
     from edge2core.core.train.embedding_cache import EmbeddingCache
+    from edge2core.core.train.finetune import FineTuneConfig
     from edge2core.core.train.run import IMAGENET_BACKBONE, Trainer
     from edge2core.edge.prepare import PreparePolicy, prepare
 
@@ -138,8 +139,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quick = args.quick
     n_classes = args.classes or (6 if quick else None)
-    epochs = args.epochs or (2 if quick else 10)
+    epochs = args.epochs or (2 if quick else FineTuneConfig().epochs)
     train_size = args.train_size or (160 if quick else 224)
+    lr = args.lr or FineTuneConfig().lr
     init = args.init or ("linear_probe" if quick else "random")  # quick: a 10-step smoke run
     per_class_cap = 30 if quick else None
 
@@ -230,7 +232,7 @@ def main() -> None:
     t0 = time.perf_counter()
     full = trainer.train(v1.version, path="full", progress=say, show_progress=sys.stderr.isatty(),
                          params={"epochs": epochs, "train_size": train_size, "patience": 3,
-                                 "lr": args.lr, "batch_size": 32, "init": init,
+                                 "lr": lr, "batch_size": 32, "init": init,
                                  "min_scale": args.min_scale,
                                  "channels_last": not args.no_channels_last})
     full_train_s = time.perf_counter() - t0
@@ -298,7 +300,7 @@ def main() -> None:
         "val_photos": v1.stats["per_split"].get("val"),
         "epochs": epochs,
         "train_size": train_size,
-        "lr": args.lr,
+        "lr": lr,
         "init": init,
         "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4)
                                for x in store.get(full.model.lineage["log_key"]).splitlines()],
