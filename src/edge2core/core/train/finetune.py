@@ -232,12 +232,9 @@ def _new_model(backbone: PooledFeatures, classes: list[str], cfg: FineTuneConfig
 def _frozen_layers(backbone: PooledFeatures, blocks: int) -> list[nn.Module]:
     """The stem and the first ``blocks`` MBConv blocks (none when ``blocks`` is 0).
 
-    They run at 112x112 and 56x56 (EfficientNet-Lite0's first two stages are blocks 0-2) and
-    find edges and colours, yet on 2 CPU cores their backward pass is a third of each step's
-    time; with no gradient needed below the first trainable block, autograd stops there.
-    Measured on 2 cores (docs/models.md): with 3 blocks a training step takes 25-40 % less
-    time, and val top-1 on the grocery photos was 0.825 instead of 0.849, so it is off by
-    default."""
+    They run at 112x112 and 56x56 (blocks 0-2 are the first two stages); autograd stops below
+    the first trainable block. On 2 cores with 3 blocks a step takes 25-40 % less time, and val
+    top-1 on the grocery photos was 0.825 instead of 0.849 (docs/models.md): off by default."""
     net = backbone.net
     if not 0 <= blocks <= len(net._blocks):
         raise ValueError(f"freeze_blocks must be 0..{len(net._blocks)}, not {blocks}")
