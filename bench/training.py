@@ -139,9 +139,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quick = args.quick
     n_classes = args.classes or (6 if quick else None)
-    epochs = args.epochs or (2 if quick else FineTuneConfig().epochs)
+    recipe = FineTuneConfig()  # the defaults the trainer would use
+    epochs = args.epochs or (2 if quick else recipe.epochs)
     train_size = args.train_size or (160 if quick else 224)
-    lr = args.lr or FineTuneConfig().lr
+    lr = args.lr or recipe.lr
     init = args.init or ("linear_probe" if quick else "random")  # quick: a 10-step smoke run
     per_class_cap = 30 if quick else None
 

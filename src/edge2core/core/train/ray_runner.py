@@ -35,7 +35,7 @@ from edge2core.core.train.jobs import FineTuneJob, JobRunner, OnEpoch, StoreSpec
 if TYPE_CHECKING:
     from edge2core.config import CoreSettings
 
-__all__ = ["RayRunner"]
+__all__ = ["RayRunner", "job_runner"]
 
 
 class RayRunner:
