@@ -97,6 +97,18 @@ def synthetic_listing(classes: int, train: int, val: int) -> tuple[dict[int, str
             listing)
 
 
+def extra_params(pairs: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: json(v)}``; a value that is not JSON is kept as a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -112,6 +124,9 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--new-product-photos", type=int, default=30)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=JSON",
+                    help="another training parameter of the full path, e.g. catalogue_copies=10 or "
+                         "full_head=averaged (repeatable; JSON values, other words are strings)")
     ap.add_argument("--levers", action="store_true",
                     help="also run every lever of bench/_levers.py (hours on 2 cores; minutes on a GPU); "
                          "otherwise the last recorded table (bench/levers.json) is reported with its source")
@@ -233,9 +248,9 @@ def main() -> None:
     t0 = time.perf_counter()
     full = trainer.train(v1.version, path="full", progress=say, show_progress=sys.stderr.isatty(),
                          params={"epochs": epochs, "train_size": train_size, "patience": 3,
-                                 "lr": lr, "batch_size": 32, "init": init,
+                                 "lr": lr, "batch_size": recipe.batch_size, "init": init,
                                  "min_scale": args.min_scale,
-                                 "channels_last": not args.no_channels_last})
+                                 "channels_last": not args.no_channels_last, **extra_params(args.param)})
     full_train_s = time.perf_counter() - t0
     fm = full.metrics
     say(f"full path: val top-1 {fm['val']['top1']:.3f}, onnx {fm['shipped']['fp32']['top1']:.3f}, "
@@ -303,6 +318,7 @@ def main() -> None:
         "train_size": train_size,
         "lr": lr,
         "init": init,
+        "params": extra_params(args.param),
         "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4)
                                for x in store.get(full.model.lineage["log_key"]).splitlines()],
         "threads": torch.get_num_threads(),

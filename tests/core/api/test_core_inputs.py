@@ -33,6 +33,10 @@ def test_training_runs_refuse_bad_requests_with_a_reason(core) -> None:  # type:
     missing = client.post("/v1/training-runs", json={"dataset_version": 999})
     assert missing.status_code == 404 and "dataset version 999" in missing.json()["detail"]
     assert client.post("/v1/training-runs", json={"seed": 1}).status_code == 422
+    for params in ({"full_head": "best"}, {"full_head": 3}, {"epochz": 3}):  # before any run starts
+        bad = client.post("/v1/training-runs", json={"dataset_version": 1, "path": "full", "params": params})
+        assert bad.status_code == 422, params
+        assert ("full_head must be one of" if "full_head" in params else "unknown") in bad.json()["detail"]
     store_kiosk(_services, [jpeg_bytes(color=(i, 0, 0)) for i in range(4)], "SKU-A", "train")
     one_class = _services.datasets.build(DatasetQuery()).version
     refused = client.post("/v1/training-runs", json={"dataset_version": one_class})
@@ -87,3 +91,4 @@ async def test_site_reports_that_are_malformed_or_not_from_their_site_are_ignore
     finally:
         await client.close()
         server.stop()
+

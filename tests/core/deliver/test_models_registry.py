@@ -315,6 +315,7 @@ def test_full_path_makes_a_new_backbone_current_for_fast_updates(core, first) ->
     assert full.model.metrics["shipped"]["fp32"]["agreement"] == 1.0
     alternatives = full.model.metrics["head_alternatives"]
     assert alternatives["shipped"] == "finetuned" and 0 <= alternatives["refit_val_top1"] <= 1
+    assert 0 <= alternatives["averaged_val_top1"] <= 1
     # every photo was embedded once with the new backbone (a new cache key)
     assert core.trainer.cache.count(backbone) == core.dataset.stats["images"]
     fast = core.trainer.train(core.dataset.version, seed=0, promote=False)

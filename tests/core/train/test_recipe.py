@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from edge2core.core.curate.datasets import DatasetEntry
-from edge2core.core.train.calibrate import calibration_indices
+from edge2core.core.train.augment import crop_size
+from edge2core.core.train.calibrate import average_heads, calibration_indices
 from edge2core.core.train.finetune import FineTuneConfig, _Best, _epoch_order, finetune
 from edge2core.core.train.fit import _train_photos
+from edge2core.core.train.head import HeadModel, predict_logits
 from edge2core.core.train.state import TrainingRun
 
 
@@ -140,3 +142,88 @@ def test_the_stem_and_first_blocks_keep_their_imagenet_weights_and_the_rest_lear
     with pytest.raises(ValueError, match="freeze_blocks"):
         finetune(backbone, train_x, train_y, val_x, val_y, ["red", "blue"],
                  FineTuneConfig(epochs=1, freeze_blocks=99), progress=False)
+
+
+def test_progressive_resizing_grows_the_crops_over_the_first_epochs_then_keeps_the_full_size():
+    assert [crop_size(224, e, 160, 3) for e in range(1, 9)] == [160, 192, 192, 224, 224, 224, 224, 224]
+    assert [crop_size(224, e) for e in (1, 5)] == [224, 224]  # off by default
+    cost = sum((crop_size(224, e, 160, 3) / 224) ** 2 for e in range(1, 9))
+    assert 6.9 < cost < 7.1  # eight epochs for about the pixels of seven at 224 px
+    with pytest.raises(ValueError):
+        crop_size(224, 1, 16, 2)
+    with pytest.raises(ValueError):
+        crop_size(224, 1, 160, -1)
+
+
+def test_a_ramped_run_trains_its_first_epoch_on_smaller_crops_and_logs_them():
+    from edge2core.core.train.backbone import load_backbone
+
+    train_x, train_y = _photos(16, 0)
+    val_x, val_y = _photos(6, 1)
+    cfg = FineTuneConfig(epochs=2, batch_size=8, train_size=96, start_size=64, ramp_epochs=1, seed=0,
+                         catalogue_copies=0)
+    run = finetune(load_backbone(), train_x, train_y, val_x, val_y, ["red", "blue"], cfg, progress=False)
+    assert [r["crop_px"] for r in run.log] == [64, 96]
+    assert all(np.isfinite(r["train_loss"]) for r in run.log)
+
+
+def test_averaged_heads_are_one_linear_head_giving_the_mean_of_the_scaled_logits():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    y = np.arange(40) % 3
+    classes = ["a", "b", "c"]
+    first = HeadModel(rng.normal(size=(3, 8)).astype(np.float32), np.zeros(3, np.float32), classes, {"method": "a"})
+    second = HeadModel(5 * rng.normal(size=(3, 8)).astype(np.float32), np.ones(3, np.float32), classes,
+                       {"method": "b"})
+    both = average_heads(first, second, x, y, classes)
+    t1 = float(first.weight[0, 0] / calibrated(first, x, y, classes).weight[0, 0])
+    t2 = float(second.weight[0, 0] / calibrated(second, x, y, classes).weight[0, 0])
+    expected = (predict_logits(first, x) / t1 + predict_logits(second, x) / t2) / 2
+    assert np.allclose(predict_logits(both, x), expected, atol=1e-4)
+    assert both.info["method"] == "averaged" and both.classes == classes
+    with pytest.raises(ValueError, match="same classes"):
+        average_heads(first, HeadModel(second.weight, second.bias, ["a", "b", "z"]), x, y, classes)
+
+
+def calibrated(head: HeadModel, x: np.ndarray, y: np.ndarray, classes: list[str]) -> HeadModel:
+    from edge2core.core.train.calibrate import calibrate_head
+
+    return calibrate_head(head, x, y, classes)[0]
+
+
+def test_the_full_path_can_ship_the_averaged_head_and_records_all_three():
+    from edge2core.core.train.fit import compare_heads
+    from edge2core.core.train.state import FAST_DEFAULTS
+
+    rng = np.random.default_rng(1)
+    run = _run([])
+    run.opts = {**FAST_DEFAULTS, "full_head": "averaged"}
+    centres = rng.normal(size=(2, 16)).astype(np.float32)
+    run.features = centres[run.labels] + 0.1 * rng.normal(size=(4, 16)).astype(np.float32)
+    run.head = HeadModel(centres.copy(), np.zeros(2, np.float32), run.classes, {"method": "finetune"})
+    compare_heads(run)
+    assert run.fitted_head().info["method"] == "averaged"
+    assert {"finetuned_val_top1", "refit_val_top1", "averaged_val_top1"} <= set(run.alternatives)
+    assert run.alternatives["shipped"] == "averaged" == run.params_used["full_head"]
+    run.opts["full_head"] = "best"
+    with pytest.raises(ValueError, match="full_head must be one of finetuned, refit, averaged"):
+        compare_heads(run)
+
+
+def test_the_classifier_can_learn_faster_than_the_backbone_all_through_the_schedule():
+    from edge2core.core.train.backbone import load_backbone
+    from edge2core.core.train.finetune import _Loop, _new_model
+
+    cfg = FineTuneConfig(epochs=2, batch_size=8, lr=1e-3, head_lr_mult=10)
+    model = _new_model(load_backbone(), ["red", "blue"], cfg, None)
+    loop = _Loop.build(model, cfg, torch.device("cpu"), torch.Generator(), 16)
+    backbone_group, head_group = loop.opt.param_groups
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in model.fc.parameters()}
+    for _ in range(3):  # warm-up, peak and annealing keep the ratio
+        assert head_group["lr"] == pytest.approx(10 * backbone_group["lr"])
+        loop.opt.step()  # no gradients: nothing moves, but the schedule's order is kept
+        loop.sched.step()
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        _Loop.build(model, FineTuneConfig(head_lr_mult=0), torch.device("cpu"), torch.Generator(), 16)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        _Loop.build(model, FineTuneConfig(schedule="step"), torch.device("cpu"), torch.Generator(), 16)

@@ -15,7 +15,7 @@ import numpy as np
 from edge2core.core.train.evaluation import classification_report, fit_temperature, threshold_for_precision
 from edge2core.core.train.head import HeadModel, predict_proba
 
-__all__ = ["calibrate_head", "calibration_indices", "calibration_picks", "coarse_map", "evaluate_head",
+__all__ = ["average_heads", "calibrate_head", "calibration_indices", "calibration_picks", "coarse_map", "evaluate_head",
            "sample_indices", "shipped_report", "val_top1"]
 
 
@@ -32,6 +32,21 @@ def calibrate_head(head: HeadModel, val_x: np.ndarray, val_y: np.ndarray,
     scaled = HeadModel(head.weight / temperature, head.bias / temperature, head.classes,
                        {**head.info, "temperature": temperature})
     return scaled, calibration
+
+
+def average_heads(first: HeadModel, second: HeadModel, val_x: np.ndarray, val_y: np.ndarray,
+                  classes: list[str]) -> HeadModel:
+    """One linear head whose logits are the mean of two heads' temperature-scaled logits on the
+    same embeddings (``[N, D] -> [N, C]``): an ensemble that costs the edge nothing, since the
+    mean of two linear maps is one. Each temperature is fitted on val first, so neither head
+    outweighs the other by being more confident. Raises ValueError if the heads' classes or
+    shapes differ."""
+    if first.classes != second.classes or first.weight.shape != second.weight.shape:
+        raise ValueError("only heads over the same classes and embeddings can be averaged")
+    scaled = [calibrate_head(head, val_x, val_y, classes)[0] for head in (first, second)]
+    return HeadModel((scaled[0].weight + scaled[1].weight) / 2, (scaled[0].bias + scaled[1].bias) / 2,
+                     list(first.classes), {"method": "averaged", "of": [first.info.get("method"),
+                                                                         second.info.get("method")]})
 
 
 def evaluate_head(head: HeadModel, features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray,

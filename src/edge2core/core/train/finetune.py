@@ -39,9 +39,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edge2core.common.preprocess import IMAGE_SIZE, preprocess_batch
-from edge2core.core.train.augment import augment_batch
+from edge2core.core.train.augment import augment_batch, crop_size
 from edge2core.core.train.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.train.head import HeadModel
+from edge2core.core.train.optimiser import adamw, lr_scheduler
 from edge2core.core.train.stored_photos import Mapped, Prefetcher
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pick_device"]
@@ -73,6 +74,9 @@ class FineTuneConfig:
     tta_flip: bool = False  # judge on val as the mean of the photo's and its mirror's logits
     catalogue_copies: int = 5  # each product's catalogue image joins its train photos this often
     freeze_blocks: int = 0  # > 0: the stem and this many first MBConv blocks keep ImageNet's weights (speed)
+    start_size: int | None = None  # progressive resizing: crops grow from this to train_size ...
+    ramp_epochs: int = 0  # ... over these first epochs (augment.crop_size)
+    head_lr_mult: float = 1.0  # the new classifier's peak lr is this times ``lr`` (the backbone's)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> FineTuneConfig:
@@ -241,15 +245,6 @@ def _frozen_layers(backbone: PooledFeatures, blocks: int) -> list[nn.Module]:
     return [net._conv_stem, net._bn0, *net._blocks[:blocks]] if blocks else []
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: FineTuneConfig, total: int) -> Any:
-    if cfg.schedule == "onecycle" and total >= 4:
-        pct = min(0.5, max(cfg.pct_start, 2.0 / total))  # both phases need >= 1 step
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
-    if cfg.schedule in ("cosine", "onecycle"):
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
-
-
 @dataclass
 class _Loop:
     """What every training step uses, built once per fine-tuning."""
@@ -276,10 +271,9 @@ class _Loop:
               n_train: int) -> _Loop:
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(device).to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+        opt = adamw(model.backbone, model.fc, cfg.lr, cfg.head_lr_mult, cfg.weight_decay)
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-        sched = _scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
+        sched = lr_scheduler(opt, cfg.schedule, cfg.pct_start, steps_per_epoch * cfg.epochs)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         # use_buffers: BatchNorm's running statistics are averaged with the weights. The decay is
         # capped so that the average spans at most a quarter of the run: on a short run (a few
@@ -297,14 +291,15 @@ class _Loop:
         steps = [order[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(self.steps_per_epoch)]
         steps = [idx for idx in steps if len(idx) >= 2]  # BatchNorm needs > 1 sample
         losses: list[float] = []
+        size = crop_size(cfg.train_size, epoch, cfg.start_size, cfg.ramp_epochs)
         for idx, photos in zip(steps, self.prefetcher.batches(data.train, [i.tolist() for i in steps]), strict=True):
-            losses.append(self._step(data, idx, photos))
+            losses.append(self._step(data, idx, photos, size))
             advance(f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
         return losses
 
-    def _step(self, data: _Data, idx: torch.Tensor, photos: list[torch.Tensor]) -> float:
+    def _step(self, data: _Data, idx: torch.Tensor, photos: list[torch.Tensor], size: int) -> float:
         cfg = self.cfg
-        x = augment_batch(photos, self.gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=cfg.train_size)
+        x = augment_batch(photos, self.gen, min_scale=cfg.min_scale, jitter=cfg.jitter, size=size)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self.criterion(self.model(x).float(), data.train_labels[idx].to(self.device))
@@ -338,6 +333,7 @@ def _epoch_record(loop: _Loop, data: _Data, epoch: int, losses: list[float], sta
         "val_loss": val_loss,
         "val_top1": val_top1,
         "lr": float(loop.opt.param_groups[0]["lr"]),
+        "crop_px": crop_size(loop.cfg.train_size, epoch, loop.cfg.start_size, loop.cfg.ramp_epochs),
         "seconds": round(time.perf_counter() - started, 2),
     }
 

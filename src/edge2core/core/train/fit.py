@@ -20,18 +20,18 @@ import torch
 
 from edge2core.core.curate.datasets import DatasetEntry
 from edge2core.core.train.backbones import IMAGENET_BACKBONE, Backbones
-from edge2core.core.train.calibrate import calibrate_head, evaluate_head, val_top1
+from edge2core.core.train.calibrate import average_heads, calibrate_head, evaluate_head, val_top1
 from edge2core.core.train.finetune import FineTuneConfig
 from edge2core.core.train.head import HeadModel, train_head
 from edge2core.core.train.jobs import FineTuneJob, JobRunner
 from edge2core.core.train.state import FAST_DEFAULTS, Say, TrainingRun, timed
 
 __all__ = ["Embed", "calibrate", "choose_backbone", "compare_heads", "embed_all", "evaluate",
-           "fit_fast", "fit_full"]
+           "fit_fast", "fit_full", "full_head"]
 
 # (photos, backbone version, progress) -> (embeddings [N, 1280], how many were computed)
 Embed = Callable[[list[DatasetEntry], str, Say | None], tuple[np.ndarray, int]]
-FULL_HEADS = ("finetuned", "refit")
+FULL_HEADS = ("finetuned", "refit", "averaged")
 
 
 def _shared_params(run: TrainingRun) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def fit_full(run: TrainingRun, runner: JobRunner, backbones: Backbones, embed: E
     exported to ONNX at once since every later step needs it."""
     base = str(run.opts.get("base_backbone") or IMAGENET_BACKBONE)
     cfg = FineTuneConfig.from_dict({**run.opts, "seed": run.seed})
+    full_head(run.opts)  # refused before the minutes of fine-tuning, not after
     if threads:
         torch.set_num_threads(threads)
     with timed(run, "finetune"):
@@ -112,22 +113,32 @@ def fit_fast(run: TrainingRun) -> None:
                     "iterations": head.info.get("iterations")})
 
 
+def full_head(opts: dict[str, Any]) -> str:
+    """The head the full path ships (``params["full_head"]``, default the fine-tuned classifier);
+    ValueError names the choices."""
+    choice = opts.get("full_head", "finetuned")
+    if choice not in FULL_HEADS:
+        raise ValueError(f"full_head must be one of {', '.join(FULL_HEADS)}, not {choice!r}")
+    return str(choice)
+
+
 def compare_heads(run: TrainingRun) -> None:
     """Full path: record the fine-tuned classifier's and a refitted L-BFGS head's val top-1
     (centre crops, no dropout) and keep the one ``full_head`` names."""
-    choice = str(run.opts.get("full_head", "finetuned"))
+    choice = full_head(run.opts)
     refit = train_head(run.features[run.train_mask], run.labels[run.train_mask], run.classes,
                        **run.head_options)
+    heads = {"finetuned": run.fitted_head(), "refit": refit}
     if run.is_val.any():
         x, y = run.features[run.is_val], run.labels[run.is_val]
-        for name, head in (("finetuned", run.fitted_head()), ("refit", refit)):
+        heads["averaged"] = average_heads(heads["finetuned"], refit, x, y, run.classes)
+        for name, head in heads.items():
             run.alternatives[f"{name}_val_top1"] = val_top1(head, x, y)
-    if choice not in FULL_HEADS:
-        raise ValueError(f"full_head must be 'finetuned' or 'refit', not {choice!r}")
+    elif choice == "averaged":
+        raise ValueError("full_head 'averaged' needs val photos (each head's temperature is fitted on val)")
     run.alternatives["shipped"] = choice
     run.params_used["full_head"] = choice
-    if choice == "refit":
-        run.head = refit
+    run.head = heads[choice]
     run.record["head_alternatives"] = run.alternatives
     run.say(f"heads on val: {run.alternatives}")
 

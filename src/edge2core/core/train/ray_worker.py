@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edge2core.core.train.augment import crop_size
 from edge2core.core.train.backbones import Backbones
 from edge2core.core.train.finetune import (
     _Best,
@@ -136,8 +137,9 @@ def _epoch(loop: _Loop, stepper: _Loop, data: _Data, state: _State, epoch: int, 
     loop.model.train()
     losses = []
     shares = [s[rank::world] for s in _steps(order, cfg.batch_size, loop.steps_per_epoch, world)]
+    size = crop_size(cfg.train_size, epoch, cfg.start_size, cfg.ramp_epochs)
     for idx, photos in zip(shares, loop.prefetcher.batches(data.train, [i.tolist() for i in shares]), strict=True):
-        losses.append(stepper._step(data, idx, photos))
+        losses.append(stepper._step(data, idx, photos, size))
     record = _judge(loop, data, epoch, losses, world, epoch_started)
     state.log.append(record)
     state.epoch = epoch
@@ -184,6 +186,7 @@ def _judge(loop: _Loop, data: _Data, epoch: int, losses: list[float], world: int
         "val_loss": float(sums[1]) / n if n else float("nan"),
         "val_top1": float(sums[0]) / n if n else float("nan"),
         "lr": float(loop.opt.param_groups[0]["lr"]),
+        "crop_px": crop_size(loop.cfg.train_size, epoch, loop.cfg.start_size, loop.cfg.ramp_epochs),
         "seconds": round(time.perf_counter() - started, 2),
         "workers": world,
     }

@@ -42,12 +42,17 @@ def check_params(params: dict[str, Any]) -> None:
     are not plain names (they become object keys)."""
     # Imported here: train/ brings PyTorch, which the API does not need until a run starts.
     from edge2core.core.train.finetune import FineTuneConfig
+    from edge2core.core.train.fit import full_head
     from edge2core.core.train.run import FAST_DEFAULTS
 
     known = {*FAST_DEFAULTS, *FineTuneConfig.__dataclass_fields__, "backbone", "base_backbone",
              "full_head"}
     if unknown := sorted(set(params) - known):
         raise Invalid(f"unknown hyper-parameters {unknown}; known: {sorted(known)}")
+    try:
+        full_head(params)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from exc
     for name in ("backbone", "base_backbone"):
         value = params.get(name)
         if value is not None and not (isinstance(value, str) and is_valid(IdKind.SKU, value)):
