@@ -40,9 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 # The recipe every lever changes one thing of: FineTuneConfig's defaults before the levers
-# (6 epochs, no weight average, nothing frozen, early stopping allowed after 60 % of the
-# epochs), pinned so that the table can be run again whatever the defaults are now.
-BASELINE: dict[str, Any] = {"epochs": 6, "ema_decay": 0.0, "freeze_blocks": 0}
+# (6 epochs at peak lr 1e-3 in batches of 32, no weight average, nothing frozen, one learning
+# rate for every layer, 224 px crops from the first epoch), pinned so that the table can be
+# run again whatever the defaults are now (catalogue images come only with ``_iconic``).
+BASELINE: dict[str, Any] = {"epochs": 6, "lr": 1e-3, "batch_size": 32, "ema_decay": 0.0, "freeze_blocks": 0,
+                            "head_lr_mult": 1.0, "start_size": None, "ramp_epochs": 0}
 # name -> FineTuneConfig overrides (one change from the baseline each) and extras
 LEVERS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -58,6 +60,9 @@ LEVERS: dict[str, dict[str, Any]] = {
     "lp_ft": {"init": "linear_probe"},
     "lr_2e-3": {"lr": 2e-3},
     "freeze_3": {"freeze_blocks": 3},  # the stem and blocks 0-2 keep ImageNet's weights (speed)
+    "head_lr_x10": {"head_lr_mult": 10.0},  # the new classifier learns 10x faster than the backbone
+    "batch_16": {"batch_size": 16},  # twice the steps; on 2 cores also 20 % less time per photo
+    "ramp_160_e7": {"start_size": 160, "ramp_epochs": 3, "epochs": 7},  # progressive resizing: 7 for ~6
 }
 # the levers that helped, together (chosen after a first pass over LEVERS)
 COMBINATIONS: dict[str, dict[str, Any]] = {

@@ -120,7 +120,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--init", default=None, help="random (default) or linear_probe (LP-FT; quick's default)")
-    ap.add_argument("--min-scale", type=float, default=0.6)
+    ap.add_argument("--min-scale", type=float, default=None, help="random resized crop's smallest area "
+                    "(default: the recipe's)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--new-product-photos", type=int, default=30)
     ap.add_argument("--work-dir", type=Path, default=None)
@@ -249,7 +250,7 @@ def main() -> None:
     full = trainer.train(v1.version, path="full", progress=say, show_progress=sys.stderr.isatty(),
                          params={"epochs": epochs, "train_size": train_size, "patience": 3,
                                  "lr": lr, "batch_size": recipe.batch_size, "init": init,
-                                 "min_scale": args.min_scale,
+                                 "min_scale": args.min_scale or recipe.min_scale,
                                  "channels_last": not args.no_channels_last, **extra_params(args.param)})
     full_train_s = time.perf_counter() - t0
     fm = full.metrics
@@ -317,6 +318,8 @@ def main() -> None:
         "epochs": epochs,
         "train_size": train_size,
         "lr": lr,
+        "batch_size": recipe.batch_size,
+        "min_scale": args.min_scale or recipe.min_scale,
         "init": init,
         "params": extra_params(args.param),
         "val_top1_per_epoch": [round(json.loads(x)["val_top1"], 4)
