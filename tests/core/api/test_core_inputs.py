@@ -33,10 +33,15 @@ def test_training_runs_refuse_bad_requests_with_a_reason(core) -> None:  # type:
     missing = client.post("/v1/training-runs", json={"dataset_version": 999})
     assert missing.status_code == 404 and "dataset version 999" in missing.json()["detail"]
     assert client.post("/v1/training-runs", json={"seed": 1}).status_code == 422
-    for params in ({"full_head": "best"}, {"full_head": 3}, {"epochz": 3}):  # before any run starts
-        bad = client.post("/v1/training-runs", json={"dataset_version": 1, "path": "full", "params": params})
-        assert bad.status_code == 422, params
-        assert ("full_head must be one of" if "full_head" in params else "unknown") in bad.json()["detail"]
+    refusals = {"full_head must be one of": [{"full_head": "best"}, {"full_head": 3}],
+                "unknown": [{"epochz": 3}, {"schedule": "step"}],
+                "head_lr_mult": [{"head_lr_mult": 0}, {"head_lr_mult": -1.5}],
+                ">= 32 px": [{"start_size": 8, "ramp_epochs": 2}, {"ramp_epochs": -1}],
+                "not supported": [{"start_size": "big", "ramp_epochs": 2}]}
+    for reason, cases in refusals.items():  # all before any run starts (the dataset does not exist)
+        for params in cases:
+            bad = client.post("/v1/training-runs", json={"dataset_version": 1, "path": "full", "params": params})
+            assert bad.status_code == 422 and reason in bad.json()["detail"], (params, bad.json())
     store_kiosk(_services, [jpeg_bytes(color=(i, 0, 0)) for i in range(4)], "SKU-A", "train")
     one_class = _services.datasets.build(DatasetQuery()).version
     refused = client.post("/v1/training-runs", json={"dataset_version": one_class})

@@ -39,7 +39,7 @@ from edge2core.common.preprocess import IMAGE_SIZE, preprocess_batch
 from edge2core.core.train.augment import augment_batch, crop_size
 from edge2core.core.train.backbone import EMBEDDING_DIM, PooledFeatures
 from edge2core.core.train.head import HeadModel
-from edge2core.core.train.optimiser import adamw, lr_scheduler
+from edge2core.core.train.optimiser import SCHEDULES, adamw, lr_scheduler
 from edge2core.core.train.stored_photos import Mapped, Prefetcher
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "augment_batch", "finetune", "pick_device"]
@@ -82,6 +82,15 @@ class FineTuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """Refuse a recipe that could only fail later: ValueError (or TypeError for a value of
+        the wrong type) naming the setting, before any photo is read."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
+        if not self.head_lr_mult > 0:
+            raise ValueError(f"head_lr_mult must be > 0, not {self.head_lr_mult}")
+        crop_size(self.train_size, 1, self.start_size, self.ramp_epochs)
 
 
 @dataclass

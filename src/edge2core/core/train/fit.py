@@ -50,7 +50,8 @@ def fit_full(run: TrainingRun, runner: JobRunner, backbones: Backbones, embed: E
     exported to ONNX at once since every later step needs it."""
     base = str(run.opts.get("base_backbone") or IMAGENET_BACKBONE)
     cfg = FineTuneConfig.from_dict({**run.opts, "seed": run.seed})
-    full_head(run.opts)  # refused before the minutes of fine-tuning, not after
+    cfg.check()  # refused before the minutes of fine-tuning, not after
+    full_head(run.opts)
     if threads:
         torch.set_num_threads(threads)
     with timed(run, "finetune"):

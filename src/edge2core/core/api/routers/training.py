@@ -51,7 +51,8 @@ def check_params(params: dict[str, Any]) -> None:
         raise Invalid(f"unknown hyper-parameters {unknown}; known: {sorted(known)}")
     try:
         full_head(params)
-    except ValueError as exc:
+        FineTuneConfig.from_dict(params).check()
+    except (ValueError, TypeError) as exc:  # TypeError: a number given as text, say
         raise Invalid(str(exc)) from exc
     for name in ("backbone", "base_backbone"):
         value = params.get(name)
