@@ -84,8 +84,7 @@ class FineTuneConfig:
         return asdict(self)
 
     def check(self) -> None:
-        """Refuse a recipe that could only fail later: ValueError (or TypeError for a value of
-        the wrong type) naming the setting, before any photo is read."""
+        """ValueError (TypeError: a value of the wrong type) naming a setting that would fail later."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
         if not self.head_lr_mult > 0:
