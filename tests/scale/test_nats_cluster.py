@@ -131,14 +131,15 @@ async def site(tmp_path: Path, pki: Pki, cluster: Cluster) -> AsyncIterator[Site
 
 async def read_all(nc: Any, bucket: str, timeout_s: float = 45.0) -> dict[str, bytes | None]:
     """Every key of `bucket` and its value, read from the survivors. Right after a node dies the
-    bucket may still be electing a leader (consumer creation times out): asked again, as the
-    core's re-sync does, until `timeout_s`."""
+    bucket may still be electing a leader (consumer creation times out) or a new leader may
+    answer with no keys before it has caught up (seen once in CI): asked again, as the core's
+    re-sync does, until `timeout_s`."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
             kv = await nc.jetstream().key_value(bucket)
             return {key: (await kv.get(key)).value for key in await kv.keys()}
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.js.errors.NoKeysError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
